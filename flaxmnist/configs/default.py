@@ -1,0 +1,48 @@
+"""Default config: the Keras "simple MNIST convnet" recipe (convnet, Adam, batch 128)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Every field a run reads, with its default; presets override a few."""
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.dataset = "mnist"  # mnist | fashion_mnist (IDX files) | any tensorflow-datasets name
+    config.data_dir = ""  # IDX root or tfds data dir; "" = $FLAXMNIST_DATA_DIR or vendored data/
+    config.normalization = "unit"  # unit: pixels / 255; standardize: (pixels / 255 - mean) / std
+    config.validation_fraction = 0.1  # held out of the training split; 0 disables validation
+    config.input_pipeline = "device"  # device: resident + lax.scan; tfds: tf.data streaming
+    config.chunks_per_epoch = 20  # device path: host syncs (progress-bar updates) per epoch
+    # Model.
+    config.model = "convnet"
+    config.activation = "relu"
+    config.dtype = "float32"  # compute dtype; bfloat16 keeps float32 params and optimizer state
+    config.conv_impl = "auto"  # auto | xla | im2col (auto: im2col on CPU, native elsewhere)
+    config.pool_impl = "auto"  # auto | xla | fast (auto: custom-VJP max-pool on CPU)
+    # Loss and optimisation.
+    config.loss = "cross_entropy"
+    config.loss_options = ""  # "name=value,..." keyword options for the loss
+    config.optimizer = "adam"  # adam | adamw | sgd | rmsprop | adadelta
+    config.learning_rate = 1e-3
+    config.momentum = 0.0  # sgd, rmsprop
+    config.nesterov = False  # sgd
+    config.weight_decay = 1e-4  # adamw
+    config.schedule = "constant"  # constant | cosine | warmup_cosine | exponential | step
+    config.warmup_epochs = 0.0  # warmup_cosine
+    config.lr_decay_rate = 0.5  # exponential, step
+    config.lr_decay_epochs = 1.0  # exponential, step
+    config.batch_size = 128
+    config.eval_batch_size = 1000
+    config.num_epochs = 12
+    config.seed = 0
+    # Extensions and runtime.
+    config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
+    config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache
+    return config
+
+
+def with_overrides(**overrides) -> ml_collections.ConfigDict:
+    """The default config with ``overrides`` applied (how presets are written)."""
+    config = get_config()
+    config.update(overrides)
+    return config

@@ -1,0 +1,274 @@
+"""Dataset sources: checksum-verified IDX files (vendored, offline) and ``tfds.load`` for the rest.
+
+``mnist`` and ``fashion_mnist`` are read from IDX files: by default the copies vendored in the
+repository's ``data/`` folder, or from ``--config.data_dir`` / ``$FLAXMNIST_DATA_DIR``. Any other
+name is loaded through tensorflow-datasets, which fails fast when it would have to download offline.
+Every source returns whole splits as numpy arrays (the MNIST family fits in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from flaxmnist.errors import DataError
+
+DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
+VENDORED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+CHECKSUM_FILE = "SHA256SUMS"
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_CLASS_NAMES = {
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
+# tfds downloads from this host first; if it cannot be reached, a download cannot succeed.
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+NETWORK_PROBE_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+    """One split in memory: ``images`` uint8 [N, H, W, C] and ``labels`` int32 [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> ArraySplit:
+        """The examples at ``indices``, in that order."""
+        return ArraySplit(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset's train and test splits and what the model needs to know about it."""
+
+    name: str
+    train: ArraySplit
+    test: ArraySplit
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes."""
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one image, [H, W, C]."""
+        return tuple(self.train.images.shape[1:])
+
+    def pixel_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of the training pixels on the [0, 1] scale."""
+        pixels = self.train.images.astype(np.float64) / 255.0
+        return float(pixels.mean()), float(pixels.std())
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parses the bytes of an (uncompressed) IDX file into a uint8 array, validating its header."""
+    if len(raw) < 4:
+        raise DataError(f"{source}: truncated IDX file ({len(raw)} bytes)")
+    zero, dtype_code, ndim = raw[0] | raw[1], raw[2], raw[3]
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise DataError(f"{source}: not a uint8 IDX file (bad magic {raw[:4].hex()})")
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(f"{source}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header_size])
+    expected = header_size + int(np.prod(shape))
+    if len(raw) != expected:
+        raise DataError(
+            f"{source}: IDX file has {len(raw)} bytes, its header {shape} needs {expected} "
+            "(truncated or corrupt)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def read_idx_bytes(path: Path) -> bytes:
+    """Reads an IDX file, decompressing ``.gz``; a corrupt archive raises DataError."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """Reads ``SHA256SUMS`` ("<sha256>  <relative path>" lines) from ``folder`` or its parent.
+
+    Keys are paths relative to ``folder``; an absent file gives an empty dict.
+    """
+    for root, prefix in ((folder, ""), (folder.parent, folder.name + "/")):
+        listing = root / CHECKSUM_FILE
+        if listing.is_file():
+            sums = {}
+            for line in listing.read_text().splitlines():
+                if line.strip():
+                    digest, name = line.split(maxsplit=1)
+                    if name.startswith(prefix):
+                        sums[name[len(prefix) :]] = digest
+            return sums
+    return {}
+
+
+def find_idx_file(folder: Path, stem: str) -> Path:
+    """Returns ``folder/stem.gz`` or ``folder/stem``, whichever exists."""
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"missing IDX file {stem}(.gz) in {folder}; "
+        f"set --config.data_dir or ${DATA_DIR_ENV} to a folder holding it"
+    )
+
+
+def load_idx_file(folder: Path, stem: str, checksums: dict[str, str]) -> np.ndarray:
+    """Loads one IDX file, verifying its decompressed bytes against ``checksums`` when listed."""
+    path = find_idx_file(folder, stem)
+    raw = read_idx_bytes(path)
+    expected = checksums.get(stem)
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise DataError(f"{path}: SHA256 checksum mismatch (corrupt or wrong file)")
+    return parse_idx(raw, str(path))
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """The IDX root: ``data_dir`` if given, else ``$FLAXMNIST_DATA_DIR``, else the vendored copy."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else VENDORED_DATA_DIR
+
+
+def load_idx_split(folder: Path, split: str) -> ArraySplit:
+    """Loads a split from a folder holding the four standard IDX files."""
+    checksums = read_checksums(folder)
+    image_stem, label_stem = IDX_FILES[split]
+    images = load_idx_file(folder, image_stem, checksums)
+    labels = load_idx_file(folder, label_stem, checksums)
+    if images.ndim != 3:
+        raise DataError(f"{folder}/{image_stem}: expected [N, H, W] images, got {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{folder}/{label_stem}: expected [N] labels, got {labels.shape}")
+    return ArraySplit(images[..., None], labels.astype(np.int32))
+
+
+def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads ``mnist`` or ``fashion_mnist`` from IDX files (``<root>/<name>/`` or ``<root>/``)."""
+    root = resolve_data_dir(data_dir)
+    folder = root / name if (root / name).is_dir() else root
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    train, test = (load_idx_split(folder, split) for split in ("train", "test"))
+    class_names = IDX_CLASS_NAMES[name]
+    for split_name, split in (("train", train), ("test", test)):
+        if len(split) and split.labels.max() >= len(class_names):
+            raise DataError(f"{folder}: {split_name} labels exceed {len(class_names)} classes")
+    return Dataset(name, train, test, class_names)
+
+
+# --------------------------------------------------------------------------- tfds
+
+
+def network_reachable(address: tuple[str, int], timeout_s: float) -> bool:
+    """Whether a TCP connection to ``address`` opens within ``timeout_s`` seconds."""
+    try:
+        with socket.create_connection(address, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DataError(
+            f"loading datasets other than {', '.join(IDX_CLASS_NAMES)} needs tensorflow: "
+            f"pip install 'flaxmnist[tf]' ({e})"
+        ) from None
+    return tfds
+
+
+def _tfds_split_arrays(tfds, name: str, split: str, data_dir: str | None) -> ArraySplit:
+    """Reads a prepared tfds split into memory (raises AssertionError when it is not prepared)."""
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=False, as_supervised=True)
+    chunks = list(tfds.as_numpy(ds.batch(10_000)))
+    images = np.concatenate([c[0] for c in chunks])
+    labels = np.concatenate([c[1] for c in chunks])
+    if images.ndim == 3:
+        images = images[..., None]
+    return ArraySplit(images.astype(np.uint8), labels.astype(np.int32))
+
+
+def load_tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads any image-classification dataset tfds knows, failing fast when offline."""
+    tfds = _import_tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(
+            f"unknown dataset {name!r}: not one of {', '.join(IDX_CLASS_NAMES)} "
+            "(local IDX files) nor a tensorflow-datasets name"
+        ) from None
+    try:
+        splits = [_tfds_split_arrays(tfds, name, s, data_dir) for s in ("train", "test")]
+    except AssertionError:  # tfds's way of saying "not downloaded and prepared yet"
+        if not network_reachable(TFDS_DOWNLOAD_HOST, NETWORK_PROBE_TIMEOUT_S):
+            raise DataError(
+                f"tfds dataset {name!r} is not in {builder.data_dir} and the network is "
+                f"unreachable: run `tfds build {name}` on a machine with internet and copy its "
+                "data dir here (pass it as --config.data_dir), or use IDX files"
+            ) from None
+        builder.download_and_prepare()
+        splits = [_tfds_split_arrays(tfds, name, s, data_dir) for s in ("train", "test")]
+    class_names = tuple(builder.info.features["label"].names)
+    return Dataset(name, splits[0], splits[1], class_names)
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads dataset ``name``: IDX files for the MNIST family, tensorflow-datasets otherwise."""
+    if name in IDX_CLASS_NAMES:
+        return load_idx_dataset(name, data_dir)
+    return load_tfds_dataset(name, data_dir)
+
+
+def split_validation(
+    train: ArraySplit, fraction: float, seed: int
+) -> tuple[ArraySplit, ArraySplit | None]:
+    """Splits ``fraction`` of ``train`` off as a validation set, determined by ``seed``."""
+    if fraction <= 0:
+        return train, None
+    order = np.random.default_rng(seed).permutation(len(train))
+    num_val = round(fraction * len(train))
+    return train.take(np.sort(order[num_val:])), train.take(np.sort(order[:num_val]))

@@ -1,0 +1,84 @@
+"""Per-example classification losses and the registry that resolves ``config.loss``.
+
+A loss is a pure function ``fn(logits, labels, **options) -> per-example loss [N]`` where
+``logits`` is float [N, K] and ``labels`` int [N]; options are keyword-only. Register your own from
+anywhere (e.g. a file in ``experiments/`` named in ``--config.import_modules``)::
+
+    from flaxmnist import losses
+
+    @losses.register("my_loss")
+    def my_loss(logits, labels, *, temperature=1.0):
+        ...
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flaxmnist.errors import ConfigError
+from flaxmnist.registry import Registry
+
+LossFn = Callable[..., jax.Array]
+LOSSES: Registry[LossFn] = Registry("loss")
+register = LOSSES.register
+
+
+@register("cross_entropy")
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Sparse (integer-label) softmax cross-entropy, Keras ``sparse_categorical_crossentropy``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@register("categorical_cross_entropy")
+def categorical_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0
+) -> jax.Array:
+    """Cross-entropy against one-hot targets, Keras ``categorical_crossentropy``.
+
+    ``label_smoothing`` moves that much probability mass from the true class to a uniform
+    distribution over all classes: target = one_hot * (1 - s) + s / K.
+    """
+    num_classes = logits.shape[-1]
+    targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+@register("label_smoothing")
+def label_smoothed_cross_entropy(
+    logits: jax.Array, labels: jax.Array, *, smoothing: float = 0.1
+) -> jax.Array:
+    """Cross-entropy with label smoothing (default 0.1)."""
+    return categorical_cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
+def parse_options(text: str) -> dict[str, object]:
+    """Parses ``"name=value,name=value"`` (values as Python literals) into keyword options."""
+    options: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"loss_options: expected name=value, got {item!r}")
+        try:
+            options[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[name.strip()] = value.strip()
+    return options
+
+
+def get_loss(name: str, options: str = "") -> LossFn:
+    """The registered loss ``name`` with keyword ``options`` bound: ``fn(logits, labels)``."""
+    fn = LOSSES.get(name)
+    kwargs = parse_options(options)
+    try:
+        bound = functools.partial(fn, **kwargs)
+        bound(jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # fail now on a bad option name
+    except TypeError as e:
+        raise ConfigError(f"loss {name!r} rejects options {kwargs}: {e}") from None
+    return bound

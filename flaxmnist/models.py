@@ -1,0 +1,185 @@
+"""Flax Linen classifiers: every reference architecture, exact parameter counts, one registry.
+
+Two generic modules cover the reference set: :class:`MLP` (Flatten → Dense blocks → Dense head)
+and :class:`CNN` (blocks of stride-1 3×3 convolutions each followed by a 2×2 max-pool, then Dense
+layers). Each registered name is a configuration of one of them; see the table in README.md.
+All models take ``train`` to switch Dropout and BatchNorm between training and inference, and return
+float32 logits. Kernels use Glorot-uniform initialisation and biases zeros, as Keras does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from flaxmnist import layers
+from flaxmnist.errors import ConfigError
+from flaxmnist.registry import Registry
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "elu": nn.elu,
+    "selu": nn.selu,
+    "swish": nn.swish,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+    "leaky_relu": nn.leaky_relu,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Keras BatchNormalization defaults, so cnn_deep matches its reference.
+BATCH_NORM_MOMENTUM = 0.99
+BATCH_NORM_EPSILON = 1e-3
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+class Classifier(nn.Module):
+    """Options every model shares: classes, activation, layer implementations, compute dtype."""
+
+    num_classes: int = 10
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    conv_impl: str = "auto"
+    pool_impl: str = "auto"
+    dtype: jnp.dtype | None = None
+
+    def dense(self, features: int, name: str | None = None) -> nn.Dense:
+        """A Dense layer with Keras-style initialisation in the compute dtype."""
+        return nn.Dense(
+            features, dtype=self.dtype, kernel_init=nn.initializers.glorot_uniform(), name=name
+        )
+
+    def batch_norm(self, x: jax.Array, train: bool) -> jax.Array:
+        """BatchNorm with Keras defaults; running averages are used when not training."""
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BATCH_NORM_MOMENTUM,
+            epsilon=BATCH_NORM_EPSILON,
+            dtype=self.dtype,
+        )(x)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """The output layer, returning float32 logits."""
+        return self.dense(self.num_classes, name="head")(x).astype(jnp.float32)
+
+
+class MLP(Classifier):
+    """Flatten → (Dense → activation → Dropout) per hidden width → Dense logits."""
+
+    hidden: tuple[int, ...] = (128,)
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Returns logits [N, num_classes] for images [N, H, W, C]."""
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = self.activation(self.dense(width)(x))
+            if self.dropout_rate:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return self.head(x)
+
+
+class CNN(Classifier):
+    """Conv blocks (each: 3×3 convs, optional BatchNorm, 2×2 max-pool, Dropout) → Dense layers.
+
+    ``blocks`` lists the conv widths of each block; ``hidden`` the Dense widths after Flatten;
+    ``head_dropout`` applies right before the output layer (the Keras convnet's Dropout(0.5)).
+    """
+
+    blocks: tuple[tuple[int, ...], ...] = ((32,),)
+    hidden: tuple[int, ...] = ()
+    batch_norm_layers: bool = False
+    block_dropout: float = 0.0
+    head_dropout: float = 0.0
+    padding: str = "VALID"
+
+    def conv_block(self, x: jax.Array, widths: tuple[int, ...], train: bool) -> jax.Array:
+        """One block: conv → activation (→ BatchNorm) per width, then max-pool and dropout."""
+        for width in widths:
+            conv = layers.Conv(width, padding=self.padding, impl=self.conv_impl, dtype=self.dtype)
+            x = self.activation(conv(x))
+            if self.batch_norm_layers:
+                x = self.batch_norm(x, train)
+        x = layers.max_pool(x, 2, impl=self.pool_impl)
+        if self.block_dropout:
+            x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Returns logits [N, num_classes] for images [N, H, W, C]."""
+        for widths in self.blocks:
+            x = self.conv_block(x, widths, train)
+        x = x.reshape(x.shape[0], -1)
+        for width in self.hidden:
+            x = self.activation(self.dense(width)(x))
+            if self.batch_norm_layers:
+                x = self.batch_norm(x, train)
+        if self.head_dropout:
+            x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
+        return self.head(x)
+
+
+def _register(name: str, module: type[nn.Module], **architecture) -> None:
+    MODELS.add(name, functools.partial(module, **architecture))
+
+
+# The reference architectures (../shared/REFERENCE.md); parameter counts are for 28×28×1 inputs.
+_register("dense", MLP, hidden=(128,))  # 101,770
+_register("mlp", MLP, hidden=(128, 64))  # 109,386
+_register("mlp_dropout", MLP, hidden=(128, 64), dropout_rate=0.3)  # 109,386
+_register("cnn_simple", CNN, blocks=((32,),))  # 54,410
+_register("convnet", CNN, blocks=((32,), (64,)), head_dropout=0.5)  # 34,826
+_register("cnn3", CNN, blocks=((64,), (128,), (256,)), hidden=(256,))  # 438,026
+_register("cnn_basic", CNN, blocks=((32,), (64,)), hidden=(128,))  # 225,034
+_register(
+    "cnn_deep",
+    CNN,
+    blocks=((32, 32), (64, 64)),
+    hidden=(256,),
+    batch_norm_layers=True,
+    block_dropout=0.25,
+    head_dropout=0.5,
+)
+_register(
+    "cnn_dropout", CNN, blocks=((32, 64),), hidden=(128,), block_dropout=0.25, head_dropout=0.5
+)  # 1,199,882
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """Builds the model named ``config.model`` with the config's activation, dtype and layers."""
+    factory = MODELS.get(config.model)
+    if config.activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"unknown activation {config.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}"
+        )
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    for field, valid in (("conv_impl", layers.CONV_IMPLS), ("pool_impl", layers.POOL_IMPLS)):
+        if config[field] not in valid:
+            raise ConfigError(f"unknown {field} {config[field]!r}; valid: {', '.join(valid)}")
+    return factory(
+        num_classes=num_classes,
+        activation=ACTIVATIONS[config.activation],
+        conv_impl=config.conv_impl,
+        pool_impl=config.pool_impl,
+        dtype=DTYPES[config.dtype],
+    )
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def init_variables(model: nn.Module, image_shape: tuple[int, ...], rng: jax.Array) -> dict:
+    """Initialises ``params`` (and ``batch_stats`` where the model has BatchNorm)."""
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    init = jax.jit(functools.partial(model.init, train=False))
+    return dict(init({"params": rng}, dummy))

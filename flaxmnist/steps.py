@@ -1,0 +1,146 @@
+"""Pure train / eval / predict steps, and the device-resident loops built from them.
+
+``train_step`` is the explicit mirror of a ``tf.GradientTape`` loop: preprocess, forward pass,
+per-example loss, ``jax.value_and_grad``, optimizer update. Every input path (tf.data streaming,
+device-resident ``lax.scan``, multi-device) runs this same function. Metrics are sums
+(``loss``, ``correct``, ``count``) so they merge across batches and devices; divide at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from flaxmnist.train_state import TrainState
+
+Batch = dict[str, jax.Array]  # image uint8 [B, H, W, C], label int32 [B], optional mask [B]
+Metrics = dict[str, jax.Array]  # loss / correct / count sums
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+PreprocessFn = Callable[[jax.Array], jax.Array]
+
+
+def normalize_images(images: jax.Array, *, mean: float = 0.0, std: float = 1.0) -> jax.Array:
+    """uint8 pixels → float32 ``(x / 255 - mean) / std`` (mean 0, std 1 gives the [0, 1] scale)."""
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def metric_sums(
+    logits: jax.Array,
+    labels: jax.Array,
+    per_example_loss: jax.Array,
+    mask: jax.Array | None = None,
+) -> Metrics:
+    """Sums of loss and correct predictions over the (unmasked) examples, and their count."""
+    if mask is None:
+        mask = jnp.ones(labels.shape, jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return {
+        "loss": jnp.sum(per_example_loss * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    loss_fn: LossFn,
+    preprocess: PreprocessFn,
+) -> tuple[TrainState, Metrics]:
+    """One optimisation step on ``batch``; the dropout key is ``fold_in(rng, state.step)``."""
+    images = preprocess(batch["image"])
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_and_outputs(params):
+        variables = {**state.variables(), "params": params}
+        logits, updates = state.apply_fn(
+            variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
+        )
+        per_example_loss = loss_fn(logits, batch["label"])
+        return per_example_loss.mean(), (logits, per_example_loss, updates)
+
+    grad_fn = jax.value_and_grad(loss_and_outputs, has_aux=True)
+    (_, (logits, per_example_loss, updates)), grads = grad_fn(state.params)
+    state = state.apply_gradients(
+        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
+    )
+    return state, metric_sums(logits, batch["label"], per_example_loss)
+
+
+def predict_step(state: TrainState, images: jax.Array, *, preprocess: PreprocessFn) -> jax.Array:
+    """Inference-mode logits for uint8 ``images``."""
+    return state.apply_fn(state.variables(), preprocess(images), train=False)
+
+
+def eval_step(
+    state: TrainState, batch: Batch, *, loss_fn: LossFn, preprocess: PreprocessFn
+) -> Metrics:
+    """Metric sums on ``batch``; padded examples (``mask`` 0) do not count."""
+    logits = predict_step(state, batch["image"], preprocess=preprocess)
+    per_example_loss = loss_fn(logits, batch["label"])
+    return metric_sums(logits, batch["label"], per_example_loss, batch.get("mask"))
+
+
+def train_on_indices(
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    batch_indices: jax.Array,
+    rng: jax.Array,
+    *,
+    step_fn: Callable,
+) -> tuple[TrainState, Metrics]:
+    """Runs ``step_fn`` over device-resident data, one batch per row of ``batch_indices``.
+
+    Returns the final state and the per-step metrics stacked along a leading axis.
+    """
+
+    def body(state, indices):
+        batch = {"image": images[indices], "label": labels[indices]}
+        return step_fn(state, batch, rng)
+
+    return jax.lax.scan(body, state, batch_indices)
+
+
+def evaluate_batches(state: TrainState, batches: Batch, *, step_fn: Callable) -> Metrics:
+    """Sums ``step_fn`` metrics over stacked, padded batches ([num_batches, B, ...] arrays)."""
+
+    def body(totals, batch):
+        metrics = step_fn(state, batch)
+        return jax.tree_util.tree_map(jnp.add, totals, metrics), None
+
+    zeros = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    totals, _ = jax.lax.scan(body, jax.tree_util.tree_map(jnp.float32, zeros), batches)
+    return totals
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """The jitted steps for one loss and preprocessing; train functions donate the state."""
+
+    train_step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
+    eval_step: Callable[[TrainState, Batch], Metrics]
+    predict_step: Callable[[TrainState, jax.Array], jax.Array]
+    train_on_indices: Callable[..., tuple[TrainState, Metrics]]
+    evaluate_batches: Callable[[TrainState, Batch], Metrics]
+
+
+def make_step_functions(loss_fn: LossFn, preprocess: PreprocessFn) -> StepFunctions:
+    """Binds the loss and preprocessing into the steps and jit-compiles them."""
+    train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess)
+    evaluate = functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess)
+    return StepFunctions(
+        train_step=jax.jit(train, donate_argnums=0),
+        eval_step=jax.jit(evaluate),
+        predict_step=jax.jit(functools.partial(predict_step, preprocess=preprocess)),
+        train_on_indices=jax.jit(
+            functools.partial(train_on_indices, step_fn=train), donate_argnums=0
+        ),
+        evaluate_batches=jax.jit(functools.partial(evaluate_batches, step_fn=evaluate)),
+    )

@@ -1,0 +1,88 @@
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxmnist import layers
+
+
+def _reference_conv(x, kernel, padding):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 5, 5, 1)])
+def test_im2col_conv_matches_lax_conv_values_and_gradients(padding, shape):
+    kx, kk = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (3, 3, shape[-1], 4))
+
+    def loss(conv_fn):
+        return lambda x, k: jnp.sum(jnp.sin(conv_fn(x, k)))
+
+    im2col = lambda x, k: layers.conv2d(x, k, padding=padding, impl="im2col")  # noqa: E731
+    reference = lambda x, k: _reference_conv(x, k, padding)  # noqa: E731
+    chex.assert_trees_all_close(
+        jax.jit(im2col)(x, kernel), jax.jit(reference)(x, kernel), atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        jax.jit(jax.grad(loss(im2col), argnums=(0, 1)))(x, kernel),
+        jax.jit(jax.grad(loss(reference), argnums=(0, 1)))(x, kernel),
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (2, 7, 5, 2), (1, 3, 3, 1)])
+def test_fast_max_pool_matches_reduce_window(shape):
+    x = jax.random.normal(jax.random.key(1), shape)
+    weights = jax.random.normal(jax.random.key(2), layers.max_pool(x, impl="xla").shape)
+    fast = lambda x: jnp.sum(layers.max_pool(x, impl="fast") * weights)  # noqa: E731
+    slow = lambda x: jnp.sum(layers.max_pool(x, impl="xla") * weights)  # noqa: E731
+    chex.assert_trees_all_close(layers.max_pool(x, impl="fast"), layers.max_pool(x, impl="xla"))
+    chex.assert_trees_all_close(jax.jit(jax.grad(fast))(x), jax.jit(jax.grad(slow))(x))
+
+
+def test_fast_max_pool_sends_gradient_to_first_maximum_of_a_tie():
+    x = jnp.array([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+    grad = jax.grad(lambda x: layers.max_pool(x, impl="fast").sum())(x)
+    chex.assert_trees_all_equal(grad.reshape(2, 2), jnp.array([[0.0, 1.0], [0.0, 0.0]]))
+    chex.assert_trees_all_equal(grad, jax.grad(lambda x: layers.max_pool(x, impl="xla").sum())(x))
+
+
+def test_max_pool_drops_trailing_row_and_column():
+    x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+    out = layers.max_pool(x, impl="fast")
+    chex.assert_shape(out, (1, 2, 2, 1))
+    chex.assert_trees_all_equal(out[0, :, :, 0], jnp.array([[6.0, 8.0], [16.0, 18.0]]))
+
+
+def test_conv_module_has_flax_conv_parameters():
+    x = jnp.ones((1, 8, 8, 3))
+    ours = layers.Conv(5).init(jax.random.key(0), x)
+    theirs = nn.Conv(5, (3, 3), padding="VALID").init(jax.random.key(0), x)
+    chex.assert_trees_all_equal_shapes(ours, theirs)
+    params = ours["params"]
+    out = layers.Conv(5, impl="im2col").apply(ours, x)
+    expected = _reference_conv(x, params["kernel"], "VALID") + params["bias"]
+    chex.assert_trees_all_close(out, expected, atol=1e-5)
+
+
+def test_auto_resolves_to_cpu_friendly_implementations_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert layers.resolve_impl("auto", layers.CONV_IMPLS, "im2col") == "im2col"
+    assert layers.resolve_impl("xla", layers.CONV_IMPLS, "im2col") == "xla"
+    with pytest.raises(ValueError, match="valid: auto, xla, im2col"):
+        layers.resolve_impl("winograd", layers.CONV_IMPLS, "im2col")
+
+
+def test_bfloat16_conv_is_close_to_float32():
+    x = jax.random.uniform(jax.random.key(3), (2, 10, 10, 4))
+    kernel = jax.random.normal(jax.random.key(4), (3, 3, 4, 8)) * 0.1
+    conv = jax.jit(lambda x, k: layers.conv2d(x, k, impl="im2col"))
+    low = conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert low.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(low, np.float32), conv(x, kernel), atol=5e-2)

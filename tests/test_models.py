@@ -1,0 +1,116 @@
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from flaxmnist import models
+from flaxmnist.configs import default
+from flaxmnist.errors import ConfigError
+
+# Keras parameter counts of the reference models (../shared/REFERENCE.md); the others are ours.
+EXPECTED_PARAMS = {
+    "dense": 101_770,
+    "mlp_dropout": 109_386,
+    "mlp": 109_386,
+    "cnn_simple": 54_410,
+    "convnet": 34_826,
+    "cnn3": 438_026,
+    "cnn_basic": 225_034,
+    "cnn_deep": 330_858,
+    "cnn_dropout": 1_199_882,
+}
+
+
+def _config(**overrides) -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.update(overrides)
+    return config
+
+
+def _init(name, **overrides):
+    model = models.create_model(_config(model=name, **overrides), num_classes=10)
+    return model, models.init_variables(model, (28, 28, 1), jax.random.key(0))
+
+
+def _abstract(name, **overrides):
+    """Model and variable shapes, without computing anything."""
+    model = models.create_model(_config(model=name, **overrides), num_classes=10)
+    init = functools.partial(models.init_variables, model, (28, 28, 1))
+    variables = jax.eval_shape(init, jax.random.key(0))
+    return model, variables
+
+
+def test_every_registered_model_has_a_documented_parameter_count():
+    assert set(models.MODELS.names()) == set(EXPECTED_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_parameter_count_and_output_shape(name):
+    model, variables = _abstract(name)
+    assert models.count_params(variables["params"]) == EXPECTED_PARAMS[name]
+    logits = jax.eval_shape(model.apply, variables, jnp.zeros((3, 28, 28, 1)))
+    chex.assert_shape(logits, (3, 10))
+    assert logits.dtype == jnp.float32
+
+
+def test_only_cnn_deep_has_batch_stats():
+    for name in EXPECTED_PARAMS:
+        assert ("batch_stats" in _abstract(name)[1]) == (name == "cnn_deep"), name
+
+
+def test_dropout_is_random_in_training_and_off_in_inference():
+    model, variables = _init("mlp_dropout")
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    train = lambda seed: model.apply(  # noqa: E731
+        variables, x, train=True, rngs={"dropout": jax.random.key(seed)}
+    )
+    assert not jnp.allclose(train(0), train(1))
+    chex.assert_trees_all_equal(model.apply(variables, x), model.apply(variables, x))
+
+
+def test_batch_norm_updates_statistics_only_in_training():
+    model, variables = _init("cnn_deep")
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    _, updates = apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=("batch_stats",)
+    )
+    changed = jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+    )
+    assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_activation_is_configurable():
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    relu_model, variables = _init("dense")
+    tanh_model, _ = _init("dense", activation="tanh")
+    params = variables["params"]
+    hidden = jnp.tanh(x.reshape(2, -1) @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    expected = hidden @ params["head"]["kernel"] + params["head"]["bias"]
+    chex.assert_trees_all_close(tanh_model.apply(variables, x), expected, atol=1e-5)
+    assert not jnp.allclose(relu_model.apply(variables, x), expected)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model, variables = _abstract("convnet", dtype="bfloat16")
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+    logits = jax.eval_shape(model.apply, variables, jnp.zeros((1, 28, 28, 1)))
+    assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("model", "resnet9000", "unknown model 'resnet9000'; valid: cnn3"),
+        ("activation", "cube", "unknown activation 'cube'"),
+        ("dtype", "float8", "unknown dtype"),
+        ("conv_impl", "fft", "unknown conv_impl"),
+    ],
+)
+def test_bad_names_list_the_valid_ones(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        models.create_model(_config(**{field: value}), num_classes=10)

@@ -1,0 +1,120 @@
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flaxmnist import losses, models, steps
+from flaxmnist.configs import default
+from flaxmnist.train_state import create_train_state
+
+IMAGE_SHAPE = (16, 16, 1)
+
+
+def _state(model_name="mlp", learning_rate=1e-2):
+    config = default.get_config()
+    config.model = model_name
+    model = models.create_model(config, num_classes=10)
+    return create_train_state(model, IMAGE_SHAPE, optax.adam(learning_rate), jax.random.key(0))
+
+
+def _batch(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8),
+        "label": rng.integers(0, 10, n).astype(np.int32),
+    }
+
+
+def _train_step():
+    return jax.jit(
+        functools.partial(
+            steps.train_step, loss_fn=losses.cross_entropy, preprocess=steps.normalize_images
+        )
+    )
+
+
+def test_normalize_images():
+    images = jnp.array([0, 51, 255], jnp.uint8)
+    chex.assert_trees_all_close(steps.normalize_images(images), jnp.array([0.0, 0.2, 1.0]))
+    chex.assert_trees_all_close(
+        steps.normalize_images(images, mean=0.2, std=0.5),
+        jnp.array([-0.4, 0.0, 1.6]),
+        atol=1e-6,
+    )
+
+
+def test_metric_sums_respect_the_mask():
+    logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    labels = jnp.array([0, 0, 1])
+    per_example = jnp.array([0.5, 1.5, 4.0])
+    sums = steps.metric_sums(logits, labels, per_example, mask=jnp.array([1.0, 1.0, 0.0]))
+    chex.assert_trees_all_close(sums, {"loss": 2.0, "correct": 1.0, "count": 2.0})
+
+
+@pytest.mark.parametrize("model_name", ["mlp_dropout", "cnn_deep"])
+def test_train_step_reduces_loss_on_a_fixed_batch_and_compiles_once(model_name):
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def train_step(state, batch, rng):
+        return steps.train_step(
+            state, batch, rng, loss_fn=losses.cross_entropy, preprocess=steps.normalize_images
+        )
+
+    state, batch, rng = _state(model_name), _batch(), jax.random.key(1)
+    first = None
+    for _ in range(15):
+        state, metrics = train_step(state, batch, rng)
+        first = metrics["loss"] if first is None else first
+    assert int(state.step) == 15
+    assert float(metrics["loss"]) < 0.5 * float(first)
+    assert float(metrics["count"]) == 16
+
+
+def test_dropout_key_changes_with_the_step():
+    state, batch, rng = _state("mlp_dropout"), _batch(), jax.random.key(1)
+    train_step = _train_step()
+    s1, _ = train_step(state, batch, rng)
+    again, _ = train_step(state, batch, rng)
+    chex.assert_trees_all_equal(s1.params, again.params)  # same step + same key: identical
+
+
+def test_scanned_training_equals_sequential_train_steps():
+    fns = steps.make_step_functions(losses.cross_entropy, steps.normalize_images)
+    data = _batch(n=24, seed=3)
+    indices = jnp.array([[0, 1, 2, 3], [7, 6, 5, 4], [20, 21, 22, 23]])
+    rng = jax.random.key(5)
+    sequential = _state("mlp_dropout")
+    expected_losses = []
+    for row in np.asarray(indices):
+        batch = {k: v[row] for k, v in data.items()}
+        sequential, metrics = _train_step()(sequential, batch, rng)
+        expected_losses.append(float(metrics["loss"]))
+    scanned, per_step = fns.train_on_indices(
+        _state("mlp_dropout"), jnp.asarray(data["image"]), jnp.asarray(data["label"]), indices, rng
+    )
+    chex.assert_trees_all_close(scanned.params, sequential.params, atol=1e-6)
+    chex.assert_trees_all_close(per_step["loss"], jnp.array(expected_losses), atol=1e-5)
+
+
+def test_evaluation_of_padded_batches_counts_every_example_once():
+    fns = steps.make_step_functions(losses.cross_entropy, steps.normalize_images)
+    state, data = _state(), _batch(n=10, seed=4)
+    padded = {
+        "image": np.concatenate([data["image"], np.zeros((2, *IMAGE_SHAPE), np.uint8)]),
+        "label": np.concatenate([data["label"], np.zeros(2, np.int32)]),
+        "mask": np.array([1.0] * 10 + [0.0] * 2, np.float32),
+    }
+    stacked = jax.tree_util.tree_map(lambda x: x.reshape(3, 4, *x.shape[1:]), padded)
+    totals = fns.evaluate_batches(state, stacked)
+    logits = fns.predict_step(state, data["image"])
+    expected_loss = losses.cross_entropy(logits, data["label"]).sum()
+    expected_correct = (jnp.argmax(logits, -1) == data["label"]).sum()
+    chex.assert_trees_all_close(
+        totals, {"loss": expected_loss, "correct": expected_correct, "count": 10.0}, rtol=1e-5
+    )

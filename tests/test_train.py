@@ -1,0 +1,169 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from flaxmnist import train, trainer
+from flaxmnist.errors import ConfigError, FlaxmnistError
+
+HISTORY_FIELDS = {
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "epoch_time_s",
+}
+METRICS_FIELDS = {"test_loss", "test_accuracy", "num_test_examples", "num_params"}
+
+
+@pytest.mark.parametrize("pipeline", ["device", "tfds"])
+def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipeline):
+    tiny_config.input_pipeline = pipeline
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    run = tmp_path / "run"
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert set(history[0]) >= HISTORY_FIELDS
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert set(metrics) >= METRICS_FIELDS
+    assert metrics["num_test_examples"] == 100  # not a multiple of eval_batch_size 64
+    assert metrics["num_params"] == 54_410
+    assert metrics["test_accuracy"] >= 0.9  # the synthetic classes are easy to tell apart
+    assert json.loads((run / "config.json").read_text())["input_pipeline"] == pipeline
+    step_lines = (run / "steps.csv").read_text().splitlines()
+    steps_per_epoch = int(512 * 0.9) // 32
+    assert step_lines[0] == "step,epoch,loss,accuracy"
+    assert len(step_lines) == 1 + 2 * steps_per_epoch
+    assert (run / "history.csv").read_text().startswith("epoch,train_loss,train_accuracy")
+
+
+def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
+    tiny_config.num_epochs = 0
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "history.json").read_text()) == []
+    assert metrics["steps"] == 0 and metrics["num_test_examples"] == 100
+    assert metrics["test_accuracy"] < 0.5
+
+
+def test_a_workdir_holding_a_run_is_not_overwritten(tiny_config, tmp_path):
+    tiny_config.num_epochs = 0
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    with pytest.raises(FlaxmnistError, match="already holds a run"):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("num_epochs", -1, "num_epochs must be >= 0"),
+        ("batch_size", 0, "batch_size must be positive"),
+        ("batch_size", 100_000, "larger than the 461 training examples"),
+        ("validation_fraction", 1.0, "validation_fraction must be in"),
+        ("input_pipeline", "magic", "unknown input_pipeline"),
+        ("optimizer", "lamb", "unknown optimizer"),
+    ],
+)
+def test_bad_config_values_are_rejected_before_training(
+    tiny_config, tmp_path, field, value, message
+):
+    tiny_config[field] = value
+    with pytest.raises(ConfigError, match=message):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_preset_names_resolve_to_files():
+    assert train.rewrite_config_flag(["prog", "--config=dense", "--config.seed=1"]) == [
+        "prog",
+        f"--config={REPO_ROOT}/flaxmnist/configs/dense.py",
+        "--config.seed=1",
+    ]
+    assert train.rewrite_config_flag(["prog", "--config", "cnn3"])[2].endswith("configs/cnn3.py")
+    with pytest.raises(ConfigError, match="unknown config 'resnet'"):
+        train.rewrite_config_flag(["prog", "--config=resnet"])
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "flaxmnist.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_cli_trains_with_a_custom_loss_from_experiments(synthetic_data_dir, tmp_path):
+    result = _cli(
+        "--config=cnn_simple",
+        f"--config.data_dir={synthetic_data_dir}",
+        "--config.num_epochs=1",
+        "--config.batch_size=32",
+        "--config.compilation_cache_dir=",
+        f"--config.import_modules={REPO_ROOT}/experiments/custom_losses.py",
+        "--config.loss=focal",
+        "--config.loss_options=gamma=1.5",
+        f"--workdir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout and str(tmp_path / "run") in result.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["loss"] == "focal" and config["model"] == "cnn_simple"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] > 0.5
+
+
+def _corrupt_test_images(data_dir: Path, tmp_path: Path) -> list[str]:
+    images = data_dir / "mnist" / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-40] + bytes(40))
+    return []
+
+
+def _empty_data_dir(data_dir: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "empty").mkdir()
+    return [f"--config.data_dir={tmp_path / 'empty'}"]
+
+
+def _workdir_below_a_file(data_dir: Path, tmp_path: Path) -> list[str]:
+    (tmp_path / "a_file").write_text("")
+    return [f"--workdir={tmp_path / 'a_file' / 'run'}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (["--config.model=resnet9000"], "unknown model 'resnet9000'; valid:"),
+        (["--config.learning_rate=-0.1"], "learning_rate must be positive"),
+        (["--config.num_epochs=-2"], "num_epochs must be >= 0"),
+        (["--config=nonexistent_preset"], "unknown config 'nonexistent_preset'"),
+        (["--config.no_such_field=3"], "unknown config field in --config overrides: no_such_field"),
+        (_empty_data_dir, "missing IDX file train-images-idx3-ubyte"),
+        (_corrupt_test_images, "t10k-images-idx3-ubyte.gz: cannot read"),
+        (_workdir_below_a_file, "cannot write to workdir"),
+    ],
+)
+def test_cli_user_errors_end_with_one_line_and_status_2(
+    synthetic_data_dir, tmp_path, setup, message
+):
+    args = setup if isinstance(setup, list) else setup(synthetic_data_dir, tmp_path)
+    result = _cli(
+        f"--config.data_dir={synthetic_data_dir}",
+        "--config.compilation_cache_dir=",
+        *args,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and message in last_line
