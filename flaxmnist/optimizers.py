@@ -13,6 +13,7 @@ import optax
 from flaxmnist.errors import ConfigError
 from flaxmnist.registry import Registry
 
+MAX_SKIPPED_STEPS = 1000  # nan_policy=skip_step gives up after this many bad steps in a row
 Schedule = Callable[..., optax.Schedule]
 SCHEDULES: Registry[Schedule] = Registry("schedule")
 OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
@@ -101,4 +102,8 @@ def create_optimizer(
 ) -> optax.GradientTransformation:
     """The optimizer named ``config.optimizer``, driven by the configured schedule."""
     factory = OPTIMIZERS.get(config.optimizer)
-    return factory(create_schedule(config, steps_per_epoch), config)
+    tx = factory(create_schedule(config, steps_per_epoch), config)
+    if config.nan_policy == "skip_step":
+        # Skip updates whose gradients are not finite (up to many in a row).
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=MAX_SKIPPED_STEPS)
+    return tx

@@ -114,7 +114,9 @@ def main(argv: Sequence[str]) -> None:
     try:
         metrics = trainer.train_and_evaluate(config, workdir)
     except FlaxmnistError as e:
-        exit_with_error(str(e))
+        exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
+    except OSError as e:  # disk full, read-only or vanished workdir while training
+        exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror or e}")
     print(format_summary(metrics, workdir))
 
 
@@ -132,10 +134,10 @@ def run() -> None:
     app.run(main)
 
 
-def exit_with_error(message: str) -> None:
-    """Prints ``error: message`` on stderr and exits with status 2."""
+def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
+    """Prints ``error: message`` on stderr and exits with ``status`` (2 by default)."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

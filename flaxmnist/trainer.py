@@ -6,30 +6,42 @@ jitted functions of :mod:`flaxmnist.steps`. The run directory receives:
 * ``config.json`` — the resolved config;
 * ``history.json`` / ``history.csv`` — one record per epoch (train / val loss and accuracy, time);
 * ``steps.csv`` — the loss and accuracy of every training step (the custom-loop loss curve);
-* ``metrics.json`` — test loss and accuracy, example count, parameter count, timings, devices.
+* ``metrics.json`` — test loss and accuracy, example count, parameter count, timings, devices;
+* ``checkpoints/`` — Orbax checkpoints (latest N and best), from which a rerun resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from flaxmnist import datasets, input_pipeline, losses, models, optimizers, plugins, steps
+from flaxmnist import (
+    checkpointing,
+    datasets,
+    early_stopping,
+    input_pipeline,
+    losses,
+    models,
+    optimizers,
+    plugins,
+    rundir,
+    runners,
+    steps,
+)
 from flaxmnist.errors import ConfigError, FlaxmnistError
-from flaxmnist.files import write_csv_atomic, write_json_atomic
 from flaxmnist.train_state import TrainState, create_train_state
 
 NORMALIZATIONS = ("unit", "standardize")
+NAN_POLICIES = ("stop", "skip_step")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -59,10 +71,31 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             config.normalization in NORMALIZATIONS,
             f"unknown normalization {config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}",
         ),
+        (
+            config.nan_policy in NAN_POLICIES,
+            f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}",
+        ),
+        (
+            config.keep_checkpoints >= 1,
+            f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}",
+        ),
+        (
+            config.checkpoint_every_epochs >= 0,
+            f"checkpoint_every_epochs must be >= 0, got {config.checkpoint_every_epochs}",
+        ),
+        (
+            config.early_stopping.patience >= 0,
+            f"early_stopping.patience must be >= 0, got {config.early_stopping.patience}",
+        ),
+        (
+            not (config.early_stopping.restore_best and config.checkpoint_every_epochs == 0),
+            "early_stopping.restore_best needs checkpoints (checkpoint_every_epochs > 0)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    early_stopping.monitor_mode(config.early_stopping.monitor)
 
 
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:
@@ -70,78 +103,6 @@ def summarize(sums: dict[str, Any]) -> tuple[float, float]:
     sums = {key: np.sum(value) for key, value in sums.items()}
     count = max(float(sums["count"]), 1.0)
     return float(sums["loss"]) / count, float(sums["correct"]) / count
-
-
-class DeviceRunner:
-    """The fast path: data lives on the device; an epoch is a few ``lax.scan`` calls."""
-
-    def __init__(self, fns: steps.StepFunctions, config, train, eval_splits, data_rng):
-        self.fns, self.config, self.data_rng = fns, config, data_rng
-        self.num_train = len(train)
-        self.images, self.labels = jax.device_put((train.images, train.labels))
-        self.eval_batches = {
-            name: jax.device_put(input_pipeline.pad_to_batches(split, config.eval_batch_size))
-            for name, split in eval_splits.items()
-        }
-
-    def train_epoch(self, state, epoch: int, rng, progress) -> tuple[TrainState, dict]:
-        """Runs one epoch; returns the state and per-step metric sums as numpy arrays."""
-        indices = input_pipeline.epoch_batch_indices(
-            self.data_rng, epoch, num_examples=self.num_train, batch_size=self.config.batch_size
-        )
-        chunk = math.ceil(len(indices) / self.config.chunks_per_epoch)
-        per_step = []
-        for start in range(0, len(indices), chunk):
-            state, metrics = self.fns.train_on_indices(
-                state, self.images, self.labels, indices[start : start + chunk], rng
-            )
-            per_step.append(jax.device_get(metrics))
-            progress.update(len(per_step[-1]["count"]))
-            progress.set_postfix(loss=f"{summarize(per_step[-1])[0]:.4f}")
-        return state, {k: np.concatenate([m[k] for m in per_step]) for k in per_step[0]}
-
-    def evaluate(self, state, split_name: str) -> dict:
-        """Metric sums over a whole split, with one host sync."""
-        return jax.device_get(self.fns.evaluate_batches(state, self.eval_batches[split_name]))
-
-
-class StreamingRunner:
-    """The tf.data path: batches stream from a seeded, prefetching tf.data pipeline."""
-
-    sync_every = 50  # steps between progress-bar updates (each one waits for the device)
-
-    def __init__(self, fns: steps.StepFunctions, config, train, eval_splits, data_rng):
-        del data_rng  # tf.data shuffles with seeds derived from config.seed
-        self.fns, self.config, self.train = fns, config, train
-        self.eval_splits = eval_splits
-
-    def train_epoch(self, state, epoch: int, rng, progress) -> tuple[TrainState, dict]:
-        """Runs one epoch; returns the state and per-step metric sums as numpy arrays."""
-        dataset = input_pipeline.tf_train_dataset(
-            self.train, self.config.batch_size, seed=self.config.seed, epoch=epoch
-        )
-        per_step = []
-        for batch in dataset.as_numpy_iterator():
-            state, metrics = self.fns.train_step(state, batch, rng)
-            per_step.append(metrics)
-            if len(per_step) % self.sync_every == 0:
-                progress.update(self.sync_every)
-                progress.set_postfix(loss=f"{summarize(jax.device_get(metrics))[0]:.4f}")
-        progress.update(len(per_step) % self.sync_every)
-        stacked = jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step))
-        return state, stacked
-
-    def evaluate(self, state, split_name: str) -> dict:
-        """Metric sums over a whole split (padded, masked last batch)."""
-        totals = None
-        split = self.eval_splits[split_name]
-        for batch in input_pipeline.tf_eval_dataset(split, self.config.eval_batch_size):
-            metrics = self.fns.eval_step(state, {k: v.numpy() for k, v in batch.items()})
-            totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
-        return jax.device_get(totals)
-
-
-RUNNERS = {"device": DeviceRunner, "tfds": StreamingRunner}
 
 
 @dataclasses.dataclass
@@ -158,6 +119,15 @@ class Experiment:
     schedule: Any
     dropout_rng: jax.Array
     data_rng: jax.Array
+    pixel_mean_std: tuple[float, float]
+
+    def data_info(self) -> dict[str, Any]:
+        """What a model trained on this data needs at inference time."""
+        return {
+            "class_names": list(self.dataset.class_names),
+            "image_shape": list(self.dataset.image_shape),
+            "normalization": {"mean": self.pixel_mean_std[0], "std": self.pixel_mean_std[1]},
+        }
 
     @property
     def steps_per_epoch(self) -> int:
@@ -165,12 +135,11 @@ class Experiment:
         return len(self.train) // self.config.batch_size
 
 
-def make_preprocess(config: ml_collections.ConfigDict, dataset: datasets.Dataset):
-    """The pixel normalisation the config asks for, as a pure function of uint8 images."""
-    if config.normalization == "standardize":
-        mean, std = dataset.pixel_stats()
-        return functools.partial(steps.normalize_images, mean=mean, std=std)
-    return steps.normalize_images
+def pixel_normalization(
+    config: ml_collections.ConfigDict, dataset: datasets.Dataset
+) -> tuple[float, float]:
+    """(mean, std) subtracted and divided after scaling pixels to [0, 1]."""
+    return dataset.pixel_stats() if config.normalization == "standardize" else (0.0, 1.0)
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
@@ -192,25 +161,22 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = create_train_state(model, dataset.image_shape, tx, init_rng)
-    fns = steps.make_step_functions(loss_fn, make_preprocess(config, dataset))
+    mean, std = pixel_normalization(config, dataset)
+    preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
+    fns = steps.make_step_functions(loss_fn, preprocess)
     return Experiment(
-        config, dataset, train, validation, model, state, fns, schedule, dropout_rng, data_rng
+        config,
+        dataset,
+        train,
+        validation,
+        model,
+        state,
+        fns,
+        schedule,
+        dropout_rng,
+        data_rng,
+        (mean, std),
     )
-
-
-def prepare_workdir(workdir: Path) -> None:
-    """Creates the run directory; refuses one that already holds a run."""
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise FlaxmnistError(f"cannot write to workdir {workdir}: {e.strerror}") from None
-    if (workdir / "config.json").exists():
-        raise FlaxmnistError(
-            f"workdir {workdir} already holds a run; pass a new --workdir to start another"
-        )
 
 
 def device_summary() -> dict[str, Any]:
@@ -250,77 +216,92 @@ def step_rows(per_step: dict, first_step: int, epoch: int) -> list[dict[str, Any
     ]
 
 
-def write_history(workdir: Path, history: list[dict], step_log: list[dict]) -> None:
-    """Writes history.json, history.csv and steps.csv (atomically)."""
-    write_json_atomic(workdir / "history.json", history)
-    write_csv_atomic(workdir / "history.csv", history)
-    write_csv_atomic(workdir / "steps.csv", step_log)
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: what a checkpoint's ``meta`` item records besides the state."""
+
+    epoch: int = 0  # completed epochs
+    steps_into_epoch: int = 0  # > 0 when interrupted part-way through epoch ``epoch + 1``
+    partial: dict[str, list[float]] | None = None  # that epoch's per-step sums so far
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stopper: early_stopping.EarlyStoppingState = dataclasses.field(
+        default_factory=early_stopping.EarlyStoppingState
+    )
+    train_time_s: float = 0.0
+
+    def to_meta(self, state: TrainState, exp: Experiment) -> dict[str, Any]:
+        """The JSON ``meta`` item of a checkpoint (with what inference needs to know)."""
+        return {
+            **dataclasses.asdict(self),
+            **exp.data_info(),
+            "fingerprint": checkpointing.fingerprint(state),
+            "model": exp.config.model,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+        """Inverse of :meth:`to_meta`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in meta.items() if k in fields}
+        values["stopper"] = early_stopping.EarlyStoppingState(**values["stopper"])
+        return cls(**values)
+
+    @property
+    def done(self) -> bool:
+        """Whether early stopping ended the run."""
+        return self.stopper.stopped
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Trains per ``config``, evaluates on the test split and writes the run directory.
+class TrainingInterruptedError(FlaxmnistError):
+    """Training was stopped by SIGINT/SIGTERM after saving a checkpoint."""
 
-    Returns the contents of ``metrics.json``.
-    """
-    start_time = time.perf_counter()
-    workdir = Path(workdir)
-    exp = build_experiment(config)
-    prepare_workdir(workdir)
-    write_json_atomic(workdir / "config.json", config.to_dict())
+    exit_code = 130
 
-    eval_splits = {"test": exp.dataset.test}
-    if exp.validation is not None:
-        eval_splits["validation"] = exp.validation
-    runner = RUNNERS[config.input_pipeline](exp.fns, config, exp.train, eval_splits, exp.data_rng)
-    state, history, step_log = exp.state, [], []
-    write_history(workdir, history, step_log)
-    for epoch in range(1, config.num_epochs + 1):
-        epoch_start = time.perf_counter()
-        first_step = int(state.step)
-        with tqdm.tqdm(
-            total=exp.steps_per_epoch,
-            desc=f"epoch {epoch}/{config.num_epochs}",
-            unit="step",
-            dynamic_ncols=True,
-        ) as progress:
-            state, per_step = runner.train_epoch(state, epoch, exp.dropout_rng, progress)
-            val_sums = runner.evaluate(state, "validation") if exp.validation else None
-        record = epoch_record(
-            epoch,
-            per_step,
-            val_sums,
-            time.perf_counter() - epoch_start,
-            float(exp.schedule(int(state.step))),
+
+class InterruptFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between chunks; a second signal aborts at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.tqdm.write(
+            "stopping after the current step; saving a checkpoint "
+            "(signal again to abort without saving)"
         )
-        history.append(record)
-        step_log.extend(step_rows(per_step, first_step, epoch))
-        tqdm.tqdm.write(format_record(record))
-        write_history(workdir, history, step_log)
 
-    test_loss, test_accuracy = summarize(runner.evaluate(state, "test"))
-    metrics = {
-        "test_loss": test_loss,
-        "test_accuracy": test_accuracy,
-        "num_test_examples": len(exp.dataset.test),
-        "num_params": models.count_params(state.params),
-        "model": config.model,
-        "dataset": config.dataset,
-        "epochs": config.num_epochs,
-        "steps": int(state.step),
-        "train_time_s": sum(r["epoch_time_s"] for r in history),
-        "total_time_s": time.perf_counter() - start_time,
-        **device_summary(),
-    }
-    if history:
-        metrics["final_train_accuracy"] = history[-1]["train_accuracy"]
-        metrics["final_val_accuracy"] = history[-1].get("val_accuracy")
-        epoch_times = [r["epoch_time_s"] for r in history]
-        metrics["median_epoch_time_s"] = float(np.median(epoch_times))
-        metrics["examples_per_s"] = (
-            exp.steps_per_epoch * config.batch_size / float(np.median(epoch_times))
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def check_finite(chunk: dict[str, np.ndarray], epoch: int, first_step: int, last_good: str):
+    """Raises a one-line error naming the epoch and step of the first non-finite loss."""
+    bad = np.flatnonzero(~np.isfinite(chunk["loss"]))
+    if bad.size:
+        raise FlaxmnistError(
+            f"loss became {chunk['loss'][bad[0]]} at epoch {epoch}, "
+            f"step {first_step + bad[0] + 1}; "
+            f"{last_good} (try a lower learning_rate or --config.nan_policy=skip_step)"
         )
-    write_json_atomic(workdir / "metrics.json", metrics)
-    return metrics
+
+
+def monitored_field(config) -> str:
+    """The history field early stopping and the best checkpoint follow."""
+    monitor = config.early_stopping.monitor
+    early_stopping.monitor_mode(monitor)
+    if config.validation_fraction == 0 and monitor.startswith("val_"):
+        return "train_" + monitor.removeprefix("val_")
+    return monitor
 
 
 def format_record(record: dict[str, Any]) -> str:
@@ -334,3 +315,229 @@ def format_record(record: dict[str, Any]) -> str:
         parts += [f"val_loss {record['val_loss']:.4f}", f"val_acc {record['val_accuracy']:.4f}"]
     parts.append(f"{record['epoch_time_s']:.1f}s")
     return " | ".join(parts)
+
+
+def start_or_resume(
+    run: rundir.RunDirectory, checkpoints: checkpointing.RunCheckpoints, exp: Experiment
+) -> tuple[TrainState, Progress, list[dict]]:
+    """The state, progress and step log to start from: the latest checkpoint, or scratch."""
+    config, state, progress = exp.config, exp.state, Progress()
+    if run.has_run():
+        if not config.resume:
+            raise FlaxmnistError(
+                f"workdir {run.path} already holds a run and resume is off; "
+                "use a new --workdir (nothing was changed)"
+            )
+        run.check_resumable(config)
+        restored = checkpoints.restore_latest(exp.state)
+        if restored is not None:
+            state, meta = restored
+            progress = Progress.from_meta(meta)
+            tqdm.tqdm.write(
+                f"resuming {run.path} after epoch {progress.epoch} (step {int(state.step)})"
+            )
+        elif (run.path / "metrics.json").exists():
+            raise FlaxmnistError(
+                f"workdir {run.path} holds a finished run without checkpoints; use a new --workdir"
+            )
+    run.write_config(config)
+    return state, progress, run.read_step_log(int(state.step))
+
+
+def should_save(config, epoch: int, improved: bool, stopping: bool) -> bool:
+    """Whether to checkpoint at the end of ``epoch``."""
+    every = config.checkpoint_every_epochs
+    return every > 0 and (epoch % every == 0 or improved or stopping or epoch == config.num_epochs)
+
+
+def last_good_message(checkpoints: checkpointing.RunCheckpoints) -> str:
+    """Which checkpoint a failed run leaves behind, for its error message."""
+    checkpoints.manager.wait_until_finished()
+    saved = checkpoints.steps()
+    return f"the last good checkpoint (step {saved[-1]}) is kept" if saved else "no checkpoint"
+
+
+def train_one_epoch(
+    exp: Experiment,
+    runner,
+    state: TrainState,
+    progress: Progress,
+    epoch: int,
+    interrupt: InterruptFlag,
+    checkpoints: checkpointing.RunCheckpoints,
+):
+    """Trains ``epoch`` (or its rest, after an interruption); returns state and per-step sums.
+
+    On SIGINT/SIGTERM it saves a mid-epoch checkpoint and raises :class:`TrainingInterruptedError`.
+    """
+    config = exp.config
+    parts = [{k: np.asarray(v) for k, v in progress.partial.items()}] if progress.partial else []
+    done = progress.steps_into_epoch
+    with tqdm.tqdm(
+        total=exp.steps_per_epoch,
+        initial=done,
+        unit="step",
+        dynamic_ncols=True,
+        desc=f"epoch {epoch}/{config.num_epochs}",
+    ) as bar:
+        for new_state, chunk in runner.train_chunks(state, epoch, exp.dropout_rng, done):
+            state = new_state
+            if config.nan_policy == "stop":
+                check_finite(
+                    chunk,
+                    epoch,
+                    int(state.step) - len(chunk["loss"]),
+                    last_good_message(checkpoints),
+                )
+            parts.append(chunk)
+            done += len(chunk["loss"])
+            bar.update(len(chunk["loss"]))
+            bar.set_postfix(loss=f"{summarize(chunk)[0]:.4f}")
+            if interrupt.signal is not None and done < exp.steps_per_epoch:
+                partial = {k: np.concatenate([p[k] for p in parts]).tolist() for k in parts[0]}
+                paused = dataclasses.replace(progress, steps_into_epoch=done, partial=partial)
+                checkpoints.save(state, paused.to_meta(state, exp), best_order=-1)
+                raise TrainingInterruptedError(interrupted_message(epoch, int(state.step)))
+    return state, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def interrupted_message(epoch: int, step: int) -> str:
+    """What the user reads after Ctrl-C."""
+    return (
+        f"interrupted in epoch {epoch} at step {step}; checkpoint saved, "
+        "rerun the same command to resume"
+    )
+
+
+def train_epochs(
+    exp: Experiment,
+    runner,
+    run: rundir.RunDirectory,
+    checkpoints: checkpointing.RunCheckpoints,
+    state: TrainState,
+    progress: Progress,
+    step_log: list[dict],
+) -> tuple[TrainState, Progress]:
+    """The epoch loop: train, validate, record, checkpoint, stop early."""
+    config = exp.config
+    monitor = monitored_field(config)
+    es = config.early_stopping
+    with InterruptFlag() as interrupt:
+        for epoch in range(progress.epoch + 1, config.num_epochs + 1):
+            if progress.done:
+                break
+            epoch_start, first_step = time.perf_counter(), int(state.step)
+            first_step -= progress.steps_into_epoch
+            state, per_step = train_one_epoch(
+                exp, runner, state, progress, epoch, interrupt, checkpoints
+            )
+            val_sums = runner.evaluate(state, "validation") if exp.validation else None
+            seconds = time.perf_counter() - epoch_start
+            record = epoch_record(
+                epoch, per_step, val_sums, seconds, float(exp.schedule(int(state.step)))
+            )
+            record["step"] = int(state.step)
+            stopper = early_stopping.update(
+                progress.stopper,
+                record[monitor],
+                epoch,
+                mode=early_stopping.monitor_mode(es.monitor),
+                min_delta=es.min_delta,
+                patience=es.patience,
+            )
+            progress = Progress(
+                epoch=epoch,
+                history=[*progress.history, record],
+                stopper=stopper,
+                train_time_s=progress.train_time_s + seconds,
+            )
+            step_log.extend(step_rows(per_step, first_step, epoch))
+            tqdm.tqdm.write(format_record(record))
+            run.write_history(progress.history, step_log)
+            improved = stopper.best_epoch == epoch
+            if should_save(config, epoch, improved, stopper.stopped) or interrupt.signal:
+                checkpoints.save(
+                    state, progress.to_meta(state, exp), best_order=epoch if improved else -1
+                )
+            if interrupt.signal is not None:
+                raise TrainingInterruptedError(interrupted_message(epoch, int(state.step)))
+            if stopper.stopped:
+                tqdm.tqdm.write(
+                    f"early stopping: no {monitor} improvement for {es.patience} "
+                    f"epochs; best epoch {stopper.best_epoch}"
+                )
+    return state, progress
+
+
+def best_state(
+    exp: Experiment,
+    checkpoints: checkpointing.RunCheckpoints,
+    state: TrainState,
+    progress: Progress,
+) -> tuple[TrainState, int]:
+    """The state to test and the epoch it comes from: the best one under ``restore_best``."""
+    best_epoch = progress.stopper.best_epoch
+    if not exp.config.early_stopping.restore_best or best_epoch in (0, progress.epoch):
+        return state, progress.epoch
+    checkpoints.manager.wait_until_finished()
+    best_step = progress.history[best_epoch - 1]["step"]
+    restored, _ = checkpoints.restore(best_step, state)
+    return restored, best_epoch
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains per ``config`` (resuming from ``workdir``'s checkpoints), then tests.
+
+    Writes the run directory's files and returns the contents of ``metrics.json``.
+    """
+    start_time = time.perf_counter()
+    exp = build_experiment(config)
+    with rundir.RunDirectory(workdir) as run:
+        checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
+        try:
+            state, progress, step_log = start_or_resume(run, checkpoints, exp)
+            eval_splits = {"test": exp.dataset.test}
+            if exp.validation is not None:
+                eval_splits["validation"] = exp.validation
+            runner = runners.RUNNERS[config.input_pipeline](
+                exp.fns, config, exp.train, eval_splits, exp.data_rng
+            )
+            run.write_history(progress.history, step_log)
+            state, progress = train_epochs(exp, runner, run, checkpoints, state, progress, step_log)
+            state, evaluated_epoch = best_state(exp, checkpoints, state, progress)
+            test_loss, test_accuracy = summarize(runner.evaluate(state, "test"))
+        finally:
+            checkpoints.close()
+        metrics = {
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "num_test_examples": len(exp.dataset.test),
+            "num_params": models.count_params(state.params),
+            "model": config.model,
+            "dataset": config.dataset,
+            "epochs": config.num_epochs,
+            "epochs_completed": progress.epoch,
+            "evaluated_epoch": evaluated_epoch,
+            "best_epoch": progress.stopper.best_epoch,
+            "stopped_early": progress.stopper.stopped,
+            "steps": int(state.step),
+            "train_time_s": progress.train_time_s,
+            "total_time_s": time.perf_counter() - start_time,
+            **device_summary(),
+            **throughput(progress.history, exp),
+        }
+        run.write_metrics(metrics)
+    return metrics
+
+
+def throughput(history: list[dict], exp: Experiment) -> dict[str, Any]:
+    """Final accuracies, median epoch time and examples per second, when epochs were run."""
+    if not history:
+        return {}
+    median_time = float(np.median([r["epoch_time_s"] for r in history]))
+    return {
+        "final_train_accuracy": history[-1]["train_accuracy"],
+        "final_val_accuracy": history[-1].get("val_accuracy"),
+        "median_epoch_time_s": median_time,
+        "examples_per_s": exp.steps_per_epoch * exp.config.batch_size / median_time,
+    }

@@ -50,11 +50,11 @@ def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
     assert metrics["test_accuracy"] < 0.5
 
 
-def test_a_workdir_holding_a_run_is_not_overwritten(tiny_config, tmp_path):
+def test_a_finished_run_without_checkpoints_is_not_overwritten(tiny_config, tmp_path):
     tiny_config.num_epochs = 0
     trainer.train_and_evaluate(tiny_config, tmp_path / "run")
     before = (tmp_path / "run" / "metrics.json").read_text()
-    with pytest.raises(FlaxmnistError, match="already holds a run"):
+    with pytest.raises(FlaxmnistError, match="holds a finished run without checkpoints"):
         trainer.train_and_evaluate(tiny_config, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").read_text() == before
 

@@ -35,6 +35,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 1000
     config.num_epochs = 12
     config.seed = 0
+    # Run management: checkpoints, resume, early stopping, faults.
+    config.resume = True  # rerunning with the same --workdir continues from its latest checkpoint
+    config.checkpoint_every_epochs = 1  # also saved whenever the monitored metric improves
+    config.keep_checkpoints = 2  # latest N kept, plus the best one
+    config.nan_policy = "stop"  # stop: end the run at a non-finite loss; skip_step: skip update
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.monitor = "val_loss"  # val_loss | val_accuracy (train_* without val)
+    config.early_stopping.patience = 0  # epochs without improvement before stopping; 0 = never
+    config.early_stopping.min_delta = 0.0  # smaller changes do not count as improvement
+    config.early_stopping.restore_best = False  # test (and save) the best epoch's weights
     # Extensions and runtime.
     config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
     config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache

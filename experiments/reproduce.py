@@ -1,0 +1,138 @@
+"""Trains reference presets with their reference recipes and writes the reproduction table.
+
+    python experiments/reproduce.py                       # every preset, seed 0
+    python experiments/reproduce.py dense cnn_simple --seeds 0 1 2
+
+Each (preset, seed) trains in its own run directory under ``--runs`` (default
+``runs/reproduce``); a run that already has ``metrics.json`` is reused, so an interrupted
+reproduction picks up where it stopped. Writes ``experiments/results/reproduction.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from flaxmnist import models
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# What the reference notebooks reported (../shared/REFERENCE.md), as test accuracy in percent.
+REPORTED = {
+    "dense": ("96.89 %", 96.89),
+    "mlp_dropout": ("97.62-97.89 %", 97.62),
+    "mlp": ("worst of three on Fashion", None),
+    "cnn_simple": ("~98 %", 98.0),
+    "convnet": ("99.25 %", 99.25),
+    "cnn3": ("98.55 %", 98.55),
+    "cnn_basic": ("~91-93 % Fashion", 91.0),
+    "cnn_deep": ("did not beat cnn_basic", None),
+    "cnn_dropout": ("> 99 %", 99.0),
+}
+
+
+def cpu_model() -> str:
+    """The CPU model name, for the record."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def run_preset(preset: str, seed: int, runs: Path) -> dict:
+    """Trains one preset in a subprocess (fresh process: honest timings) unless already done."""
+    workdir = runs / f"{preset}-seed{seed}"
+    metrics_file = workdir / "metrics.json"
+    if not metrics_file.exists():
+        command = [
+            sys.executable,
+            "-m",
+            "flaxmnist.train",
+            f"--config={preset}",
+            f"--config.seed={seed}",
+            f"--workdir={workdir}",
+        ]
+        subprocess.run(command, check=True)
+    return json.loads(metrics_file.read_text())
+
+
+def recipe(preset: str) -> str:
+    """A short description of a preset's training recipe."""
+    config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
+    return (
+        f"{config.dataset}, {config.optimizer} lr {config.learning_rate:g}, "
+        f"batch {config.batch_size}, {config.num_epochs} epochs"
+    )
+
+
+def summarize(preset: str, results: list[dict]) -> dict:
+    """Mean ± std of test accuracy and mean train time over seeds."""
+    accuracies = [100 * r["test_accuracy"] for r in results]
+    return {
+        "preset": preset,
+        "params": results[0]["num_params"],
+        "recipe": recipe(preset),
+        "reported": REPORTED.get(preset, ("-", None))[0],
+        "reported_min": REPORTED.get(preset, ("-", None))[1],
+        "accuracy_mean": statistics.mean(accuracies),
+        "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "seeds": len(results),
+        "train_time_s": statistics.mean(r["train_time_s"] for r in results),
+        "total_time_s": statistics.mean(r["total_time_s"] for r in results),
+    }
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The reproduction table in markdown."""
+    lines = [
+        "| preset | params | recipe | reported | ours (test acc.) | seeds | train time | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = (
+            "-"
+            if r["reported_min"] is None
+            else ("yes" if r["accuracy_mean"] >= r["reported_min"] else "no")
+        )
+        spread = f" ± {r['accuracy_std']:.2f}" if r["seeds"] > 1 else ""
+        lines.append(
+            f"| `{r['preset']}` | {r['params']:,} | {r['recipe']} | {r['reported']} | "
+            f"{r['accuracy_mean']:.2f} %{spread} | {r['seeds']} | {r['train_time_s']:.0f} s | "
+            f"{met} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Runs the requested presets and writes the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("presets", nargs="*", default=models.MODELS.names())
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"))
+    args = parser.parse_args()
+    json_file = RESULTS_DIR / "reproduction.json"
+    rows = {r["preset"]: r for r in json.loads(json_file.read_text())} if json_file.exists() else {}
+    for preset in args.presets:
+        results = [run_preset(preset, seed, args.runs) for seed in args.seeds]
+        rows[preset] = {
+            **summarize(preset, results),
+            "cpu": cpu_model(),
+            "cores": len(os.sched_getaffinity(0)),
+        }
+    ordered = [rows[name] for name in models.MODELS.names() if name in rows]
+    RESULTS_DIR.mkdir(exist_ok=True)
+    json_file.write_text(json.dumps(ordered, indent=2) + "\n")
+    machines = sorted({f"{r['cpu']}, {r['cores']} cores" for r in ordered})
+    header = f"Measured on {'; '.join(machines)}.\n\n"
+    (RESULTS_DIR / "reproduction.md").write_text(header + markdown_table(ordered) + "\n")
+    print(markdown_table(ordered))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Orbax checkpoints of a run: the latest N and the best by the monitored metric, in one manager.
+
+Each checkpoint holds the whole ``TrainState`` (params, optimizer state, BatchNorm statistics,
+step) and a JSON ``meta`` item with everything else a resumed run needs: the epoch, how far into the
+next epoch it stopped, the history, the early-stopping state and a fingerprint of the model. The
+data order and dropout keys are functions of ``(seed, epoch, step)``, so they need no saving.
+Saves are asynchronous; :meth:`RunCheckpoints.close` waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from flaxmnist.errors import FlaxmnistError
+
+BEST_METRIC = "best_order"  # epoch at which a checkpoint became the best so far; -1 otherwise
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def fingerprint(state: Any) -> dict[str, list[int]]:
+    """The shape of every parameter, keyed by its path: what a compatible checkpoint must match."""
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+class RunCheckpoints:
+    """The checkpoints under ``WORKDIR/checkpoints`` (one Orbax ``CheckpointManager``)."""
+
+    def __init__(
+        self, directory: Path, keep_latest: int, *, async_save: bool = True, read_only: bool = False
+    ):
+        self.directory = Path(directory).resolve()
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(n=keep_latest),
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda metrics: metrics[BEST_METRIC],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, state, meta: dict[str, Any], *, best_order: int) -> None:
+        """Saves ``state`` and ``meta`` at ``state.step`` (asynchronously)."""
+        step = int(state.step)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, metrics={BEST_METRIC: best_order}, force=True)
+
+    def steps(self) -> list[int]:
+        """The saved steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON ``meta`` item of checkpoint ``step``."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
+
+    def restore(self, step: int, target) -> tuple[Any, dict[str, Any]]:
+        """Restores checkpoint ``step`` into the structure of ``target``; checks compatibility."""
+        meta = self.read_meta(step)
+        expected = fingerprint(target)
+        if meta.get("fingerprint") != expected:
+            raise IncompatibleCheckpointError(
+                f"checkpoints in {self.directory} were written by a different model or input "
+                f"shape (model {meta.get('model')!r}); use a new --workdir"
+            )
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        return restored["state"], meta
+
+    def restore_latest(self, target) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint, or the one before it if the newest is damaged.
+
+        A damaged newest checkpoint is set aside (renamed) with a warning; if the one before it
+        fails too, the run stops with an error rather than touching more checkpoints. Returns None
+        when there is no checkpoint.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        try:
+            return self.restore(steps[-1], target)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:  # any failure to read the newest step: damaged
+            self.set_aside(steps[-1], e)
+        if len(steps) == 1:
+            return None
+        try:
+            return self.restore(steps[-2], target)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:
+            raise FlaxmnistError(
+                f"cannot restore checkpoint step {steps[-2]} in {self.directory} either: "
+                f"{str(e).splitlines()[0][:200]}"
+            ) from None
+
+    def set_aside(self, step: int, error: Exception) -> None:
+        """Renames a damaged step folder to ``<step>.corrupt`` so it is neither used nor lost."""
+        source = self.directory / str(step)
+        target = self.directory / f"{step}{CORRUPT_SUFFIX}"
+        logging.warning(
+            "checkpoint step %d is damaged (%s); falling back to an older one",
+            step,
+            str(error).splitlines()[0][:200],
+        )
+        print(
+            f"warning: checkpoint step {step} is damaged; moved it to {target.name} and "
+            "fell back to the previous checkpoint",
+            flush=True,
+        )
+        os.replace(source, target)
+        self.manager.reload()
+
+    def close(self) -> None:
+        """Waits for pending asynchronous saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class IncompatibleCheckpointError(FlaxmnistError):
+    """The checkpoints belong to a different model or input shape."""

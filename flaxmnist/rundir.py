@@ -1,0 +1,112 @@
+"""The run directory: an exclusive lock, the config record, and the atomic history/metrics files."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from flaxmnist.errors import FlaxmnistError
+from flaxmnist.files import write_csv_atomic, write_json_atomic
+
+# Fields that may change when a run is resumed: they do not change what is computed.
+RESUMABLE_FIELDS = {
+    "num_epochs",
+    "resume",
+    "compilation_cache_dir",
+    "data_dir",
+    "chunks_per_epoch",
+    "import_modules",
+    "early_stopping",
+}
+LOCK_FILE = ".lock"
+
+
+class RunDirectory:
+    """A locked run directory; use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> RunDirectory:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise FlaxmnistError(f"cannot write to workdir {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise FlaxmnistError(
+                f"workdir {self.path} is in use by another run (lock {self.path / LOCK_FILE})"
+            ) from None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where Orbax keeps the checkpoints."""
+        return self.path / "checkpoints"
+
+    def has_run(self) -> bool:
+        """Whether an earlier run left its config here."""
+        return (self.path / "config.json").exists()
+
+    def check_resumable(self, config: ml_collections.ConfigDict) -> None:
+        """Refuses to continue a run whose recorded config differs in a field that matters."""
+        recorded = json.loads((self.path / "config.json").read_text())
+        current = json.loads(config.to_json())
+        changed = sorted(
+            key
+            for key in set(recorded) | set(current)
+            if key not in RESUMABLE_FIELDS and recorded.get(key) != current.get(key)
+        )
+        if changed:
+            details = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise FlaxmnistError(
+                f"workdir {self.path} holds a run with a different config ({details}); "
+                "use a new --workdir"
+            )
+
+    def write_config(self, config: ml_collections.ConfigDict) -> None:
+        """Records the resolved config."""
+        write_json_atomic(self.path / "config.json", json.loads(config.to_json()))
+
+    def write_history(self, history: list[dict], step_log: list[dict]) -> None:
+        """Writes history.json, history.csv and steps.csv (atomically)."""
+        write_json_atomic(self.path / "history.json", history)
+        write_csv_atomic(self.path / "history.csv", history)
+        write_csv_atomic(self.path / "steps.csv", step_log)
+
+    def read_step_log(self, up_to_step: int) -> list[dict[str, Any]]:
+        """The per-step log rows up to ``up_to_step`` (what a resumed run continues from)."""
+        path = self.path / "steps.csv"
+        if not path.exists() or not path.read_text().strip():
+            return []
+        with path.open() as f:
+            rows = [
+                {
+                    "step": int(r["step"]),
+                    "epoch": int(r["epoch"]),
+                    "loss": float(r["loss"]),
+                    "accuracy": float(r["accuracy"]),
+                }
+                for r in csv.DictReader(f)
+            ]
+        return [row for row in rows if row["step"] <= up_to_step]
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Writes metrics.json (atomically)."""
+        write_json_atomic(self.path / "metrics.json", metrics)

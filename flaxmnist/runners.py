@@ -1,0 +1,107 @@
+"""The two ways an epoch's batches reach ``train_step``: device-resident and tf.data streaming.
+
+A runner's ``train_chunks`` is a generator: it yields ``(state, per_step_metrics)`` after every
+chunk of steps, so the outer loop can update the progress bar, check for non-finite losses and
+honour Ctrl-C between chunks. ``start_step`` resumes an epoch part-way through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxmnist import input_pipeline, steps
+from flaxmnist.datasets import ArraySplit
+from flaxmnist.train_state import TrainState
+
+Chunk = tuple[TrainState, dict[str, np.ndarray]]
+
+
+class DeviceRunner:
+    """The fast path: data lives on the device; an epoch is a few ``lax.scan`` calls."""
+
+    def __init__(
+        self,
+        fns: steps.StepFunctions,
+        config,
+        train: ArraySplit,
+        eval_splits: dict[str, ArraySplit],
+        data_rng: jax.Array,
+    ):
+        self.fns, self.config, self.data_rng = fns, config, data_rng
+        self.num_train = len(train)
+        self.images, self.labels = jax.device_put((train.images, train.labels))
+        self.eval_batches = {
+            name: jax.device_put(input_pipeline.pad_to_batches(split, config.eval_batch_size))
+            for name, split in eval_splits.items()
+        }
+
+    def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
+        """Trains epoch ``epoch`` from its step ``start_step``, one ``lax.scan`` per chunk."""
+        indices = input_pipeline.epoch_batch_indices(
+            self.data_rng, epoch, num_examples=self.num_train, batch_size=self.config.batch_size
+        )
+        chunk = math.ceil(len(indices) / self.config.chunks_per_epoch)
+        for start in range(start_step, len(indices), chunk):
+            state, metrics = self.fns.train_on_indices(
+                state, self.images, self.labels, indices[start : start + chunk], rng
+            )
+            yield state, jax.device_get(metrics)
+
+    def evaluate(self, state, split_name: str) -> dict:
+        """Metric sums over a whole split, with one host sync."""
+        return jax.device_get(self.fns.evaluate_batches(state, self.eval_batches[split_name]))
+
+
+class StreamingRunner:
+    """The tf.data path: batches stream from a seeded, prefetching tf.data pipeline."""
+
+    sync_every = 50  # steps per yielded chunk (each yield waits for the device)
+
+    def __init__(
+        self,
+        fns: steps.StepFunctions,
+        config,
+        train: ArraySplit,
+        eval_splits: dict[str, ArraySplit],
+        data_rng: jax.Array,
+    ):
+        del data_rng  # tf.data shuffles with seeds derived from config.seed
+        self.fns, self.config, self.train = fns, config, train
+        self.eval_splits = eval_splits
+
+    def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
+        """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
+        dataset = input_pipeline.tf_train_dataset(
+            self.train, self.config.batch_size, seed=self.config.seed, epoch=epoch
+        ).skip(start_step)
+        pending = []
+        for batch in dataset.as_numpy_iterator():
+            state, metrics = self.fns.train_step(state, batch, rng)
+            pending.append(metrics)
+            if len(pending) == self.sync_every:
+                yield state, stack_metrics(pending)
+                pending = []
+        if pending:
+            yield state, stack_metrics(pending)
+
+    def evaluate(self, state, split_name: str) -> dict:
+        """Metric sums over a whole split (padded, masked last batch)."""
+        totals = None
+        split = self.eval_splits[split_name]
+        for batch in input_pipeline.tf_eval_dataset(split, self.config.eval_batch_size):
+            metrics = self.fns.eval_step(state, {k: v.numpy() for k, v in batch.items()})
+            totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
+        return jax.device_get(totals)
+
+
+def stack_metrics(per_step: list[dict]) -> dict[str, np.ndarray]:
+    """Per-step metric dicts → one dict of numpy arrays (one host transfer)."""
+    return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step))
+
+
+RUNNERS = {"device": DeviceRunner, "tfds": StreamingRunner}

@@ -1,0 +1,90 @@
+"""Load a trained run for inference or evaluation: ``flaxmnist.load_run(workdir)``.
+
+Works in a fresh process: the model is rebuilt from the run's ``config.json`` and the state is
+restored from its Orbax checkpoints (``latest``, ``best`` or a step number).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from flaxmnist import checkpointing, models, optimizers, plugins, steps
+from flaxmnist.errors import FlaxmnistError
+from flaxmnist.train_state import TrainState, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A trained model, its state and config, ready to predict."""
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    state: TrainState
+    class_names: tuple[str, ...]
+    step: int
+    epoch: int
+    normalization: dict[str, float]
+
+    @functools.cached_property
+    def _predict(self):
+        preprocess = functools.partial(steps.normalize_images, **self.normalization)
+        return jax.jit(functools.partial(steps.predict_step, preprocess=preprocess))
+
+    def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Logits [N, num_classes] for uint8 images [N, H, W, C], in batches."""
+        outputs = [
+            np.asarray(self._predict(self.state, images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(outputs)
+
+
+def _select_step(checkpoints: checkpointing.RunCheckpoints, which: str | int) -> int:
+    saved = checkpoints.steps()
+    if not saved:
+        raise FlaxmnistError(f"no checkpoints in {checkpoints.directory}")
+    if which == "latest":
+        return saved[-1]
+    if which == "best":
+        meta = checkpoints.read_meta(saved[-1])
+        best_epoch = meta["stopper"]["best_epoch"]
+        return meta["history"][best_epoch - 1]["step"] if best_epoch else saved[-1]
+    if int(which) not in saved:
+        raise FlaxmnistError(f"no checkpoint at step {which}; saved steps: {saved}")
+    return int(which)
+
+
+def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun:
+    """Rebuilds the model of run ``workdir`` and restores checkpoint ``checkpoint``.
+
+    ``checkpoint`` is ``"latest"``, ``"best"`` (by the run's monitored metric) or a step number.
+    """
+    workdir = Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.exists():
+        raise FlaxmnistError(f"{workdir} is not a run directory (no config.json)")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    plugins.import_modules(config.import_modules)
+    checkpoints = checkpointing.RunCheckpoints(
+        workdir / "checkpoints", keep_latest=1, read_only=True
+    )
+    try:
+        step = _select_step(checkpoints, checkpoint)
+        meta = checkpoints.read_meta(step)
+        model = models.create_model(config, len(meta["class_names"]))
+        tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
+        template = create_train_state(model, tuple(meta["image_shape"]), tx, jax.random.key(0))
+        state, meta = checkpoints.restore(step, template)
+    finally:
+        checkpoints.close()
+    return LoadedRun(
+        config, model, state, tuple(meta["class_names"]), step, meta["epoch"], meta["normalization"]
+    )

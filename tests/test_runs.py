@@ -1,0 +1,277 @@
+"""Runs that survive: resume, early stopping, checkpoints, faults, locks, reload."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+import flaxmnist
+from flaxmnist import checkpointing, datasets, early_stopping, files, rundir, trainer
+from flaxmnist.errors import FlaxmnistError
+
+
+def _launch(config_args: list[str], workdir: Path, data_dir: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "flaxmnist.train",
+        "--config=cnn_simple",
+        f"--config.data_dir={data_dir}",
+        "--config.batch_size=32",
+        "--config.eval_batch_size=64",
+        "--config.compilation_cache_dir=",
+        f"--workdir={workdir}",
+        *config_args,
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
+def _wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Waits until the run has a finished checkpoint (Orbax renames it into place when done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ckpt = workdir / "checkpoints"
+        if ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir()):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def _final_state(workdir: Path):
+    return flaxmnist.load_run(workdir).state
+
+
+@pytest.fixture
+def bigger_data_dir(tmp_path):
+    """Synthetic MNIST with enough examples that an epoch lasts a little while."""
+    from conftest import write_idx_dataset
+
+    write_idx_dataset(tmp_path / "data" / "mnist", num_train=2048, num_test=100)
+    return tmp_path / "data"
+
+
+@pytest.mark.slow
+def test_sigkill_after_an_epoch_then_rerun_is_bitwise_identical(bigger_data_dir, tmp_path):
+    args = ["--config.num_epochs=6"]
+    reference = _launch(args, tmp_path / "reference", bigger_data_dir)
+    assert _finish(reference)[0] == 0
+    killed = _launch(args, tmp_path / "killed", bigger_data_dir)
+    _wait_for_checkpoint(tmp_path / "killed", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists()  # it really died part-way
+    code, stdout, stderr = _finish(_launch(args, tmp_path / "killed", bigger_data_dir))
+    assert code == 0, stderr
+    assert "resuming" in stdout + stderr
+    chex.assert_trees_all_equal(
+        _final_state(tmp_path / "killed").params, _final_state(tmp_path / "reference").params
+    )
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for key in ("test_loss", "test_accuracy", "steps", "epochs_completed"):
+        assert got[key] == expected[key], key
+    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_sigint_saves_mid_epoch_and_the_rerun_resumes(bigger_data_dir, tmp_path):
+    args = ["--config.num_epochs=3", "--config.chunks_per_epoch=60"]
+    interrupted = _launch(args, tmp_path / "run", bigger_data_dir)
+    _wait_for_checkpoint(tmp_path / "run", interrupted)
+    interrupted.send_signal(signal.SIGINT)
+    code, _, stderr = _finish(interrupted)
+    if code == 0:  # finished before the signal landed: nothing to test this time
+        pytest.skip("run ended before SIGINT arrived")
+    assert code == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted in epoch")
+    code, _, stderr = _finish(_launch(args, tmp_path / "run", bigger_data_dir))
+    assert code == 0, stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 3 and metrics["steps"] == 3 * (2048 * 9 // 10 // 32)
+
+
+def test_rerunning_a_finished_run_reports_the_same_metrics(tiny_config, tmp_path):
+    first = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    again = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    for key in ("test_loss", "test_accuracy", "steps", "epochs_completed"):
+        assert again[key] == first[key]
+
+
+def test_more_epochs_continue_the_epoch_count(tiny_config, tmp_path):
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    tiny_config.num_epochs = 3
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert metrics["epochs_completed"] == 3
+
+
+def test_resume_off_refuses_an_existing_run(tiny_config, tmp_path):
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.json").read_text()
+    tiny_config.resume = False
+    with pytest.raises(FlaxmnistError, match="already holds a run and resume is off"):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.json").read_text() == before
+
+
+def test_a_different_config_in_the_workdir_is_refused(tiny_config, tmp_path):
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    steps_before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    tiny_config.model = "dense"
+    with pytest.raises(FlaxmnistError, match="different config \\(model: 'cnn_simple' -> 'dense'"):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == steps_before
+
+
+def test_checkpoint_of_another_model_is_incompatible(tiny_config, tmp_path):
+    exp = trainer.build_experiment(tiny_config)
+    saver = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
+    saver.save(
+        exp.state, {"fingerprint": checkpointing.fingerprint(exp.state), "model": "x"}, best_order=1
+    )
+    saver.close()
+    tiny_config.model = "dense"
+    other = trainer.build_experiment(tiny_config)
+    reader = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="different model"):
+        reader.restore_latest(other.state)
+    reader.close()
+    assert (tmp_path / "ckpt" / "0").is_dir()
+
+
+def _truncate_every_file(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3])
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_path, capsys):
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    _truncate_every_file(ckpt / str(steps[-1]))
+    tiny_config.num_epochs = 3
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert "damaged" in capsys.readouterr().out
+    assert (ckpt / f"{steps[-1]}.corrupt").is_dir()  # set aside, not deleted
+    assert metrics["epochs_completed"] == 3
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_a_second_run_on_a_locked_workdir_refuses(tiny_config, tmp_path):
+    with (
+        rundir.RunDirectory(tmp_path / "run"),
+        pytest.raises(FlaxmnistError, match="in use by another run"),
+    ):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_locked_workdir(synthetic_data_dir, tmp_path):
+    with rundir.RunDirectory(tmp_path / "run"):
+        code, _, stderr = _finish(_launch([], tmp_path / "run", synthetic_data_dir))
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: workdir")
+    assert "in use by another run" in stderr
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_epoch_and_step(synthetic_data_dir, tmp_path):
+    args = ["--config.optimizer=sgd", "--config.learning_rate=1e12", "--config.num_epochs=2"]
+    code, _, stderr = _finish(_launch(args, tmp_path / "run", synthetic_data_dir))
+    assert code == 2 and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss became nan at epoch 1, step ") or "inf at epoch 1" in last
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_skip_step_policy_keeps_parameters_finite(tiny_config, tmp_path):
+    tiny_config.update(optimizer="sgd", learning_rate=1e12, nan_policy="skip_step", num_epochs=1)
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    state = _final_state(tmp_path / "run")
+    assert all(bool(np.isfinite(x).all()) for x in jax.tree_util.tree_leaves(state.params))
+    assert metrics["epochs_completed"] == 1
+
+
+def test_early_stopping_follows_keras_semantics():
+    update = lambda s, v, e: early_stopping.update(  # noqa: E731
+        s, v, e, mode="min", min_delta=0.1, patience=2
+    )
+    state = early_stopping.EarlyStoppingState()
+    state = update(state, 1.0, 1)
+    state = update(state, 0.95, 2)  # not better by more than min_delta
+    assert (state.best, state.best_epoch, state.wait, state.stopped) == (1.0, 1, 1, False)
+    state = update(state, 0.5, 3)
+    assert (state.best_epoch, state.wait) == (3, 0)
+    state = update(update(state, 0.6, 4), 0.45, 5)
+    assert state.stopped and state.best_epoch == 3
+
+
+def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_path):
+    # val_accuracy reaches 1.0 at once on the easy synthetic data and cannot improve after.
+    tiny_config.num_epochs = 8
+    tiny_config.early_stopping.update(monitor="val_accuracy", patience=2, restore_best=True)
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i)) + 1
+    assert metrics["stopped_early"] and metrics["epochs_completed"] == best + 2
+    assert metrics["best_epoch"] == best and metrics["evaluated_epoch"] == best
+    assert flaxmnist.load_run(tmp_path / "run", "best").epoch == best
+
+
+@pytest.mark.slow
+def test_reloaded_run_gives_identical_test_predictions_in_a_fresh_process(tiny_config, tmp_path):
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    script = (
+        "import json, numpy as np, flaxmnist\n"
+        "from flaxmnist import datasets\n"
+        f"run = flaxmnist.load_run({str(tmp_path / 'run')!r})\n"
+        f"test = datasets.load_dataset('mnist', {tiny_config.data_dir!r}).test\n"
+        "logits = run.predict(test.images, batch_size=7)\n"
+        "print(json.dumps(float((logits.argmax(-1) == test.labels).mean())))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == metrics["test_accuracy"]
+    here = flaxmnist.load_run(tmp_path / "run")
+    test = datasets.load_dataset("mnist", tiny_config.data_dir).test
+    np.testing.assert_array_equal(
+        here.predict(test.images).argmax(-1),
+        here.predict(test.images, batch_size=13).argmax(-1),
+    )
+
+
+def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    files.write_json_atomic(target, {"old": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_json_atomic(target, {"new": 2})
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
