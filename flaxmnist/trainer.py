@@ -36,6 +36,7 @@ from flaxmnist import (
     rundir,
     runners,
     steps,
+    tensorboard,
 )
 from flaxmnist.errors import ConfigError, FlaxmnistError
 from flaxmnist.train_state import TrainState, create_train_state
@@ -409,17 +410,26 @@ def interrupted_message(epoch: int, step: int) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOutputs:
+    """Where a run's results go: its directory, checkpoints and TensorBoard log."""
+
+    run: rundir.RunDirectory
+    checkpoints: checkpointing.RunCheckpoints
+    scalars: tensorboard.ScalarLog
+
+
 def train_epochs(
     exp: Experiment,
     runner,
-    run: rundir.RunDirectory,
-    checkpoints: checkpointing.RunCheckpoints,
+    out: RunOutputs,
     state: TrainState,
     progress: Progress,
     step_log: list[dict],
 ) -> tuple[TrainState, Progress]:
     """The epoch loop: train, validate, record, checkpoint, stop early."""
     config = exp.config
+    run, checkpoints, scalars = out.run, out.checkpoints, out.scalars
     monitor = monitored_field(config)
     es = config.early_stopping
     with InterruptFlag() as interrupt:
@@ -451,9 +461,12 @@ def train_epochs(
                 stopper=stopper,
                 train_time_s=progress.train_time_s + seconds,
             )
-            step_log.extend(step_rows(per_step, first_step, epoch))
+            new_rows = step_rows(per_step, first_step, epoch)
+            step_log.extend(new_rows)
             tqdm.tqdm.write(format_record(record))
             run.write_history(progress.history, step_log)
+            scalars.epoch(record)
+            scalars.steps(new_rows)
             improved = stopper.best_epoch == epoch
             if should_save(config, epoch, improved, stopper.stopped) or interrupt.signal:
                 checkpoints.save(
@@ -494,6 +507,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     exp = build_experiment(config)
     with rundir.RunDirectory(workdir) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
+        scalars = tensorboard.ScalarLog(run.path / "tensorboard", config.log_every_steps)
         try:
             state, progress, step_log = start_or_resume(run, checkpoints, exp)
             eval_splits = {"test": exp.dataset.test}
@@ -503,10 +517,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 exp.fns, config, exp.train, eval_splits, exp.data_rng
             )
             run.write_history(progress.history, step_log)
-            state, progress = train_epochs(exp, runner, run, checkpoints, state, progress, step_log)
+            outputs = RunOutputs(run, checkpoints, scalars)
+            state, progress = train_epochs(exp, runner, outputs, state, progress, step_log)
             state, evaluated_epoch = best_state(exp, checkpoints, state, progress)
             test_loss, test_accuracy = summarize(runner.evaluate(state, "test"))
         finally:
+            scalars.close()
             checkpoints.close()
         metrics = {
             "test_loss": test_loss,

@@ -275,3 +275,22 @@ def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(tmp_path, monkey
         files.write_json_atomic(target, {"new": 2})
     assert json.loads(target.read_text()) == {"old": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_tensorboard_events_hold_the_history(tiny_config, tmp_path):
+    import tensorflow as tf
+
+    tiny_config.log_every_steps = 5
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    scalars: dict[str, dict[int, float]] = {}
+    for event_file in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    assert scalars["val/accuracy"] == pytest.approx(
+        {r["epoch"]: r["val_accuracy"] for r in history}
+    )
+    assert scalars["train/loss"][2] == pytest.approx(history[1]["train_loss"])
+    assert set(scalars["step/loss"]) == set(range(5, history[-1]["step"] + 1, 5))
+    assert {"learning_rate", "epoch_time_s", "val/loss", "train/accuracy"} <= set(scalars)

@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.early_stopping.patience = 0  # epochs without improvement before stopping; 0 = never
     config.early_stopping.min_delta = 0.0  # smaller changes do not count as improvement
     config.early_stopping.restore_best = False  # test (and save) the best epoch's weights
+    config.log_every_steps = 50  # TensorBoard step/loss interval; 0 disables step scalars
     # Extensions and runtime.
     config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
     config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache

@@ -1,0 +1,50 @@
+"""TensorBoard event files for a run (``WORKDIR/tensorboard``), written with tensorboardX.
+
+View them with ``tensorboard --logdir runs/``. Scalars: per epoch ``train/loss``,
+``train/accuracy``, ``val/loss``, ``val/accuracy``, ``learning_rate``, ``epoch_time_s`` (x-axis:
+epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: step).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tensorboardX import SummaryWriter
+
+EPOCH_SCALARS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "learning_rate": "learning_rate",
+    "epoch_time_s": "epoch_time_s",
+}
+
+
+class ScalarLog:
+    """Appends epoch and step scalars to the run's TensorBoard log."""
+
+    def __init__(self, logdir: Path, log_every_steps: int):
+        self.writer = SummaryWriter(str(logdir))
+        self.log_every_steps = log_every_steps
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Writes one history record's scalars at x = its epoch."""
+        for field, tag in EPOCH_SCALARS.items():
+            if field in record:
+                self.writer.add_scalar(tag, record[field], record["epoch"])
+        self.writer.flush()
+
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        """Writes the loss of every ``log_every_steps``-th step among ``rows``."""
+        if self.log_every_steps <= 0:
+            return
+        for row in rows:
+            if row["step"] % self.log_every_steps == 0:
+                self.writer.add_scalar("step/loss", row["loss"], row["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file."""
+        self.writer.close()
