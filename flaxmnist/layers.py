@@ -7,7 +7,8 @@ module provides drop-in replacements:
 * :func:`max_pool` — non-overlapping max-pooling with a custom VJP that routes the gradient to the
   first maximum of each window (the same subgradient ``select_and_scatter`` picks);
 * :func:`conv2d` — a 2-D convolution computed either by ``lax.conv_general_dilated`` (``"xla"``) or
-  as im2col + one matmul (``"im2col"``);
+  as im2col + matmul (``"im2col"``): patches from one gather, a custom VJP whose weight gradient is
+  one matmul, and a loop over batch chunks so large layers keep their temporaries small;
 * :class:`Conv` — a Linen module with the same parameters as ``flax.linen.Conv`` (``kernel`` HWIO
   and ``bias``) whose implementation is a config switch; ``"auto"`` picks im2col on CPU and the
   native convolution on GPU/TPU.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 POOL_IMPLS = ("auto", "xla", "fast")
@@ -91,15 +93,110 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
     return nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
 
 
-def _im2col(x: jax.Array, kh: int, kw: int, padding: str) -> jax.Array:
-    """Returns the (kh, kw, C) patches of NHWC ``x`` as [N, H', W', kh*kw*C] (stride 1)."""
-    if padding == "SAME":
-        ph, pw = kh - 1, kw - 1
-        x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-    _n, h, w, _c = x.shape
-    ho, wo = h - kh + 1, w - kw + 1
-    patches = [x[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(patches, axis=-1)
+# Bytes of patch matrix per batch chunk: on small CPUs, touching fresh memory is slow, so large
+# layers run as a loop over batch chunks whose temporaries stay a few MiB and are reused.
+CHUNK_BYTES = 4 * 1024 * 1024
+# Outputs this small (per image) get dx by col2im; larger ones by a transposed convolution.
+COL2IM_MAX_PIXELS = 16
+
+
+def _patch_indices(h: int, w: int, kh: int, kw: int) -> np.ndarray:
+    """Flat spatial indices [H'*W'*kh*kw] of every (output pixel, kernel tap) pair."""
+    rows = np.arange(h - kh + 1)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = np.arange(w - kw + 1)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    return (rows * w + cols).reshape(-1).astype(np.int32)
+
+
+def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """im2col of NHWC ``x`` ('VALID', stride 1) as [N, H', W', kh*kw*C], in HWIO tap order.
+
+    One gather over the flattened spatial axis: XLA:CPU runs it several times faster than a
+    concatenate of the kh*kw shifted slices.
+    """
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h * w, c)
+    patches = flat.at[:, _patch_indices(h, w, kh, kw)].get(
+        mode="promise_in_bounds", indices_are_sorted=True
+    )
+    return patches.reshape(n, h - kh + 1, w - kw + 1, kh * kw * c)
+
+
+def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """``a @ b`` over the last axis of ``a``, accumulated in float32, cast to ``dtype``."""
+    dims = (((a.ndim - 1,), (0,)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _conv_valid_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    kh, kw, cin, cout = kernel.shape
+    return _matmul(_patches(x, kh, kw), kernel.reshape(kh * kw * cin, cout), x.dtype)
+
+
+def _conv_valid_fwd(x: jax.Array, kernel: jax.Array):
+    # Keep x, not the patches: recomputing them in the backward pass is cheaper than storing.
+    return _conv_valid_forward(x, kernel), (x, kernel)
+
+
+def _conv_valid_bwd(residuals, g: jax.Array):
+    x, kernel = residuals
+    kh, kw, cin, cout = kernel.shape
+    n, ho, wo, _ = g.shape
+    # dW = patches^T @ dy: one matmul (autodiff would emit a slow weight-gradient convolution).
+    dims = (((0, 1, 2), (0, 1, 2)), ((), ()))
+    dw = jax.lax.dot_general(_patches(x, kh, kw), g, dims, preferred_element_type=jnp.float32)
+    dw = dw.reshape(kernel.shape).astype(kernel.dtype)
+    if ho * wo <= COL2IM_MAX_PIXELS:  # col2im: dpatches = dy @ W^T, then add the taps back
+        dp = _matmul(g, kernel.reshape(kh * kw * cin, cout).T, jnp.float32)
+        dp = dp.reshape(n, ho, wo, kh, kw, cin)
+        dx = sum(
+            jnp.pad(dp[:, :, :, i, j, :], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+            for i in range(kh)
+            for j in range(kw)
+        )
+    else:  # transposed convolution: 'full' correlation of dy with the flipped kernel
+        flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+        dx = jax.lax.conv_general_dilated(
+            g,
+            flipped,
+            (1, 1),
+            ((kh - 1, kh - 1), (kw - 1, kw - 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            preferred_element_type=jnp.float32,
+        )
+    return dx.astype(x.dtype), dw
+
+
+_conv_valid = jax.custom_vjp(_conv_valid_forward)
+_conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+def batch_chunk(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
+    """Images per chunk so that one chunk's patches fit in ``chunk_bytes``.
+
+    A divisor of ``batch`` is preferred when one at least half the size limit exists.
+    """
+    limit = max(1, chunk_bytes // max(per_image_bytes, 1))
+    if batch <= limit:
+        return batch
+    divisor = max(d for d in range(1, limit + 1) if batch % d == 0)
+    return divisor if 2 * divisor >= limit else limit
+
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'VALID' im2col convolution, looping over batch chunks when the patches are large."""
+    kh, kw, cin, _ = kernel.shape
+    n, h, w, _ = x.shape
+    per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
+    chunk = batch_chunk(n, per_image, CHUNK_BYTES)
+    if chunk == n:
+        return _conv_valid(x, kernel)
+    full = n - n % chunk
+    chunks = x[:full].reshape(full // chunk, chunk, h, w, cin)
+    y = jax.lax.map(lambda xc: _conv_valid(xc, kernel), chunks)
+    y = y.reshape(full, *y.shape[2:])
+    if full < n:  # the images left over after the full chunks
+        y = jnp.concatenate([y, _conv_valid(x[full:], kernel)])
+    return y
 
 
 def conv2d(
@@ -107,8 +204,9 @@ def conv2d(
 ) -> jax.Array:
     """Stride-1 2-D convolution of NHWC ``x`` with an HWIO ``kernel`` (no bias).
 
-    ``impl="im2col"`` gathers patches and runs one matmul; ``"xla"`` uses
-    ``lax.conv_general_dilated``. Both give the same values and gradients.
+    ``impl="im2col"`` gathers patches and runs matmuls (with a custom VJP whose weight gradient
+    is one matmul); ``"xla"`` uses ``lax.conv_general_dilated``. Both give the same values and
+    gradients up to float rounding.
     """
     impl = resolve_impl(impl, CONV_IMPLS, cpu_choice="im2col")
     if padding not in ("VALID", "SAME"):
@@ -121,9 +219,10 @@ def conv2d(
             padding=padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-    kh, kw, cin, cout = kernel.shape
-    patches = _im2col(x, kh, kw, padding)
-    return patches @ kernel.reshape(kh * kw * cin, cout)
+    if padding == "SAME":
+        kh, kw = kernel.shape[:2]
+        x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    return _conv_im2col(x, kernel)
 
 
 class Conv(nn.Module):

@@ -86,3 +86,21 @@ def test_bfloat16_conv_is_close_to_float32():
     low = conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     assert low.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(low, np.float32), conv(x, kernel), atol=5e-2)
+
+
+def test_chunked_im2col_matches_unchunked(monkeypatch):
+    x = jax.random.normal(jax.random.key(5), (7, 9, 9, 2))
+    kernel = jax.random.normal(jax.random.key(6), (3, 3, 2, 4))
+    loss = lambda x, k: jnp.sum(jnp.cos(layers.conv2d(x, k, impl="im2col")))  # noqa: E731
+    expected = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+    per_image = 7 * 7 * 9 * 2 * 4
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 3 * per_image)  # chunks of 3: 3 + 3 + 1 left over
+    chunked = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+    chex.assert_trees_all_close(chunked, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("batch", "limit", "expected"), [(128, 200, 128), (128, 40, 32), (128, 23, 16), (37, 10, 10)]
+)
+def test_batch_chunk(batch, limit, expected):
+    assert layers.batch_chunk(batch, per_image_bytes=100, chunk_bytes=100 * limit) == expected

@@ -1,0 +1,122 @@
+"""The evaluation CLI, report and comparison on a small trained run."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+
+from flaxmnist import compare, evaluate, trainer
+
+FIGURES = {
+    "samples",
+    "class_distribution",
+    "confusion_matrix",
+    "confusion_matrix_normalized",
+    "per_class_accuracy",
+    "predictions",
+    "confident_mistakes",
+    "ambiguous",
+    "reliability",
+    "training_curves",
+    "conv_kernels",
+    "feature_maps",
+    "step_loss",
+}
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """A conv run and a dense run on the synthetic data (trained once for this module)."""
+    from conftest import write_idx_dataset
+
+    from flaxmnist.configs import default
+
+    root = tmp_path_factory.mktemp("eval")
+    write_idx_dataset(root / "data" / "mnist", num_train=512, num_test=100)
+    runs = {}
+    for model in ("cnn_simple", "dense"):
+        config = default.get_config()
+        config.update(
+            model=model,
+            data_dir=str(root / "data"),
+            batch_size=32,
+            eval_batch_size=64,
+            num_epochs=2,
+            compilation_cache_dir="",
+        )
+        trainer.train_and_evaluate(config, root / model)
+        runs[model] = root / model
+    return runs
+
+
+def test_evaluate_writes_every_file_with_consistent_numbers(trained_runs):
+    run = trained_runs["cnn_simple"]
+    summary = evaluate.evaluate_run(run)
+    eval_dir = run / "eval"
+    written = json.loads((eval_dir / "metrics.json").read_text())
+    assert written["accuracy"] == summary["accuracy"]
+    matrix = np.array(written["confusion_matrix"])
+    assert matrix.sum() == 100 == written["num_examples"]
+    assert np.trace(matrix) / 100 == pytest.approx(written["accuracy"])
+    training = json.loads((run / "metrics.json").read_text())
+    assert written["accuracy"] == training["test_accuracy"]
+    assert written["reload_check"].startswith("reload check: test accuracy")
+    csv_rows = (eval_dir / "confusion_matrix.csv").read_text().splitlines()
+    assert len(csv_rows) == 11 and csv_rows[1].split(",")[1:] == [str(v) for v in matrix[0]]
+    predictions = np.load(eval_dir / "predictions.npz")
+    np.testing.assert_allclose(predictions["probabilities"].sum(-1), 1.0, rtol=1e-6)
+    assert (predictions["probabilities"].argmax(-1) == predictions["labels"]).mean() == (
+        written["accuracy"]
+    )
+    report = (eval_dir / "classification_report.txt").read_text()
+    assert "macro avg" in report and "weighted avg" in report
+    assert {p.stem for p in (eval_dir / "figures").glob("*.png")} == FIGURES
+    html = (eval_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    assert "cnn_simple" in html and "Conv_0" in (eval_dir / "model_summary.txt").read_text()
+
+
+def test_dense_models_skip_the_conv_figures(trained_runs):
+    evaluate.evaluate_run(trained_runs["dense"])
+    stems = {p.stem for p in (trained_runs["dense"] / "eval" / "figures").glob("*.png")}
+    assert stems == FIGURES - {"conv_kernels", "feature_maps"}
+
+
+def test_feature_maps_have_one_entry_per_conv_layer(trained_runs):
+    import flaxmnist
+
+    run = flaxmnist.load_run(trained_runs["cnn_simple"])
+    maps = evaluate.conv_feature_maps(run, np.zeros((28, 28, 1), np.uint8))
+    assert [name for name, _ in maps] == ["Conv_0"]
+    assert maps[0][1].shape == (26, 26, 32) and (maps[0][1] >= 0).all()  # after ReLU
+
+
+def test_compare_writes_a_table_and_figures(trained_runs, tmp_path):
+    rows = compare.compare([trained_runs["cnn_simple"], trained_runs["dense"]], tmp_path / "cmp")
+    assert [r["model"] for r in rows] == ["cnn_simple", "dense"]
+    assert rows[0]["params"] == 54_410 and rows[1]["params"] == 101_770
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert table.splitlines()[2].startswith("| cnn_simple | cnn_simple | mnist | 54410 |")
+    assert {p.name for p in (tmp_path / "cmp").glob("*.png")} == {
+        "model_comparison.png",
+        "val_accuracy_curves.png",
+        "val_loss_curves.png",
+        "per_class.png",
+    }
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_missing_run_fails_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flaxmnist.evaluate", f"--workdir={tmp_path / 'nope'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "not a run directory" in result.stderr
