@@ -34,7 +34,7 @@ class RunCheckpoints:
     """The checkpoints under ``WORKDIR/checkpoints`` (one Orbax ``CheckpointManager``)."""
 
     def __init__(
-        self, directory: Path, keep_latest: int, *, async_save: bool = True, read_only: bool = False
+        self, directory: Path, keep_latest: int, *, async_save: bool = True, create: bool = True
     ):
         self.directory = Path(directory).resolve()
         policy = checkpoint_managers.AnyPreservationPolicy(
@@ -50,8 +50,7 @@ class RunCheckpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             enable_async_checkpointing=async_save,
-            create=not read_only,
-            read_only=read_only,
+            create=create,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

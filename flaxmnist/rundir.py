@@ -21,6 +21,8 @@ RESUMABLE_FIELDS = {
     "compilation_cache_dir",
     "data_dir",
     "chunks_per_epoch",
+    "num_devices",
+    "input_pipeline",
     "import_modules",
     "early_stopping",
 }

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from flaxmnist import input_pipeline, steps
+from flaxmnist import input_pipeline, parallel, steps
 from flaxmnist.datasets import ArraySplit
 from flaxmnist.train_state import TrainState
 
@@ -31,12 +32,16 @@ class DeviceRunner:
         train: ArraySplit,
         eval_splits: dict[str, ArraySplit],
         data_rng: jax.Array,
+        mesh: Mesh,
     ):
-        self.fns, self.config, self.data_rng = fns, config, data_rng
+        self.fns, self.config, self.data_rng, self.mesh = fns, config, data_rng, mesh
         self.num_train = len(train)
-        self.images, self.labels = jax.device_put((train.images, train.labels))
+        # Every device holds the whole (uint8) training set and gathers its share of each batch.
+        self.images, self.labels = parallel.put_replicated((train.images, train.labels), mesh)
         self.eval_batches = {
-            name: jax.device_put(input_pipeline.pad_to_batches(split, config.eval_batch_size))
+            name: parallel.put_batch(
+                input_pipeline.pad_to_batches(split, config.eval_batch_size), mesh, leading_axes=1
+            )
             for name, split in eval_splits.items()
         }
 
@@ -45,6 +50,7 @@ class DeviceRunner:
         indices = input_pipeline.epoch_batch_indices(
             self.data_rng, epoch, num_examples=self.num_train, batch_size=self.config.batch_size
         )
+        indices = jax.device_put(indices, parallel.batch_sharding(self.mesh, leading_axes=1))
         chunk = math.ceil(len(indices) / self.config.chunks_per_epoch)
         for start in range(start_step, len(indices), chunk):
             state, metrics = self.fns.train_on_indices(
@@ -69,9 +75,10 @@ class StreamingRunner:
         train: ArraySplit,
         eval_splits: dict[str, ArraySplit],
         data_rng: jax.Array,
+        mesh: Mesh,
     ):
         del data_rng  # tf.data shuffles with seeds derived from config.seed
-        self.fns, self.config, self.train = fns, config, train
+        self.fns, self.config, self.train, self.mesh = fns, config, train, mesh
         self.eval_splits = eval_splits
 
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
@@ -81,7 +88,7 @@ class StreamingRunner:
         ).skip(start_step)
         pending = []
         for batch in dataset.as_numpy_iterator():
-            state, metrics = self.fns.train_step(state, batch, rng)
+            state, metrics = self.fns.train_step(state, parallel.put_batch(batch, self.mesh), rng)
             pending.append(metrics)
             if len(pending) == self.sync_every:
                 yield state, stack_metrics(pending)
@@ -94,7 +101,8 @@ class StreamingRunner:
         totals = None
         split = self.eval_splits[split_name]
         for batch in input_pipeline.tf_eval_dataset(split, self.config.eval_batch_size):
-            metrics = self.fns.eval_step(state, {k: v.numpy() for k, v in batch.items()})
+            batch = parallel.put_batch({k: v.numpy() for k, v in batch.items()}, self.mesh)
+            metrics = self.fns.eval_step(state, batch)
             totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
         return jax.device_get(totals)
 

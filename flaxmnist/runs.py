@@ -73,9 +73,7 @@ def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun
         raise FlaxmnistError(f"{workdir} is not a run directory (no config.json)")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     plugins.import_modules(config.import_modules)
-    checkpoints = checkpointing.RunCheckpoints(
-        workdir / "checkpoints", keep_latest=1, read_only=True
-    )
+    checkpoints = checkpointing.RunCheckpoints(workdir / "checkpoints", keep_latest=1, create=False)
     try:
         step = _select_step(checkpoints, checkpoint)
         meta = checkpoints.read_meta(step)

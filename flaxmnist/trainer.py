@@ -32,6 +32,7 @@ from flaxmnist import (
     losses,
     models,
     optimizers,
+    parallel,
     plugins,
     rundir,
     runners,
@@ -121,6 +122,7 @@ class Experiment:
     dropout_rng: jax.Array
     data_rng: jax.Array
     pixel_mean_std: tuple[float, float]
+    mesh: jax.sharding.Mesh
 
     def data_info(self) -> dict[str, Any]:
         """What a model trained on this data needs at inference time."""
@@ -146,6 +148,10 @@ def pixel_normalization(
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Resolves every name, loads the data and initialises the state (no training)."""
     validate_config(config)
+    mesh = parallel.create_mesh(config.num_devices)
+    parallel.check_divisible(
+        mesh, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size
+    )
     plugins.import_modules(config.import_modules)
     loss_fn = losses.get_loss(config.loss, config.loss_options)
     dataset = datasets.load_dataset(config.dataset, config.data_dir or None)
@@ -161,7 +167,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     schedule = optimizers.create_schedule(config, steps_per_epoch)
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = create_train_state(model, dataset.image_shape, tx, init_rng)
+    state = parallel.put_replicated(
+        create_train_state(model, dataset.image_shape, tx, init_rng), mesh
+    )
     mean, std = pixel_normalization(config, dataset)
     preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
     fns = steps.make_step_functions(loss_fn, preprocess)
@@ -177,16 +185,16 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         dropout_rng,
         data_rng,
         (mean, std),
+        mesh,
     )
 
 
-def device_summary() -> dict[str, Any]:
+def device_summary(mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """Backend, device kind and counts, for the record."""
-    devices = jax.devices()
     return {
         "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
+        "device_kind": mesh.devices.flat[0].device_kind,
+        "device_count": mesh.size,
         "process_count": jax.process_count(),
     }
 
@@ -514,7 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if exp.validation is not None:
                 eval_splits["validation"] = exp.validation
             runner = runners.RUNNERS[config.input_pipeline](
-                exp.fns, config, exp.train, eval_splits, exp.data_rng
+                exp.fns, config, exp.train, eval_splits, exp.data_rng, exp.mesh
             )
             run.write_history(progress.history, step_log)
             outputs = RunOutputs(run, checkpoints, scalars)
@@ -539,7 +547,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "steps": int(state.step),
             "train_time_s": progress.train_time_s,
             "total_time_s": time.perf_counter() - start_time,
-            **device_summary(),
+            **device_summary(exp.mesh),
             **throughput(progress.history, exp),
         }
         run.write_metrics(metrics)
