@@ -102,7 +102,9 @@ def make_figures(
     matrix = np.array(summary["confusion_matrix"])
     confidence, accuracy, counts = metrics.calibration_bins(probabilities, test.labels)
     figures = {
-        "samples": visualize.sample_grid(test.images, test.labels, names),
+        "samples": visualize.sample_grid(
+            test.images, test.labels, names, title="Random test samples"
+        ),
         "class_distribution": visualize.class_distribution(
             dataset.train.labels, test.labels, names
         ),
