@@ -90,6 +90,22 @@ def first_conv_kernel(params: dict) -> np.ndarray | None:
     return np.asarray(params[convs[0]]["kernel"]) if convs else None
 
 
+def augmented_samples(run, images: np.ndarray) -> np.ndarray | None:
+    """``images`` as the run's training augmentation saw them, or None when it had none."""
+    import jax
+
+    from flaxmnist import augment
+
+    if "augment" not in run.config:
+        return None
+    config = augment.AugmentConfig.from_config(run.config)
+    if not config.enabled:
+        return None
+    pixels = images.astype(np.float32) / 255.0
+    out = augment.augment_batch(pixels, jax.random.key(0), config)
+    return np.clip(np.asarray(out) * 255.0, 0, 255).astype(np.uint8)
+
+
 def make_figures(
     run, dataset, logits, summary, history, best_epoch: int | None, image_index: int
 ) -> dict[str, Any]:
@@ -124,6 +140,11 @@ def make_figures(
     }
     if history:
         figures["training_curves"] = visualize.training_curves(history, best_epoch=best_epoch)
+    augmented = augmented_samples(run, test.images[:25])
+    if augmented is not None:
+        figures["augmented_samples"] = visualize.sample_grid(
+            augmented, test.labels[:25], names, title="Training augmentation (test images)"
+        )
     kernel = first_conv_kernel(run.state.params)
     if kernel is not None:
         figures["conv_kernels"] = visualize.conv_kernels(kernel)

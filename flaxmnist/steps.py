@@ -21,6 +21,7 @@ Batch = dict[str, jax.Array]  # image uint8 [B, H, W, C], label int32 [B], optio
 Metrics = dict[str, jax.Array]  # loss / correct / count sums
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 PreprocessFn = Callable[[jax.Array], jax.Array]
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> images
 
 
 def normalize_images(images: jax.Array, *, mean: float = 0.0, std: float = 1.0) -> jax.Array:
@@ -52,10 +53,16 @@ def train_step(
     *,
     loss_fn: LossFn,
     preprocess: PreprocessFn,
+    augment: AugmentFn | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One optimisation step on ``batch``; the dropout key is ``fold_in(rng, state.step)``."""
+    """One optimisation step on ``batch``; the dropout key is ``fold_in(rng, state.step)``.
+
+    ``augment`` (optional) transforms the preprocessed images with a key derived from that one.
+    """
     images = preprocess(batch["image"])
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if augment is not None:
+        images = augment(images, jax.random.fold_in(dropout_rng, 1))
 
     def loss_and_outputs(params):
         variables = {**state.variables(), "params": params}
@@ -131,9 +138,11 @@ class StepFunctions:
     evaluate_batches: Callable[[TrainState, Batch], Metrics]
 
 
-def make_step_functions(loss_fn: LossFn, preprocess: PreprocessFn) -> StepFunctions:
-    """Binds the loss and preprocessing into the steps and jit-compiles them."""
-    train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess)
+def make_step_functions(
+    loss_fn: LossFn, preprocess: PreprocessFn, augment: AugmentFn | None = None
+) -> StepFunctions:
+    """Binds the loss, preprocessing and augmentation into the steps and jit-compiles them."""
+    train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, augment=augment)
     evaluate = functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess)
     return StepFunctions(
         train_step=jax.jit(train, donate_argnums=0),

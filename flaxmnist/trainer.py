@@ -25,6 +25,7 @@ import numpy as np
 import tqdm
 
 from flaxmnist import (
+    augment,
     checkpointing,
     datasets,
     early_stopping,
@@ -145,6 +146,14 @@ def pixel_normalization(
     return dataset.pixel_stats() if config.normalization == "standardize" else (0.0, 1.0)
 
 
+def make_augment(config: ml_collections.ConfigDict, mean: float, std: float):
+    """The configured on-device augmentation (background = a black pixel), or None when off."""
+    augment_config = augment.AugmentConfig.from_config(config)
+    if not augment_config.enabled:
+        return None
+    return functools.partial(augment.augment_batch, cfg=augment_config, fill=(0.0 - mean) / std)
+
+
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     """Resolves every name, loads the data and initialises the state (no training)."""
     validate_config(config)
@@ -172,7 +181,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     )
     mean, std = pixel_normalization(config, dataset)
     preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
-    fns = steps.make_step_functions(loss_fn, preprocess)
+    fns = steps.make_step_functions(loss_fn, preprocess, make_augment(config, mean, std))
     return Experiment(
         config,
         dataset,

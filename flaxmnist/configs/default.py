@@ -13,6 +13,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.validation_fraction = 0.1  # held out of the training split; 0 disables validation
     config.input_pipeline = "device"  # device: resident + lax.scan; tfds: tf.data streaming
     config.chunks_per_epoch = 20  # device path: host syncs (progress-bar updates) per epoch
+    # On-device augmentation (Keras ImageDataGenerator set); all zero = off.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.rotation = 0.0  # max degrees
+    config.augment.translate = 0.0  # max shift, fraction of the image size
+    config.augment.zoom = 0.0  # scale in [1 - zoom, 1 + zoom]
+    config.augment.shear = 0.0  # max degrees
+    config.augment.flip = False  # random horizontal flips (wrong for digits)
+    config.augment.cutout = 0  # side of a random erased square, pixels
+    config.augment.cutout_prob = 0.5
     # Model.
     config.model = "convnet"
     config.activation = "relu"
