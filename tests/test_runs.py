@@ -294,3 +294,68 @@ def test_tensorboard_events_hold_the_history(tiny_config, tmp_path):
     assert scalars["train/loss"][2] == pytest.approx(history[1]["train_loss"])
     assert set(scalars["step/loss"]) == set(range(5, history[-1]["step"] + 1, 5))
     assert {"learning_rate", "epoch_time_s", "val/loss", "train/accuracy"} <= set(scalars)
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_workdir_of_another_model(synthetic_data_dir, tmp_path):
+    assert _finish(_launch(["--config.num_epochs=1"], tmp_path / "run", synthetic_data_dir))[0] == 0
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    code, _, stderr = _finish(
+        _launch(
+            ["--config.model=dense", "--config.num_epochs=1"], tmp_path / "run", synthetic_data_dir
+        )
+    )
+    assert code == 2 and "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: workdir") and "model: 'cnn_simple' -> 'dense'" in last
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+
+
+@pytest.mark.slow
+def test_cli_falls_back_from_a_damaged_checkpoint(synthetic_data_dir, tmp_path):
+    assert _finish(_launch(["--config.num_epochs=2"], tmp_path / "run", synthetic_data_dir))[0] == 0
+    ckpt = tmp_path / "run" / "checkpoints"
+    newest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    _truncate_every_file(ckpt / str(newest))
+    code, stdout, stderr = _finish(
+        _launch(["--config.num_epochs=3"], tmp_path / "run", synthetic_data_dir)
+    )
+    assert code == 0, stderr
+    assert f"checkpoint step {newest} is damaged" in stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_completed"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:os.fork")  # the child only calls setrlimit before exec
+def test_cli_on_a_full_disk_fails_in_one_line_without_partial_files(synthetic_data_dir, tmp_path):
+    import resource
+
+    def small_file_limit():  # files may not grow past 1,500 bytes: steps.csv will not fit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    command = [
+        sys.executable,
+        "-m",
+        "flaxmnist.train",
+        "--config=cnn_simple",
+        f"--config.data_dir={synthetic_data_dir}",
+        "--config.batch_size=32",
+        "--config.eval_batch_size=64",
+        "--config.compilation_cache_dir=",
+        "--config.checkpoint_every_epochs=0",
+        f"--workdir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=small_file_limit,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write")
+    run = tmp_path / "run"
+    assert not (run / "metrics.json").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    json.loads((run / "history.json").read_text())  # what was written is whole
