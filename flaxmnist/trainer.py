@@ -39,6 +39,7 @@ from flaxmnist import (
     runners,
     steps,
     tensorboard,
+    transfer,
 )
 from flaxmnist.errors import ConfigError, FlaxmnistError
 from flaxmnist.train_state import TrainState, create_train_state
@@ -176,9 +177,10 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     schedule = optimizers.create_schedule(config, steps_per_epoch)
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = parallel.put_replicated(
-        create_train_state(model, dataset.image_shape, tx, init_rng), mesh
-    )
+    state = create_train_state(model, dataset.image_shape, tx, init_rng)
+    if config.init_from:
+        state = transfer.warm_start(state, config.init_from, dataset.class_names)
+    state = parallel.put_replicated(state, mesh)
     mean, std = pixel_normalization(config, dataset)
     preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
     fns = steps.make_step_functions(loss_fn, preprocess, make_augment(config, mean, std))

@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.early_stopping.min_delta = 0.0  # smaller changes do not count as improvement
     config.early_stopping.restore_best = False  # test (and save) the best epoch's weights
     config.log_every_steps = 50  # TensorBoard step/loss interval; 0 disables step scalars
+    # Fine-tuning: start from another run's weights (the head is re-initialised when the classes
+    # differ). "" = from scratch.
+    config.init_from = ""
     # Devices.
     config.num_devices = 0  # data parallelism over this many local devices; 0 = all
     # Extensions and runtime.
