@@ -237,6 +237,8 @@ def evaluate_run(
     if not 0 <= image_index < len(data.test):
         raise FlaxmnistError(f"image_index must be in [0, {len(data.test)}), got {image_index}")
     check = reload_check(workdir, run.step, name, summary["accuracy"])
+    if first_conv_kernel(run.state.params) is None:
+        notes.append(f"{run.config.model} has no conv layers: no kernel or feature-map figures")
     summary["reload_check"] = check
     eval_dir = workdir / "eval"
     (eval_dir / "figures").mkdir(parents=True, exist_ok=True)

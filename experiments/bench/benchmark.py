@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python experiments/bench/benchmark.py            # full: 200 timed steps x 3 repeats
-    python experiments/bench/benchmark.py --quick    # 40 timed steps x 2 repeats (< 3 minutes)
+    python experiments/bench/benchmark.py --quick    # 3 models, 30 steps x 2 repeats (~3 min)
 
 Every (framework, model) pair runs in a fresh subprocess of this script, one after another, on the
 vendored MNIST arrays in memory, with Adam (lr 1e-3) and sparse cross-entropy at the reference
@@ -32,6 +32,7 @@ START = time.perf_counter()
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
 FRAMEWORKS = ("flaxmnist", "flaxmnist_tfds", "keras", "torch")
+QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
 TRAIN_EXAMPLES = 60_000
 
 
@@ -335,7 +336,7 @@ def markdown(rows: list[dict], machine: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_pair = {(r["framework"], r["model"]): r for r in rows if "error" not in r}
-    for model in MODELS:
+    for model in dict.fromkeys(r["model"] for r in rows):
         flops = by_pair.get(("flaxmnist", model), {}).get("flops_per_step", 0.0)
         for framework in FRAMEWORKS:
             r = by_pair.get((framework, model))
@@ -365,12 +366,13 @@ def chart(rows: list[dict], path: Path) -> None:
     figure = Figure(figsize=(10, 4.5), layout="constrained")
     ax = figure.subplots()
     by_pair = {(r["framework"], r["model"]): r["epoch_s"] for r in rows if "error" not in r}
-    x = np.arange(len(MODELS))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    x = np.arange(len(models))
     width = 0.8 / len(FRAMEWORKS)
     for i, framework in enumerate(FRAMEWORKS):
-        heights = [by_pair.get((framework, m), np.nan) for m in MODELS]
+        heights = [by_pair.get((framework, m), np.nan) for m in models]
         ax.bar(x - 0.4 + (i + 0.5) * width, heights, width, label=framework)
-    ax.set_xticks(x, [f"{m}\n(batch {b})" for m, b in MODELS.items()])
+    ax.set_xticks(x, [f"{m}\n(batch {MODELS[m]})" for m in models])
     ax.set_ylabel("seconds per epoch (lower is better)")
     ax.set_yscale("log")
     ax.set_title(f"Training speed on {cpu_model()}, {os.cpu_count()} cores")
@@ -381,14 +383,15 @@ def chart(rows: list[dict], path: Path) -> None:
 def main() -> None:
     """Runs every pair (or one worker, with --worker) and writes the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="40 steps x 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="3 models, 30 steps x 2 repeats")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
     args = parser.parse_args()
-    steps = args.steps or (40 if args.quick else 200)
+    steps = args.steps or (30 if args.quick else 200)
+    models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
     repeats = args.repeats or (2 if args.quick else 3)
     if args.worker:
         worker_main(*args.worker, steps, repeats)
@@ -401,7 +404,7 @@ def main() -> None:
         "repeats": repeats,
     }
     rows = []
-    for model in args.models:
+    for model in models:
         for framework in args.frameworks:
             rows.append(run_pair(framework, model, steps, repeats))
             print(json.dumps(rows[-1]), flush=True)
