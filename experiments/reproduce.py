@@ -65,9 +65,12 @@ def run_preset(preset: str, seed: int, runs: Path) -> dict:
 def recipe(preset: str) -> str:
     """A short description of a preset's training recipe."""
     config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
+    momentum = f" momentum {config.momentum:g}" if config.momentum else ""
+    nesterov = " nesterov" if config.momentum and config.nesterov else ""
+    validation = "" if config.validation_fraction else ", all 60k train images"
     return (
-        f"{config.dataset}, {config.optimizer} lr {config.learning_rate:g}, "
-        f"batch {config.batch_size}, {config.num_epochs} epochs"
+        f"{config.dataset}, {config.optimizer} lr {config.learning_rate:g}{momentum}{nesterov}, "
+        f"batch {config.batch_size}, {config.num_epochs} epochs{validation}"
     )
 
 
