@@ -79,7 +79,9 @@ def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun
         meta = checkpoints.read_meta(step)
         model = models.create_model(config, len(meta["class_names"]))
         tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
-        template = create_train_state(model, tuple(meta["image_shape"]), tx, jax.random.key(0))
+        template = create_train_state(
+            model, tuple(meta["image_shape"]), tx, jax.random.key(0), config.get("ema_decay", 0.0)
+        )
         state, meta = checkpoints.restore(step, template)
     finally:
         checkpoints.close()

@@ -65,7 +65,7 @@ def train_step(
         images = augment(images, jax.random.fold_in(dropout_rng, 1))
 
     def loss_and_outputs(params):
-        variables = {**state.variables(), "params": params}
+        variables = {**state.variables(), "params": params}  # train the live params, not the EMA
         logits, updates = state.apply_fn(
             variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
         )
@@ -76,7 +76,7 @@ def train_step(
     (_, (logits, per_example_loss, updates)), grads = grad_fn(state.params)
     state = state.apply_gradients(
         grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats)
-    )
+    ).update_ema()
     return state, metric_sums(logits, batch["label"], per_example_loss)
 
 

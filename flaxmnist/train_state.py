@@ -6,25 +6,41 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from flaxmnist import models
 
 
 class TrainState(train_state.TrainState):
-    """``step``, ``params``, ``opt_state`` and ``apply_fn``/``tx``, plus ``batch_stats``.
+    """Flax's TrainState plus ``batch_stats`` and ``ema_params``.
 
-    ``batch_stats`` is an empty dict for models without BatchNorm.
+    ``batch_stats`` is an empty dict for models without BatchNorm; ``ema_params`` (an exponential
+    moving average of the parameters) is None unless ``ema_decay`` is set.
     """
 
     batch_stats: Any = None
+    ema_params: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
     def variables(self) -> dict:
-        """The variables ``apply_fn`` expects: params, and batch_stats when the model has them."""
+        """The variables for inference: the EMA parameters when kept, and batch_stats if any."""
+        params = self.params if self.ema_params is None else self.ema_params
         if self.batch_stats:
-            return {"params": self.params, "batch_stats": self.batch_stats}
-        return {"params": self.params}
+            return {"params": params, "batch_stats": self.batch_stats}
+        return {"params": params}
+
+    def update_ema(self) -> TrainState:
+        """``ema = decay * ema + (1 - decay) * params`` (no-op without an EMA)."""
+        if self.ema_params is None:
+            return self
+        decay = self.ema_decay
+        ema = jax.tree_util.tree_map(
+            lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, self.params
+        )
+        return self.replace(ema_params=ema)
 
 
 def create_train_state(
@@ -32,12 +48,19 @@ def create_train_state(
     image_shape: tuple[int, ...],
     tx: optax.GradientTransformation,
     rng: jax.Array,
+    ema_decay: float = 0.0,
 ) -> TrainState:
-    """Initialises the model's variables from ``rng`` and the optimizer state for them."""
+    """Initialises the model's variables from ``rng`` and the optimizer state for them.
+
+    With ``ema_decay > 0`` the state also keeps an EMA of the parameters, used for evaluation.
+    """
     variables = models.init_variables(model, image_shape, rng)
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
         batch_stats=variables.get("batch_stats", {}),
+        # A copy: donating the state must not see the same buffer twice.
+        ema_params=jax.tree_util.tree_map(jnp.copy, variables["params"]) if ema_decay else None,
+        ema_decay=ema_decay,
     )

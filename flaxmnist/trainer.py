@@ -76,6 +76,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"unknown normalization {config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}",
         ),
         (
+            0.0 <= config.ema_decay < 1.0,
+            f"ema_decay must be in [0, 1), got {config.ema_decay}",
+        ),
+        (
             config.nan_policy in NAN_POLICIES,
             f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}",
         ),
@@ -177,7 +181,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     schedule = optimizers.create_schedule(config, steps_per_epoch)
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = create_train_state(model, dataset.image_shape, tx, init_rng)
+    state = create_train_state(model, dataset.image_shape, tx, init_rng, config.ema_decay)
     if config.init_from:
         state = transfer.warm_start(state, config.init_from, dataset.class_names)
     state = parallel.put_replicated(state, mesh)

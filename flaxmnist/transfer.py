@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import tqdm
 from flax import traverse_util
 
@@ -53,4 +55,5 @@ def warm_start(state: TrainState, run_dir: str, class_names: Sequence[str]) -> T
         f"init_from {run_dir}: copied {len(copied)} of {total} parameter arrays"
         + ("" if same_classes else " (new classes: head re-initialised)")
     )
-    return state.replace(params=params, batch_stats=batch_stats)
+    ema = None if state.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)
+    return state.replace(params=params, batch_stats=batch_stats, ema_params=ema)

@@ -118,3 +118,27 @@ def test_evaluation_of_padded_batches_counts_every_example_once():
     chex.assert_trees_all_close(
         totals, {"loss": expected_loss, "correct": expected_correct, "count": 10.0}, rtol=1e-5
     )
+
+
+def test_ema_parameters_follow_the_exponential_average():
+    config = default.get_config()
+    config.model = "mlp"
+    model = models.create_model(config, num_classes=10)
+    state = create_train_state(model, IMAGE_SHAPE, optax.sgd(0.1), jax.random.key(0), 0.9)
+    start = state.params
+    state, _ = _train_step()(state, _batch(), jax.random.key(1))
+    expected = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, start, state.params)
+    chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-6)
+    assert state.variables()["params"] is state.ema_params  # inference uses the average
+
+
+def test_ema_run_evaluates_with_the_average(tiny_config, tmp_path):
+    from flaxmnist import trainer
+
+    tiny_config.ema_decay = 0.9
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    import flaxmnist
+
+    run = flaxmnist.load_run(tmp_path / "run")
+    assert run.state.ema_params is not None
+    assert metrics["test_accuracy"] >= 0.8
