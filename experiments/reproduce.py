@@ -68,9 +68,12 @@ def recipe(preset: str) -> str:
     momentum = f" momentum {config.momentum:g}" if config.momentum else ""
     nesterov = " nesterov" if config.momentum and config.nesterov else ""
     validation = "" if config.validation_fraction else ", all 60k train images"
+    if config.early_stopping.patience:
+        validation += f", early stopping (patience {config.early_stopping.patience}, best weights)"
     return (
         f"{config.dataset}, {config.optimizer} lr {config.learning_rate:g}{momentum}{nesterov}, "
-        f"batch {config.batch_size}, {config.num_epochs} epochs{validation}"
+        f"batch {config.batch_size}, {'<= ' if config.early_stopping.patience else ''}"
+        f"{config.num_epochs} epochs{validation}"
     )
 
 

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_decay = 0.0  # > 0: keep an EMA of the weights (e.g. 0.999) and evaluate with it
     config.batch_size = 128
     config.eval_batch_size = 1000
-    config.num_epochs = 12
+    config.num_epochs = 15
     config.seed = 0
     # Run management: checkpoints, resume, early stopping, faults.
     config.resume = True  # rerunning with the same --workdir continues from its latest checkpoint
