@@ -7,8 +7,10 @@ honour Ctrl-C between chunks. ``start_step`` resumes an epoch part-way through.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,27 +24,40 @@ from flaxmnist.train_state import TrainState
 Chunk = tuple[TrainState, dict[str, np.ndarray]]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunnerInputs:
+    """What a runner is built from: the jitted steps, the config, the splits and the mesh."""
+
+    fns: steps.StepFunctions
+    config: Any
+    train: ArraySplit
+    eval_splits: dict[str, ArraySplit]
+    data_rng: jax.Array  # the device path's data-order key (tf.data seeds from config.seed)
+    mesh: Mesh
+
+
 class DeviceRunner:
     """The fast path: data lives on the device; an epoch is a few ``lax.scan`` calls."""
 
-    def __init__(
-        self,
-        fns: steps.StepFunctions,
-        config,
-        train: ArraySplit,
-        eval_splits: dict[str, ArraySplit],
-        data_rng: jax.Array,
-        mesh: Mesh,
-    ):
-        self.fns, self.config, self.data_rng, self.mesh = fns, config, data_rng, mesh
-        self.num_train = len(train)
+    def __init__(self, inputs: RunnerInputs):
+        self.fns, self.config, self.data_rng, self.mesh = (
+            inputs.fns,
+            inputs.config,
+            inputs.data_rng,
+            inputs.mesh,
+        )
+        self.num_train = len(inputs.train)
         # Every device holds the whole (uint8) training set and gathers its share of each batch.
-        self.images, self.labels = parallel.put_replicated((train.images, train.labels), mesh)
+        self.images, self.labels = parallel.put_replicated(
+            (inputs.train.images, inputs.train.labels), self.mesh
+        )
         self.eval_batches = {
             name: parallel.put_batch(
-                input_pipeline.pad_to_batches(split, config.eval_batch_size), mesh, leading_axes=1
+                input_pipeline.pad_to_batches(split, self.config.eval_batch_size),
+                self.mesh,
+                leading_axes=1,
             )
-            for name, split in eval_splits.items()
+            for name, split in inputs.eval_splits.items()
         }
 
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
@@ -68,18 +83,14 @@ class StreamingRunner:
 
     sync_every = 50  # steps per yielded chunk (each yield waits for the device)
 
-    def __init__(
-        self,
-        fns: steps.StepFunctions,
-        config,
-        train: ArraySplit,
-        eval_splits: dict[str, ArraySplit],
-        data_rng: jax.Array,
-        mesh: Mesh,
-    ):
-        del data_rng  # tf.data shuffles with seeds derived from config.seed
-        self.fns, self.config, self.train, self.mesh = fns, config, train, mesh
-        self.eval_splits = eval_splits
+    def __init__(self, inputs: RunnerInputs):
+        self.fns, self.config, self.train, self.mesh = (
+            inputs.fns,
+            inputs.config,
+            inputs.train,
+            inputs.mesh,
+        )
+        self.eval_splits = inputs.eval_splits
 
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""

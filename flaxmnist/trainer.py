@@ -537,7 +537,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if exp.validation is not None:
                 eval_splits["validation"] = exp.validation
             runner = runners.RUNNERS[config.input_pipeline](
-                exp.fns, config, exp.train, eval_splits, exp.data_rng, exp.mesh
+                runners.RunnerInputs(
+                    exp.fns, config, exp.train, eval_splits, exp.data_rng, exp.mesh
+                )
             )
             run.write_history(progress.history, step_log)
             outputs = RunOutputs(run, checkpoints, scalars)

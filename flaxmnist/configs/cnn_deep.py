@@ -1,6 +1,6 @@
 """`cnn_deep` (330,858 params + BatchNorm statistics), Fashion-MNIST: Adam, batch 64, early stop."""
 
-from flaxmnist.configs.default import with_overrides
+from flaxmnist.configs.default import with_keras_early_stopping, with_overrides
 
 
 def get_config():
@@ -12,6 +12,4 @@ def get_config():
         batch_size=64,
         num_epochs=20,
     )
-    # The reference stopped early (Keras EarlyStopping) and kept the best weights by val_loss.
-    config.early_stopping.update(monitor="val_loss", patience=3, restore_best=True)
-    return config
+    return with_keras_early_stopping(config)

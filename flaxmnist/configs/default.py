@@ -72,3 +72,12 @@ def with_overrides(**overrides) -> ml_collections.ConfigDict:
     config = get_config()
     config.update(overrides)
     return config
+
+
+def with_keras_early_stopping(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` set to stop like the reference notebooks did.
+
+    Keras EarlyStopping on val_loss with patience 3, and the best weights kept (ModelCheckpoint).
+    """
+    config.early_stopping.update(monitor="val_loss", patience=3, restore_best=True)
+    return config
