@@ -29,8 +29,10 @@ for devices in (1, 8):
                   compilation_cache_dir="")
     metrics = trainer.train_and_evaluate(config, f"{out}/{pipeline}-{devices}")
     with open(f"{out}/{pipeline}-{devices}/steps.csv") as f:
-        first_loss = float(f.read().splitlines()[1].split(",")[2])
-    results[devices] = {"first_loss": first_loss, **metrics}
+        losses = [float(line.split(",")[2]) for line in f.read().splitlines()[1:]]
+    with open(f"{out}/{pipeline}-{devices}/history.json") as f:
+        train_accuracy = [record["train_accuracy"] for record in json.load(f)]
+    results[devices] = {"losses": losses, "train_accuracy": train_accuracy, **metrics}
 print("RESULTS " + json.dumps(results))
 """
 
@@ -56,7 +58,10 @@ def test_one_and_eight_devices_agree(synthetic_data_dir, tmp_path, pipeline):
     results = json.loads(stdout.split("RESULTS ", 1)[1])
     one, eight = results["1"], results["8"]
     assert (one["device_count"], eight["device_count"]) == (1, 8)
-    assert eight["first_loss"] == pytest.approx(one["first_loss"], abs=1e-5)
+    assert eight["losses"][0] == pytest.approx(one["losses"][0], abs=1e-5)
+    # Every step's loss (BatchNorm on batch statistics) stays within float reassociation drift.
+    np.testing.assert_allclose(eight["losses"], one["losses"], atol=3e-3)
+    np.testing.assert_allclose(eight["train_accuracy"], one["train_accuracy"], atol=1 / 448)
     assert abs(eight["test_accuracy"] - one["test_accuracy"]) <= 0.002 + 1e-9
     # A checkpoint written on 8 devices restores here, on 1, and predicts the same.
     for devices in (1, 8):
