@@ -308,14 +308,19 @@ class InterruptFlag:
             signal.signal(sig, handler)
 
 
-def check_finite(chunk: dict[str, np.ndarray], epoch: int, first_step: int, last_good: str):
+def check_finite(
+    chunk: dict[str, np.ndarray],
+    epoch: int,
+    first_step: int,
+    checkpoints: checkpointing.RunCheckpoints,
+):
     """Raises a one-line error naming the epoch and step of the first non-finite loss."""
     bad = np.flatnonzero(~np.isfinite(chunk["loss"]))
-    if bad.size:
+    if bad.size:  # only now look at the checkpoints: this runs after every chunk
         raise FlaxmnistError(
             f"loss became {chunk['loss'][bad[0]]} at epoch {epoch}, "
-            f"step {first_step + bad[0] + 1}; "
-            f"{last_good} (try a lower learning_rate or --config.nan_policy=skip_step)"
+            f"step {first_step + bad[0] + 1}; {last_good_message(checkpoints)} "
+            "(try a lower learning_rate or --config.nan_policy=skip_step)"
         )
 
 
@@ -411,7 +416,7 @@ def train_one_epoch(
                     chunk,
                     epoch,
                     int(state.step) - len(chunk["loss"]),
-                    last_good_message(checkpoints),
+                    checkpoints,
                 )
             parts.append(chunk)
             done += len(chunk["loss"])
