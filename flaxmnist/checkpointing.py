@@ -18,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from flaxmnist import parallel
 from flaxmnist.errors import FlaxmnistError
 
 BEST_METRIC = "best_order"  # epoch at which a checkpoint became the best so far; -1 otherwise
@@ -120,12 +121,14 @@ class RunCheckpoints:
             step,
             str(error).splitlines()[0][:200],
         )
-        print(
-            f"warning: checkpoint step {step} is damaged; moved it to {target.name} and "
-            "fell back to the previous checkpoint",
-            flush=True,
-        )
-        os.replace(source, target)
+        if jax.process_index() == 0:
+            print(
+                f"warning: checkpoint step {step} is damaged; moved it to {target.name} and "
+                "fell back to the previous checkpoint",
+                flush=True,
+            )
+            os.replace(source, target)
+        parallel.sync("flaxmnist-damaged-checkpoint-set-aside")
         self.manager.reload()
 
     def close(self) -> None:

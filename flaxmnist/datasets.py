@@ -189,6 +189,11 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
     folder = root / name if (root / name).is_dir() else root
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
+    if folder == root and not any(root.glob(IDX_FILES["train"][0] + "*")):
+        raise DataError(
+            f"no {name} IDX files in {root / name} or {root}; "
+            f"set --config.data_dir or ${DATA_DIR_ENV} to a folder holding them"
+        )
     train, test = (load_idx_split(folder, split) for split in ("train", "test"))
     class_names = IDX_CLASS_NAMES[name]
     for split_name, split in (("train", train), ("test", test)):

@@ -67,16 +67,33 @@ def epoch_batch_indices(
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def tf_train_dataset(split: ArraySplit, batch_size: int, *, seed: int, epoch: int):
-    """The tf.data pipeline for one training epoch: seeded shuffle, full batches, prefetch."""
+def keep_rows(ds, rows: slice | None):
+    """``ds`` with each batch cut to ``rows`` (this process's share of a global batch)."""
+    if rows is None:
+        return ds
+    return ds.map(lambda batch: {key: value[rows] for key, value in batch.items()})
+
+
+def tf_train_dataset(
+    split: ArraySplit, batch_size: int, *, seed: int, epoch: int, rows: slice | None = None
+):
+    """The tf.data pipeline for one training epoch: seeded shuffle, full batches, prefetch.
+
+    ``batch_size`` is the global batch; with ``rows`` each batch keeps only those rows, so every
+    process of a multi-process run reads its own slice of the same global order.
+    """
     tf = import_tensorflow()
     ds = tf.data.Dataset.from_tensor_slices({"image": split.images, "label": split.labels})
     ds = ds.shuffle(len(split), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = keep_rows(ds.batch(batch_size, drop_remainder=True), rows)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def tf_eval_dataset(split: ArraySplit, batch_size: int):
-    """The tf.data evaluation pipeline: in order, last batch padded to ``batch_size`` and masked."""
+def tf_eval_dataset(split: ArraySplit, batch_size: int, rows: slice | None = None):
+    """The tf.data evaluation pipeline: in order, last batch padded to ``batch_size`` and masked.
+
+    ``rows`` keeps a slice of each padded batch, as in :func:`tf_train_dataset`.
+    """
     tf = import_tensorflow()
     ds = tf.data.Dataset.from_tensor_slices(
         {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
@@ -89,4 +106,4 @@ def tf_eval_dataset(split: ArraySplit, batch_size: int):
             for key, value in batch.items()
         }
 
-    return ds.batch(batch_size).map(pad_batch).prefetch(tf.data.AUTOTUNE)
+    return keep_rows(ds.batch(batch_size).map(pad_batch), rows).prefetch(tf.data.AUTOTUNE)

@@ -9,13 +9,27 @@ anywhere (e.g. a file in ``experiments/`` named in ``--config.import_modules``):
     @losses.register("my_loss")
     def my_loss(logits, labels, *, temperature=1.0):
         ...
+
+A loss whose value changes during training (a schedule) declares the keyword-only parameter
+``step``: the optimizer step, i.e. the number of updates done so far (0 for the first batch), an
+int32 scalar array (traced under ``jit``: compute with ``jnp``, not Python ``if``)::
+
+    @losses.register("annealed")
+    def annealed(logits, labels, *, step, start=1.0, steps=1000):
+        temperature = start + (1.0 - start) * jnp.minimum(step / steps, 1.0)
+        ...
+
+:func:`get_loss` gives every loss the same signature ``fn(logits, labels, *, step=0)`` and passes
+``step`` on only to losses that declare it. ``step`` is reserved: it cannot be a loss option.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import inspect
 from collections.abc import Callable
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +38,19 @@ import optax
 from flaxmnist.errors import ConfigError
 from flaxmnist.registry import Registry
 
-LossFn = Callable[..., jax.Array]
+LossFn = Callable[..., jax.Array]  # a registered loss: fn(logits, labels, **options)
 LOSSES: Registry[LossFn] = Registry("loss")
 register = LOSSES.register
+
+
+class BoundLoss(Protocol):
+    """A loss with its options bound, as :func:`get_loss` returns it."""
+
+    def __call__(
+        self, logits: jax.Array, labels: jax.Array, *, step: jax.Array | int = 0
+    ) -> jax.Array:
+        """Per-example loss [N] of ``logits`` [N, K] and ``labels`` [N] at optimizer ``step``."""
+        ...
 
 
 @register("cross_entropy")
@@ -72,13 +96,27 @@ def parse_options(text: str) -> dict[str, object]:
     return options
 
 
-def get_loss(name: str, options: str = "") -> LossFn:
-    """The registered loss ``name`` with keyword ``options`` bound: ``fn(logits, labels)``."""
+def get_loss(name: str, options: str = "") -> BoundLoss:
+    """The registered loss ``name`` with keyword ``options`` bound.
+
+    Returns:
+      ``fn(logits, labels, *, step=0)``; ``step`` reaches the loss only if it declares it.
+
+    Raises:
+      ConfigError: for an unknown name, an option the loss rejects, or an option named ``step``.
+    """
     fn = LOSSES.get(name)
     kwargs = parse_options(options)
+    if "step" in kwargs:
+        raise ConfigError(f"loss {name!r}: 'step' is the optimizer step, not a loss option")
+    bound = functools.partial(fn, **kwargs)
+    takes_step = "step" in inspect.signature(fn).parameters
+
+    def loss(logits: jax.Array, labels: jax.Array, *, step: jax.Array | int = 0) -> jax.Array:
+        return bound(logits, labels, step=step) if takes_step else bound(logits, labels)
+
     try:
-        bound = functools.partial(fn, **kwargs)
-        bound(jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # fail now on a bad option name
+        loss(jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # fail now on a bad option name
     except TypeError as e:
         raise ConfigError(f"loss {name!r} rejects options {kwargs}: {e}") from None
-    return bound
+    return loss

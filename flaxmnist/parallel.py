@@ -1,22 +1,81 @@
-"""Data parallelism with ``jax.sharding``: a 1-D ``Mesh`` over a ``data`` axis.
+"""Data parallelism with ``jax.sharding``: a 1-D ``Mesh`` over a ``data`` axis, on 1..N processes.
 
 The global batch is split over the ``data`` axis; the train state is replicated. ``jax.jit``
 partitions ``train_step`` from these shardings, so the same step function runs on one device or
 many: gradient means and BatchNorm batch statistics are taken over the global batch, with the
 collectives inserted by XLA (no ``pmap``, no hand-written ``psum``).
+
+Several processes (hosts) join one run through ``jax.distributed``: every process runs the same
+program, holds the rows of each global batch that its own devices take, and assembles global
+arrays with ``jax.make_array_from_process_local_data``. Only the primary process (index 0) writes
+files; every process takes part in Orbax saves and restores.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxmnist.errors import ConfigError
 
 DATA_AXIS = "data"
+MULTIHOST_MODES = ("auto", "on", "off")
+# Launchers that start one process per host and tell it so (JAX auto-detects the rest).
+CLUSTER_SIZE_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
+
+
+def multihost_requested(settings: ml_collections.ConfigDict) -> bool:
+    """Whether this process should join a multi-process run (``config.multihost``)."""
+    if settings.enabled not in MULTIHOST_MODES:
+        raise ConfigError(
+            f"unknown multihost.enabled {settings.enabled!r}; valid: {', '.join(MULTIHOST_MODES)}"
+        )
+    if settings.enabled != "auto":
+        return settings.enabled == "on"
+    launched = any(int(os.environ.get(name, "1") or 1) > 1 for name in CLUSTER_SIZE_VARIABLES)
+    return bool(
+        settings.coordinator_address
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or settings.num_processes > 1
+        or launched
+    )
+
+
+def initialize_multihost(settings: ml_collections.ConfigDict) -> None:
+    """Calls ``jax.distributed.initialize`` when requested; call before any JAX computation.
+
+    Empty fields are left to JAX, which reads ``JAX_COORDINATOR_ADDRESS`` and detects Cloud TPU
+    pods, SLURM and Open MPI; ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` fill the other two.
+    """
+    if not multihost_requested(settings):
+        return
+    num_processes = settings.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
+    process_id = settings.process_id
+    if process_id < 0:
+        process_id = int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over TCP
+    jax.distributed.initialize(
+        coordinator_address=settings.coordinator_address or None,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+
+
+def is_primary() -> bool:
+    """Whether this is the process that writes logs, figures and metrics (process 0)."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Waits until every process reaches the barrier ``name`` (a no-op on one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def create_mesh(num_devices: int = 0) -> Mesh:
@@ -25,6 +84,11 @@ def create_mesh(num_devices: int = 0) -> Mesh:
     if num_devices < 0 or num_devices > len(devices):
         raise ConfigError(
             f"num_devices must be between 0 (all) and {len(devices)} here, got {num_devices}"
+        )
+    if jax.process_count() > 1 and num_devices not in (0, len(devices)):
+        raise ConfigError(
+            f"num_devices must be 0 (all {len(devices)} devices) when "
+            f"{jax.process_count()} processes share the run, got {num_devices}"
         )
     chosen = devices[: num_devices or len(devices)]
     return Mesh(np.array(chosen), (DATA_AXIS,))
@@ -57,6 +121,29 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
+def process_rows(mesh: Mesh, global_rows: int) -> slice:
+    """The rows of a ``global_rows``-row batch that this process's devices hold."""
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
+    bounds = [index[0].indices(global_rows)[:2] for index in index_map.values()]
+    rows = slice(min(start for start, _ in bounds), max(stop for _, stop in bounds))
+    if rows.stop - rows.start != global_rows // jax.process_count():
+        raise ValueError(f"this process's devices do not hold contiguous rows: {index_map}")
+    return rows
+
+
+def put_local_batch(local_batch: Any, mesh: Mesh, leading_axes: int = 0) -> Any:
+    """Assembles global batch arrays from each process's rows (see :func:`process_rows`)."""
+    sharding = batch_sharding(mesh, leading_axes)
+    return jax.tree_util.tree_map(
+        lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch
+    )
+
+
 def put_batch(batch: Any, mesh: Mesh, leading_axes: int = 0) -> Any:
-    """Places a host batch (pytree of numpy arrays) split over the ``data`` axis."""
-    return jax.device_put(batch, batch_sharding(mesh, leading_axes))
+    """Places a whole host batch (pytree of numpy arrays) split over the ``data`` axis.
+
+    Every process passes the same ``batch``; each sends only its own rows to its devices.
+    """
+    rows = process_rows(mesh, jax.tree_util.tree_leaves(batch)[0].shape[leading_axes])
+    index = (slice(None),) * leading_axes + (rows,)
+    return put_local_batch(jax.tree_util.tree_map(lambda x: x[index], batch), mesh, leading_axes)

@@ -25,18 +25,26 @@ RESUMABLE_FIELDS = {
     "input_pipeline",
     "import_modules",
     "early_stopping",
+    "multihost",
 }
 LOCK_FILE = ".lock"
 
 
 class RunDirectory:
-    """A locked run directory; use as a context manager."""
+    """A locked run directory; use as a context manager.
 
-    def __init__(self, path: str | Path):
+    With ``writer=False`` (the non-primary processes of a multi-process run) it only reads: no
+    lock, and the ``write_*`` methods do nothing.
+    """
+
+    def __init__(self, path: str | Path, *, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
         self._lock_fd: int | None = None
 
     def __enter__(self) -> RunDirectory:
+        if not self.writer:
+            return self
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -84,10 +92,13 @@ class RunDirectory:
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         """Records the resolved config."""
-        write_json_atomic(self.path / "config.json", json.loads(config.to_json()))
+        if self.writer:
+            write_json_atomic(self.path / "config.json", json.loads(config.to_json()))
 
     def write_history(self, history: list[dict], step_log: list[dict]) -> None:
         """Writes history.json, history.csv and steps.csv (atomically)."""
+        if not self.writer:
+            return
         write_json_atomic(self.path / "history.json", history)
         write_csv_atomic(self.path / "history.csv", history)
         write_csv_atomic(self.path / "steps.csv", step_log)
@@ -111,4 +122,5 @@ class RunDirectory:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Writes metrics.json (atomically)."""
-        write_json_atomic(self.path / "metrics.json", metrics)
+        if self.writer:
+            write_json_atomic(self.path / "metrics.json", metrics)

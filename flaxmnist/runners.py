@@ -95,11 +95,16 @@ class StreamingRunner:
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
         dataset = input_pipeline.tf_train_dataset(
-            self.train, self.config.batch_size, seed=self.config.seed, epoch=epoch
+            self.train,
+            self.config.batch_size,
+            seed=self.config.seed,
+            epoch=epoch,
+            rows=parallel.process_rows(self.mesh, self.config.batch_size),
         ).skip(start_step)
         pending = []
         for batch in dataset.as_numpy_iterator():
-            state, metrics = self.fns.train_step(state, parallel.put_batch(batch, self.mesh), rng)
+            batch = parallel.put_local_batch(batch, self.mesh)
+            state, metrics = self.fns.train_step(state, batch, rng)
             pending.append(metrics)
             if len(pending) == self.sync_every:
                 yield state, stack_metrics(pending)
@@ -111,8 +116,10 @@ class StreamingRunner:
         """Metric sums over a whole split (padded, masked last batch)."""
         totals = None
         split = self.eval_splits[split_name]
-        for batch in input_pipeline.tf_eval_dataset(split, self.config.eval_batch_size):
-            batch = parallel.put_batch({k: v.numpy() for k, v in batch.items()}, self.mesh)
+        batch_size = self.config.eval_batch_size
+        rows = parallel.process_rows(self.mesh, batch_size)
+        for batch in input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator():
+            batch = parallel.put_local_batch(batch, self.mesh)
             metrics = self.fns.eval_step(state, batch)
             totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
         return jax.device_get(totals)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from flaxmnist.losses import BoundLoss
 from flaxmnist.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # image uint8 [B, H, W, C], label int32 [B], optional mask [B]
 Metrics = dict[str, jax.Array]  # loss / correct / count sums
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 PreprocessFn = Callable[[jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> images
 
@@ -51,13 +51,15 @@ def train_step(
     batch: Batch,
     rng: jax.Array,
     *,
-    loss_fn: LossFn,
+    loss_fn: BoundLoss,
     preprocess: PreprocessFn,
     augment: AugmentFn | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimisation step on ``batch``; the dropout key is ``fold_in(rng, state.step)``.
 
-    ``augment`` (optional) transforms the preprocessed images with a key derived from that one.
+    ``loss_fn`` (as :func:`flaxmnist.losses.get_loss` returns it) gets ``step=state.step``, the
+    step before this update. ``augment`` (optional) transforms the preprocessed images with a key
+    derived from the dropout key.
     """
     images = preprocess(batch["image"])
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -69,7 +71,7 @@ def train_step(
         logits, updates = state.apply_fn(
             variables, images, train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"]
         )
-        per_example_loss = loss_fn(logits, batch["label"])
+        per_example_loss = loss_fn(logits, batch["label"], step=state.step)
         return per_example_loss.mean(), (logits, per_example_loss, updates)
 
     grad_fn = jax.value_and_grad(loss_and_outputs, has_aux=True)
@@ -86,11 +88,14 @@ def predict_step(state: TrainState, images: jax.Array, *, preprocess: Preprocess
 
 
 def eval_step(
-    state: TrainState, batch: Batch, *, loss_fn: LossFn, preprocess: PreprocessFn
+    state: TrainState, batch: Batch, *, loss_fn: BoundLoss, preprocess: PreprocessFn
 ) -> Metrics:
-    """Metric sums on ``batch``; padded examples (``mask`` 0) do not count."""
+    """Metric sums on ``batch``; padded examples (``mask`` 0) do not count.
+
+    The loss gets ``step=state.step``, as in :func:`train_step`.
+    """
     logits = predict_step(state, batch["image"], preprocess=preprocess)
-    per_example_loss = loss_fn(logits, batch["label"])
+    per_example_loss = loss_fn(logits, batch["label"], step=state.step)
     return metric_sums(logits, batch["label"], per_example_loss, batch.get("mask"))
 
 
@@ -139,7 +144,7 @@ class StepFunctions:
 
 
 def make_step_functions(
-    loss_fn: LossFn, preprocess: PreprocessFn, augment: AugmentFn | None = None
+    loss_fn: BoundLoss, preprocess: PreprocessFn, augment: AugmentFn | None = None
 ) -> StepFunctions:
     """Binds the loss, preprocessing and augmentation into the steps and jit-compiles them."""
     train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, augment=augment)

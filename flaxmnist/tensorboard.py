@@ -23,14 +23,16 @@ EPOCH_SCALARS = {
 
 
 class ScalarLog:
-    """Appends epoch and step scalars to the run's TensorBoard log."""
+    """Appends epoch and step scalars to the run's TensorBoard log (``enabled=False``: nothing)."""
 
-    def __init__(self, logdir: Path, log_every_steps: int):
-        self.writer = SummaryWriter(str(logdir))
+    def __init__(self, logdir: Path, log_every_steps: int, *, enabled: bool = True):
+        self.writer = SummaryWriter(str(logdir)) if enabled else None
         self.log_every_steps = log_every_steps
 
     def epoch(self, record: dict[str, Any]) -> None:
         """Writes one history record's scalars at x = its epoch."""
+        if self.writer is None:
+            return
         for field, tag in EPOCH_SCALARS.items():
             if field in record:
                 self.writer.add_scalar(tag, record[field], record["epoch"])
@@ -38,7 +40,7 @@ class ScalarLog:
 
     def steps(self, rows: list[dict[str, Any]]) -> None:
         """Writes the loss of every ``log_every_steps``-th step among ``rows``."""
-        if self.log_every_steps <= 0:
+        if self.writer is None or self.log_every_steps <= 0:
             return
         for row in rows:
             if row["step"] % self.log_every_steps == 0:
@@ -47,4 +49,5 @@ class ScalarLog:
 
     def close(self) -> None:
         """Flushes and closes the event file."""
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -104,7 +104,7 @@ def main(argv: Sequence[str]) -> None:
     """Trains and evaluates one run from the parsed flags."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from flaxmnist import trainer  # heavy imports after flag parsing, so --help is quick
+    from flaxmnist import parallel, trainer  # heavy imports after flag parsing: quick --help
 
     logging.set_verbosity(logging.WARNING)
 
@@ -112,12 +112,14 @@ def main(argv: Sequence[str]) -> None:
     workdir = Path(flags.FLAGS.workdir) if flags.FLAGS.workdir else default_workdir(config)
     enable_compilation_cache(config.compilation_cache_dir)
     try:
+        parallel.initialize_multihost(config.multihost)
         metrics = trainer.train_and_evaluate(config, workdir)
     except FlaxmnistError as e:
         exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
     except OSError as e:  # disk full, read-only or vanished workdir while training
         exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror or e}")
-    print(format_summary(metrics, workdir))
+    if parallel.is_primary():
+        print(format_summary(metrics, workdir))
 
 
 def run() -> None:

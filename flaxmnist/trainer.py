@@ -106,6 +106,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     early_stopping.monitor_mode(config.early_stopping.monitor)
 
 
+def say(message: str) -> None:
+    """Prints ``message`` above the progress bar, from the primary process only."""
+    if parallel.is_primary():
+        tqdm.tqdm.write(message)
+
+
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:
     """(mean loss, accuracy) from metric sums (arrays of per-step sums are added up first)."""
     sums = {key: np.sum(value) for key, value in sums.items()}
@@ -298,7 +304,7 @@ class InterruptFlag:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        tqdm.tqdm.write(
+        say(
             "stopping after the current step; saving a checkpoint "
             "(signal again to abort without saving)"
         )
@@ -362,13 +368,12 @@ def start_or_resume(
         if restored is not None:
             state, meta = restored
             progress = Progress.from_meta(meta)
-            tqdm.tqdm.write(
-                f"resuming {run.path} after epoch {progress.epoch} (step {int(state.step)})"
-            )
+            say(f"resuming {run.path} after epoch {progress.epoch} (step {int(state.step)})")
         elif (run.path / "metrics.json").exists():
             raise FlaxmnistError(
                 f"workdir {run.path} holds a finished run without checkpoints; use a new --workdir"
             )
+    parallel.sync("flaxmnist-run-directory-checked")  # every process looked before the write
     run.write_config(config)
     return state, progress, run.read_step_log(int(state.step))
 
@@ -408,6 +413,7 @@ def train_one_epoch(
         unit="step",
         dynamic_ncols=True,
         desc=f"epoch {epoch}/{config.num_epochs}",
+        disable=not parallel.is_primary(),
     ) as bar:
         for new_state, chunk in runner.train_chunks(state, epoch, exp.dropout_rng, done):
             state = new_state
@@ -491,7 +497,7 @@ def train_epochs(
             )
             new_rows = step_rows(per_step, first_step, epoch)
             step_log.extend(new_rows)
-            tqdm.tqdm.write(format_record(record))
+            say(format_record(record))
             run.write_history(progress.history, step_log)
             scalars.epoch(record)
             scalars.steps(new_rows)
@@ -503,7 +509,7 @@ def train_epochs(
             if interrupt.signal is not None:
                 raise TrainingInterruptedError(interrupted_message(epoch, int(state.step)))
             if stopper.stopped:
-                tqdm.tqdm.write(
+                say(
                     f"early stopping: no {monitor} improvement for {es.patience} "
                     f"epochs; best epoch {stopper.best_epoch}"
                 )
@@ -533,9 +539,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     start_time = time.perf_counter()
     exp = build_experiment(config)
-    with rundir.RunDirectory(workdir) as run:
+    primary = parallel.is_primary()
+    with rundir.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
-        scalars = tensorboard.ScalarLog(run.path / "tensorboard", config.log_every_steps)
+        scalars = tensorboard.ScalarLog(
+            run.path / "tensorboard", config.log_every_steps, enabled=primary
+        )
         try:
             state, progress, step_log = start_or_resume(run, checkpoints, exp)
             eval_splits = {"test": exp.dataset.test}

@@ -52,6 +52,33 @@ def test_custom_loss_registers_from_outside_the_package():
     chex.assert_trees_all_close(loss(LOGITS, LABELS), 3 * losses.cross_entropy(LOGITS, LABELS))
 
 
+def test_get_loss_passes_the_step_only_to_losses_that_declare_it():
+    seen = []
+
+    @losses.register("test_records_step")
+    def records_step(logits, labels, *, step, scale=1.0):
+        seen.append(step)
+        return scale * losses.cross_entropy(logits, labels)
+
+    scheduled = losses.get_loss("test_records_step", "scale=2.0")
+    plain = losses.get_loss("cross_entropy")  # declares no step: must accept and drop it
+    step = jnp.array(7, jnp.int32)
+    chex.assert_trees_all_close(
+        scheduled(LOGITS, LABELS, step=step), 2 * losses.cross_entropy(LOGITS, LABELS)
+    )
+    assert seen[-1] is step
+    scheduled(LOGITS, LABELS)
+    assert seen[-1] == 0  # the default step
+    chex.assert_trees_all_close(
+        plain(LOGITS, LABELS, step=step), losses.cross_entropy(LOGITS, LABELS)
+    )
+
+
+def test_step_is_not_a_loss_option():
+    with pytest.raises(ConfigError, match="'step' is the optimizer step"):
+        losses.get_loss("label_smoothing", "step=3")
+
+
 def test_unknown_loss_lists_valid_names():
     with pytest.raises(ConfigError, match=r"unknown loss 'hinge2'; valid: .*cross_entropy"):
         losses.get_loss("hinge2")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from conftest import REPO_ROOT
 
 import flaxmnist
 from flaxmnist import datasets, parallel
+from flaxmnist.configs import default
 from flaxmnist.errors import ConfigError
 
 # Runs in a subprocess: the device count must be set before jax is imported.
@@ -107,3 +109,109 @@ def test_batch_size_must_split_over_devices(synthetic_data_dir, tmp_path):
     stdout = _run_on_8_devices(script)
     assert "ERROR batch_size 100 does not split over 8 devices; use a multiple of 8" in stdout
     assert "(e.g. 96 or 104)" in stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _train_command(data_dir, workdir, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "flaxmnist.train",
+        "--config=cnn_deep",
+        "--config.dataset=mnist",
+        f"--config.data_dir={data_dir}",
+        "--config.batch_size=32",
+        "--config.eval_batch_size=64",
+        "--config.num_epochs=1",
+        "--config.compilation_cache_dir=",
+        f"--workdir={workdir}",
+        *extra,
+    ]
+
+
+def _step_losses(workdir) -> np.ndarray:
+    lines = (workdir / "steps.csv").read_text().splitlines()[1:]
+    return np.array([float(line.split(",")[2]) for line in lines])
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(synthetic_data_dir, tmp_path):
+    """jax.distributed on CPU: 2 processes x 2 devices against 1 process x 4 devices."""
+
+    def env(devices: int) -> dict[str, str]:
+        return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+    one = tmp_path / "one-process"
+    single = subprocess.run(
+        _train_command(synthetic_data_dir, one),
+        env=env(4),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = tmp_path / "two-processes"
+    cluster = [
+        "--config.multihost.coordinator_address=localhost:" + str(_free_port()),
+        "--config.multihost.num_processes=2",
+    ]
+    workers = [
+        subprocess.Popen(
+            _train_command(synthetic_data_dir, two, *cluster, f"--config.multihost.process_id={i}"),
+            env=env(2),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr[-3000:]
+    # Only process 0 prints the summary (and writes the run's files).
+    assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]
+    metrics_one = json.loads((one / "metrics.json").read_text())
+    metrics_two = json.loads((two / "metrics.json").read_text())
+    assert (metrics_two["process_count"], metrics_two["device_count"]) == (2, 4)
+    losses_one, losses_two = _step_losses(one), _step_losses(two)
+    assert losses_two[0] == pytest.approx(losses_one[0], abs=1e-5)
+    np.testing.assert_allclose(losses_two, losses_one, atol=3e-3)
+    assert abs(metrics_two["test_accuracy"] - metrics_one["test_accuracy"]) <= 0.002 + 1e-9
+    # The checkpoint both processes saved restores in this single-device process.
+    run = flaxmnist.load_run(two)
+    test = datasets.load_dataset("mnist", str(synthetic_data_dir)).test
+    accuracy = float(np.mean(run.predict(test.images).argmax(-1) == test.labels))
+    assert accuracy == metrics_two["test_accuracy"]
+
+
+def test_multihost_is_requested_only_when_asked(monkeypatch):
+    settings = default.get_config().multihost
+    for name in (*parallel.CLUSTER_SIZE_VARIABLES, "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not parallel.multihost_requested(settings)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert parallel.multihost_requested(settings)
+    settings.enabled = "off"
+    assert not parallel.multihost_requested(settings)
+    monkeypatch.delenv("SLURM_NTASKS")
+    settings.enabled = "auto"
+    settings.num_processes = 2
+    assert parallel.multihost_requested(settings)
+    settings.enabled = "sometimes"
+    with pytest.raises(ConfigError, match=r"unknown multihost\.enabled 'sometimes'"):
+        parallel.multihost_requested(settings)
+
+
+def test_process_rows_on_one_process():
+    mesh = parallel.create_mesh()
+    assert parallel.process_rows(mesh, 32) == slice(0, 32)
+    batch = {"x": np.arange(6).reshape(2, 3)}
+    placed = parallel.put_batch(batch, mesh, leading_axes=1)
+    np.testing.assert_array_equal(np.asarray(placed["x"]), batch["x"])

@@ -12,6 +12,7 @@ from flaxmnist.configs import default
 from flaxmnist.train_state import create_train_state
 
 IMAGE_SHAPE = (16, 16, 1)
+CROSS_ENTROPY = losses.get_loss("cross_entropy")  # the steps take get_loss's signature
 
 
 def _state(model_name="mlp", learning_rate=1e-2):
@@ -32,7 +33,7 @@ def _batch(n=16, seed=0):
 def _train_step():
     return jax.jit(
         functools.partial(
-            steps.train_step, loss_fn=losses.cross_entropy, preprocess=steps.normalize_images
+            steps.train_step, loss_fn=CROSS_ENTROPY, preprocess=steps.normalize_images
         )
     )
 
@@ -63,7 +64,7 @@ def test_train_step_reduces_loss_on_a_fixed_batch_and_compiles_once(model_name):
     @chex.assert_max_traces(n=1)
     def train_step(state, batch, rng):
         return steps.train_step(
-            state, batch, rng, loss_fn=losses.cross_entropy, preprocess=steps.normalize_images
+            state, batch, rng, loss_fn=CROSS_ENTROPY, preprocess=steps.normalize_images
         )
 
     state, batch, rng = _state(model_name), _batch(), jax.random.key(1)
@@ -85,7 +86,7 @@ def test_dropout_key_changes_with_the_step():
 
 
 def test_scanned_training_equals_sequential_train_steps():
-    fns = steps.make_step_functions(losses.cross_entropy, steps.normalize_images)
+    fns = steps.make_step_functions(CROSS_ENTROPY, steps.normalize_images)
     data = _batch(n=24, seed=3)
     indices = jnp.array([[0, 1, 2, 3], [7, 6, 5, 4], [20, 21, 22, 23]])
     rng = jax.random.key(5)
@@ -103,7 +104,7 @@ def test_scanned_training_equals_sequential_train_steps():
 
 
 def test_evaluation_of_padded_batches_counts_every_example_once():
-    fns = steps.make_step_functions(losses.cross_entropy, steps.normalize_images)
+    fns = steps.make_step_functions(CROSS_ENTROPY, steps.normalize_images)
     state, data = _state(), _batch(n=10, seed=4)
     padded = {
         "image": np.concatenate([data["image"], np.zeros((2, *IMAGE_SHAPE), np.uint8)]),
@@ -118,6 +119,24 @@ def test_evaluation_of_padded_batches_counts_every_example_once():
     chex.assert_trees_all_close(
         totals, {"loss": expected_loss, "correct": expected_correct, "count": 10.0}, rtol=1e-5
     )
+
+
+@losses.register("test_step_echo")
+def _step_echo(logits, labels, *, step):
+    # Each example's loss is the step it is given; the 0 * logits term keeps the params in play.
+    return step + 0.0 * logits.sum(axis=-1)
+
+
+def test_train_and_eval_steps_pass_the_optimizer_step_to_a_step_taking_loss():
+    fns = steps.make_step_functions(losses.get_loss("test_step_echo"), steps.normalize_images)
+    state, batch, rng = _state(), _batch(n=4), jax.random.key(0)
+    loss_sums = []
+    for _ in range(3):
+        state, metrics = fns.train_step(state, batch, rng)
+        loss_sums.append(float(metrics["loss"]))
+    assert loss_sums == [0.0, 4.0, 8.0]  # steps 0, 1, 2; four examples each
+    assert int(state.step) == 3
+    assert float(fns.eval_step(state, batch)["loss"]) == 12.0
 
 
 def test_ema_parameters_follow_the_exponential_average():

@@ -148,7 +148,7 @@ def _workdir_below_a_file(data_dir: Path, tmp_path: Path) -> list[str]:
         (["--config.num_epochs=-2"], "num_epochs must be >= 0"),
         (["--config=nonexistent_preset"], "unknown config 'nonexistent_preset'"),
         (["--config.no_such_field=3"], "unknown config field in --config overrides: no_such_field"),
-        (_empty_data_dir, "missing IDX file train-images-idx3-ubyte"),
+        (_empty_data_dir, "no mnist IDX files in "),
         (_corrupt_test_images, "t10k-images-idx3-ubyte.gz: cannot read"),
         (_workdir_below_a_file, "cannot write to workdir"),
     ],

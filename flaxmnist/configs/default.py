@@ -61,6 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""
     # Devices.
     config.num_devices = 0  # data parallelism over this many local devices; 0 = all
+    # Multi-process (multi-host) runs through jax.distributed; see README "Multi-host".
+    config.multihost = ml_collections.ConfigDict()
+    config.multihost.enabled = "auto"  # auto (when fields or environment name a cluster) | on | off
+    config.multihost.coordinator_address = ""  # host:port of process 0 ("" = JAX's detection)
+    config.multihost.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or JAX's detection
+    config.multihost.process_id = -1  # -1 = $JAX_PROCESS_ID or JAX's detection
     # Extensions and runtime.
     config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
     config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache
