@@ -7,10 +7,9 @@ epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: ste
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
-
-from tensorboardX import SummaryWriter
 
 EPOCH_SCALARS = {
     "train_loss": "train/loss",
@@ -22,11 +21,29 @@ EPOCH_SCALARS = {
 }
 
 
+def summary_writer_class() -> type:
+    """The ``SummaryWriter`` of tensorboardX, imported without PyTorch.
+
+    tensorboardX imports ``torch`` whenever it is installed (Colab, the ``bench`` extra), only to
+    accept torch tensors; that costs ~3 s of start-up. We log Python floats, so the import is
+    hidden from it (``sys.modules["torch"] = None`` makes ``import torch`` fail) and restored.
+    """
+    hide_torch = "torch" not in sys.modules
+    if hide_torch:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide_torch:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class ScalarLog:
     """Appends epoch and step scalars to the run's TensorBoard log (``enabled=False``: nothing)."""
 
     def __init__(self, logdir: Path, log_every_steps: int, *, enabled: bool = True):
-        self.writer = SummaryWriter(str(logdir)) if enabled else None
+        self.writer = summary_writer_class()(str(logdir)) if enabled else None
         self.log_every_steps = log_every_steps
 
     def epoch(self, record: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from flaxmnist import (
 from flaxmnist.errors import ConfigError, FlaxmnistError
 from flaxmnist.train_state import TrainState, create_train_state
 
+IMPORTED_AT = time.perf_counter()
 NORMALIZATIONS = ("unit", "standardize")
 NAN_POLICIES = ("stop", "skip_step")
 
@@ -106,6 +108,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     early_stopping.monitor_mode(config.early_stopping.monitor)
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (from /proc; elsewhere since this module's import)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - IMPORTED_AT
+
+
 def say(message: str) -> None:
     """Prints ``message`` above the progress bar, from the primary process only."""
     if parallel.is_primary():
@@ -135,6 +147,7 @@ class Experiment:
     data_rng: jax.Array
     pixel_mean_std: tuple[float, float]
     mesh: jax.sharding.Mesh
+    first_chunk_at_s: float | None = None  # process age when the first training chunk finished
 
     def data_info(self) -> dict[str, Any]:
         """What a model trained on this data needs at inference time."""
@@ -425,6 +438,8 @@ def train_one_epoch(
                     checkpoints,
                 )
             parts.append(chunk)
+            if exp.first_chunk_at_s is None:
+                exp.first_chunk_at_s = process_age_s()
             done += len(chunk["loss"])
             bar.update(len(chunk["loss"]))
             bar.set_postfix(loss=f"{summarize(chunk)[0]:.4f}")
@@ -481,6 +496,7 @@ def train_epochs(
                 epoch, per_step, val_sums, seconds, float(exp.schedule(int(state.step)))
             )
             record["step"] = int(state.step)
+            record["examples_per_s"] = len(per_step["loss"]) * config.batch_size / seconds
             stopper = early_stopping.update(
                 progress.stopper,
                 record[monitor],
@@ -580,6 +596,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             "total_time_s": time.perf_counter() - start_time,
             **device_summary(exp.mesh),
             **throughput(progress.history, exp),
+            "time_to_first_chunk_s": exp.first_chunk_at_s,
         }
         run.write_metrics(metrics)
     return metrics

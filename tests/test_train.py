@@ -17,6 +17,7 @@ HISTORY_FIELDS = {
     "val_loss",
     "val_accuracy",
     "epoch_time_s",
+    "examples_per_s",
 }
 METRICS_FIELDS = {"test_loss", "test_accuracy", "num_test_examples", "num_params"}
 
@@ -40,6 +41,10 @@ def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipel
     assert step_lines[0] == "step,epoch,loss,accuracy"
     assert len(step_lines) == 1 + 2 * steps_per_epoch
     assert (run / "history.csv").read_text().startswith("epoch,train_loss,train_accuracy")
+    for record in history:
+        examples = steps_per_epoch * 32
+        assert record["examples_per_s"] == pytest.approx(examples / record["epoch_time_s"])
+    assert 0 < metrics["time_to_first_chunk_s"] < trainer.process_age_s()
 
 
 def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
