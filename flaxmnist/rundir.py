@@ -26,6 +26,7 @@ RESUMABLE_FIELDS = {
     "import_modules",
     "early_stopping",
     "multihost",
+    "tta_shift",
 }
 LOCK_FILE = ".lock"
 

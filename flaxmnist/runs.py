@@ -36,10 +36,16 @@ class LoadedRun:
     @functools.cached_property
     def _predict(self):
         preprocess = functools.partial(steps.normalize_images, **self.normalization)
-        return jax.jit(functools.partial(steps.predict_step, preprocess=preprocess))
+        tta_shift = self.config.get("tta_shift", 0)
+        return jax.jit(
+            functools.partial(steps.predict_step, preprocess=preprocess, tta_shift=tta_shift)
+        )
 
     def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Logits [N, num_classes] for uint8 images [N, H, W, C], in batches."""
+        """Logits [N, num_classes] for uint8 images [N, H, W, C], in batches.
+
+        With the run's ``tta_shift`` > 0 these are test-time-augmented log-probabilities.
+        """
         outputs = [
             np.asarray(self._predict(self.state, images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)

@@ -82,19 +82,50 @@ def train_step(
     return state, metric_sums(logits, batch["label"], per_example_loss)
 
 
-def predict_step(state: TrainState, images: jax.Array, *, preprocess: PreprocessFn) -> jax.Array:
-    """Inference-mode logits for uint8 ``images``."""
-    return state.apply_fn(state.variables(), preprocess(images), train=False)
+def shifted_views(images: jax.Array, shift: int) -> jax.Array:
+    """``images`` [N, H, W, C] and its copies moved ``shift`` pixels down, up, right and left.
+
+    Returns [5, N, H, W, C]; pixels moved in from outside the image are 0 (black).
+    """
+    h, w = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    offsets = ((0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift))
+    return jnp.stack(
+        [padded[:, shift - dy : shift - dy + h, shift - dx : shift - dx + w] for dy, dx in offsets]
+    )
+
+
+def predict_step(
+    state: TrainState, images: jax.Array, *, preprocess: PreprocessFn, tta_shift: int = 0
+) -> jax.Array:
+    """Inference-mode logits for uint8 ``images``.
+
+    With ``tta_shift > 0`` (test-time augmentation) it returns the log of the softmax averaged
+    over the image and its four copies shifted by ``tta_shift`` pixels (see :func:`shifted_views`):
+    log-probabilities, which argmax and cross-entropy treat like logits.
+    """
+    if not tta_shift:
+        return state.apply_fn(state.variables(), preprocess(images), train=False)
+    views = shifted_views(images, tta_shift)
+    flat = views.reshape(-1, *images.shape[1:])
+    logits = state.apply_fn(state.variables(), preprocess(flat), train=False)
+    log_probs = jax.nn.log_softmax(logits.reshape(len(views), len(images), -1))
+    return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(views))
 
 
 def eval_step(
-    state: TrainState, batch: Batch, *, loss_fn: BoundLoss, preprocess: PreprocessFn
+    state: TrainState,
+    batch: Batch,
+    *,
+    loss_fn: BoundLoss,
+    preprocess: PreprocessFn,
+    tta_shift: int = 0,
 ) -> Metrics:
     """Metric sums on ``batch``; padded examples (``mask`` 0) do not count.
 
     The loss gets ``step=state.step``, as in :func:`train_step`.
     """
-    logits = predict_step(state, batch["image"], preprocess=preprocess)
+    logits = predict_step(state, batch["image"], preprocess=preprocess, tta_shift=tta_shift)
     per_example_loss = loss_fn(logits, batch["label"], step=state.step)
     return metric_sums(logits, batch["label"], per_example_loss, batch.get("mask"))
 
@@ -144,15 +175,24 @@ class StepFunctions:
 
 
 def make_step_functions(
-    loss_fn: BoundLoss, preprocess: PreprocessFn, augment: AugmentFn | None = None
+    loss_fn: BoundLoss,
+    preprocess: PreprocessFn,
+    augment: AugmentFn | None = None,
+    tta_shift: int = 0,
 ) -> StepFunctions:
-    """Binds the loss, preprocessing and augmentation into the steps and jit-compiles them."""
+    """Binds the loss, preprocessing and augmentation into the steps and jit-compiles them.
+
+    ``tta_shift`` > 0 turns on test-time augmentation in every evaluation and prediction.
+    """
     train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, augment=augment)
-    evaluate = functools.partial(eval_step, loss_fn=loss_fn, preprocess=preprocess)
+    evaluate = functools.partial(
+        eval_step, loss_fn=loss_fn, preprocess=preprocess, tta_shift=tta_shift
+    )
+    predict = functools.partial(predict_step, preprocess=preprocess, tta_shift=tta_shift)
     return StepFunctions(
         train_step=jax.jit(train, donate_argnums=0),
         eval_step=jax.jit(evaluate),
-        predict_step=jax.jit(functools.partial(predict_step, preprocess=preprocess)),
+        predict_step=jax.jit(predict),
         train_on_indices=jax.jit(
             functools.partial(train_on_indices, step_fn=train), donate_argnums=0
         ),

@@ -78,6 +78,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"unknown normalization {config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}",
         ),
         (
+            0 <= config.tta_shift <= 4,
+            f"tta_shift must be between 0 (off) and 4 pixels, got {config.tta_shift}",
+        ),
+        (
             0.0 <= config.ema_decay < 1.0,
             f"ema_decay must be in [0, 1), got {config.ema_decay}",
         ),
@@ -206,7 +210,9 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     state = parallel.put_replicated(state, mesh)
     mean, std = pixel_normalization(config, dataset)
     preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
-    fns = steps.make_step_functions(loss_fn, preprocess, make_augment(config, mean, std))
+    fns = steps.make_step_functions(
+        loss_fn, preprocess, make_augment(config, mean, std), tta_shift=config.tta_shift
+    )
     return Experiment(
         config,
         dataset,

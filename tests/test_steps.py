@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from flaxmnist import losses, models, steps
+import flaxmnist
+from flaxmnist import datasets, losses, models, steps, trainer
 from flaxmnist.configs import default
 from flaxmnist.train_state import create_train_state
 
@@ -152,12 +153,50 @@ def test_ema_parameters_follow_the_exponential_average():
 
 
 def test_ema_run_evaluates_with_the_average(tiny_config, tmp_path):
-    from flaxmnist import trainer
-
     tiny_config.ema_decay = 0.9
     metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
-    import flaxmnist
-
     run = flaxmnist.load_run(tmp_path / "run")
     assert run.state.ema_params is not None
     assert metrics["test_accuracy"] >= 0.8
+
+
+def test_shifted_views_move_pixels_and_fill_with_black():
+    image = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3, 1)
+    views = np.asarray(steps.shifted_views(jnp.asarray(image), 1))[:, 0, :, :, 0]
+    expected = [
+        [[1, 2, 3], [4, 5, 6], [7, 8, 9]],  # unchanged
+        [[0, 0, 0], [1, 2, 3], [4, 5, 6]],  # down
+        [[4, 5, 6], [7, 8, 9], [0, 0, 0]],  # up
+        [[0, 1, 2], [0, 4, 5], [0, 7, 8]],  # right
+        [[2, 3, 0], [5, 6, 0], [8, 9, 0]],  # left
+    ]
+    np.testing.assert_array_equal(views, np.array(expected))
+
+
+def test_tta_averages_the_softmax_over_the_shifted_views():
+    state, images = _state("cnn_simple"), _batch(4)["image"]
+    plain = steps.predict_step(state, images, preprocess=steps.normalize_images)
+    chex.assert_trees_all_close(
+        steps.predict_step(state, images, preprocess=steps.normalize_images, tta_shift=0), plain
+    )
+    tta = steps.predict_step(state, images, preprocess=steps.normalize_images, tta_shift=2)
+    views = steps.shifted_views(jnp.asarray(images), 2)
+    probabilities = np.mean(
+        [
+            jax.nn.softmax(steps.predict_step(state, view, preprocess=steps.normalize_images))
+            for view in views
+        ],
+        axis=0,
+    )
+    chex.assert_trees_all_close(np.exp(tta), probabilities, atol=1e-6)
+    chex.assert_trees_all_close(np.exp(tta).sum(-1), np.ones(4), atol=1e-6)
+
+
+def test_tta_run_predicts_with_tta(tiny_config, tmp_path):
+    tiny_config.tta_shift = 1
+    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    run = flaxmnist.load_run(tmp_path / "run")
+    test = datasets.load_dataset("mnist", tiny_config.data_dir).test
+    log_probs = run.predict(test.images)
+    chex.assert_trees_all_close(np.exp(log_probs).sum(-1), np.ones(len(test)), atol=1e-5)
+    assert np.mean(log_probs.argmax(-1) == test.labels) == metrics["test_accuracy"]

@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.warmup_epochs = 0.0  # warmup_cosine
     config.lr_decay_rate = 0.5  # exponential, step
     config.lr_decay_epochs = 1.0  # exponential, step
+    config.tta_shift = 0  # > 0: evaluate on the mean softmax of the image and 4 shifted copies
     config.ema_decay = 0.0  # > 0: keep an EMA of the weights (e.g. 0.999) and evaluate with it
     config.batch_size = 128
     config.eval_batch_size = 1000
