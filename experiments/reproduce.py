@@ -20,8 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flaxmnist import models
-
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # What the reference notebooks reported (../shared/REFERENCE.md), as test accuracy in percent.
 REPORTED = {
@@ -78,7 +76,7 @@ def recipe(preset: str) -> str:
 
 
 def summarize(preset: str, results: list[dict]) -> dict:
-    """Mean ± std of test accuracy and mean train time over seeds."""
+    """Mean ± std of test accuracy over seeds, and the fastest seed's train time."""
     accuracies = [100 * r["test_accuracy"] for r in results]
     return {
         "preset": preset,
@@ -89,15 +87,17 @@ def summarize(preset: str, results: list[dict]) -> dict:
         "accuracy_mean": statistics.mean(accuracies),
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "seeds": len(results),
-        "train_time_s": statistics.mean(r["train_time_s"] for r in results),
-        "total_time_s": statistics.mean(r["total_time_s"] for r in results),
+        # The fastest seed: the least disturbed by other jobs on a shared machine.
+        "train_time_s": min(r["train_time_s"] for r in results),
+        "total_time_s": min(r["total_time_s"] for r in results),
     }
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The reproduction table in markdown."""
     lines = [
-        "| preset | params | recipe | reported | ours (test acc.) | seeds | train time | met |",
+        "| preset | params | recipe | reported | ours (test acc.) | seeds "
+        "| train time (fastest seed) | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -118,7 +118,7 @@ def markdown_table(rows: list[dict]) -> str:
 def main() -> None:
     """Runs the requested presets and writes the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="*", default=models.MODELS.names())
+    parser.add_argument("presets", nargs="*", default=list(REPORTED))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"))
     args = parser.parse_args()
@@ -131,7 +131,7 @@ def main() -> None:
             "cpu": cpu_model(),
             "cores": len(os.sched_getaffinity(0)),
         }
-    ordered = [rows[name] for name in models.MODELS.names() if name in rows]
+    ordered = [rows[name] for name in REPORTED if name in rows]
     RESULTS_DIR.mkdir(exist_ok=True)
     json_file.write_text(json.dumps(ordered, indent=2) + "\n")
     machines = sorted({f"{r['cpu']}, {r['cores']} cores" for r in ordered})

@@ -2,7 +2,8 @@
 
 Two generic modules cover the reference set: :class:`MLP` (Flatten → Dense blocks → Dense head)
 and :class:`CNN` (blocks of stride-1 3×3 convolutions each followed by a 2×2 max-pool, then Dense
-layers). Each registered name is a configuration of one of them; see the table in README.md.
+layers); :class:`ResNet` (residual blocks, global average pooling) adds stronger models. Each
+registered name is a configuration of one of them; see the table in README.md.
 All models take ``train`` to switch Dropout and BatchNorm between training and inference, and return
 float32 logits. Kernels use Glorot-uniform initialisation and biases zeros, as Keras does.
 """
@@ -47,6 +48,7 @@ class Classifier(nn.Module):
     conv_impl: str = "auto"
     pool_impl: str = "auto"
     dtype: jnp.dtype | None = None
+    batch_norm_momentum: float = BATCH_NORM_MOMENTUM
 
     def dense(self, features: int, name: str | None = None) -> nn.Dense:
         """A Dense layer with Keras-style initialisation in the compute dtype."""
@@ -55,10 +57,10 @@ class Classifier(nn.Module):
         )
 
     def batch_norm(self, x: jax.Array, train: bool) -> jax.Array:
-        """BatchNorm with Keras defaults; running averages are used when not training."""
+        """BatchNorm (Keras ε, ``batch_norm_momentum``); running averages when not training."""
         return nn.BatchNorm(
             use_running_average=not train,
-            momentum=BATCH_NORM_MOMENTUM,
+            momentum=self.batch_norm_momentum,
             epsilon=BATCH_NORM_EPSILON,
             dtype=self.dtype,
         )(x)
@@ -126,6 +128,57 @@ class CNN(Classifier):
         return self.head(x)
 
 
+class ResNet(Classifier):
+    """Stem (3×3 conv → BatchNorm → activation) → stages of basic residual blocks → GAP → Dense.
+
+    Each stage holds ``blocks_per_stage`` post-activation blocks of ``stage_widths[i]`` channels
+    (3×3 convs, 'SAME' padding). A 2×2 max-pool halves the resolution before every stage (the
+    convolutions are stride 1), the first one after the stem as in ImageNet ResNets: a 28×28
+    input runs its stages at 14×14, 7×7 and 3×3, at a fraction of the cost of full resolution.
+    Global average pooling and optional Dropout precede the head. BatchNorm momentum defaults to
+    0.9 so that the running averages keep up in short runs.
+    """
+
+    stage_widths: tuple[int, ...] = (32, 64, 128)
+    blocks_per_stage: int = 1
+    dropout_rate: float = 0.0
+    batch_norm_momentum: float = 0.9
+
+    def conv_bn(self, x: jax.Array, width: int, train: bool, kernel_size: int = 3) -> jax.Array:
+        """A 'SAME' ``kernel_size``² convolution followed by BatchNorm."""
+        conv = layers.Conv(
+            width,
+            (kernel_size, kernel_size),
+            padding="SAME",
+            impl=self.conv_impl,
+            dtype=self.dtype,
+        )
+        return self.batch_norm(conv(x), train)
+
+    def residual_block(self, x: jax.Array, width: int, train: bool) -> jax.Array:
+        """One basic block: conv → BN → activation → conv → BN, + shortcut, → activation.
+
+        The shortcut is the identity, or a 1×1 conv → BN projection when the width changes.
+        """
+        y = self.conv_bn(self.activation(self.conv_bn(x, width, train)), width, train)
+        if x.shape[-1] != width:
+            x = self.conv_bn(x, width, train, kernel_size=1)
+        return self.activation(y + x)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Returns logits [N, num_classes] for images [N, H, W, C]."""
+        x = self.activation(self.conv_bn(x, self.stage_widths[0], train))
+        for width in self.stage_widths:
+            x = layers.max_pool(x, 2, impl=self.pool_impl)
+            for _ in range(self.blocks_per_stage):
+                x = self.residual_block(x, width, train)
+        x = jnp.mean(x, axis=(1, 2))
+        if self.dropout_rate:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return self.head(x)
+
+
 def _register(name: str, module: type[nn.Module], **architecture) -> None:
     MODELS.add(name, functools.partial(module, **architecture))
 
@@ -136,6 +189,8 @@ _register("mlp", MLP, hidden=(128, 64))  # 109,386
 _register("mlp_dropout", MLP, hidden=(128, 64), dropout_rate=0.3)  # 109,386
 _register("cnn_simple", CNN, blocks=((32,),))  # 54,410
 _register("convnet", CNN, blocks=((32,), (64,)), head_dropout=0.5)  # 34,826
+# The convnet with BatchNorm after each convolution and no dropout: the `fast` preset's model.
+_register("convnet_bn", CNN, blocks=((32,), (64,)), batch_norm_layers=True)  # 35,018
 _register("cnn3", CNN, blocks=((64,), (128,), (256,)), hidden=(256,))  # 438,026
 _register("cnn_basic", CNN, blocks=((32,), (64,)), hidden=(128,))  # 225,034
 _register(
@@ -150,6 +205,11 @@ _register(
 _register(
     "cnn_dropout", CNN, blocks=((32, 64),), hidden=(128,), block_dropout=0.25, head_dropout=0.5
 )  # 1,199,882
+# Residual networks (issue #8); counts exclude the BatchNorm statistics (batch_stats).
+_register("resnet", ResNet, stage_widths=(32, 64, 128), blocks_per_stage=1)  # 308,746
+_register(
+    "resnet_wide", ResNet, stage_widths=(64, 128, 256), blocks_per_stage=2, dropout_rate=0.3
+)  # 2,778,762
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:

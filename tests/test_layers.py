@@ -14,12 +14,13 @@ def _reference_conv(x, kernel, padding):
     )
 
 
+@pytest.mark.parametrize("kernel_size", [3, 1])
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
-@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 5, 5, 1)])
-def test_im2col_conv_matches_lax_conv_values_and_gradients(padding, shape):
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 5, 5, 1), (2, 3, 3, 4)])
+def test_im2col_conv_matches_lax_conv_values_and_gradients(padding, shape, kernel_size):
     kx, kk = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, shape)
-    kernel = jax.random.normal(kk, (3, 3, shape[-1], 4))
+    kernel = jax.random.normal(kk, (kernel_size, kernel_size, shape[-1], 4))
 
     def loss(conv_fn):
         return lambda x, k: jnp.sum(jnp.sin(conv_fn(x, k)))

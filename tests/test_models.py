@@ -12,6 +12,7 @@ from flaxmnist.errors import ConfigError
 
 # Keras parameter counts of the reference models (../shared/REFERENCE.md); the others are ours.
 EXPECTED_PARAMS = {
+    "convnet_bn": 35_018,
     "dense": 101_770,
     "mlp_dropout": 109_386,
     "mlp": 109_386,
@@ -21,7 +22,10 @@ EXPECTED_PARAMS = {
     "cnn_basic": 225_034,
     "cnn_deep": 330_858,
     "cnn_dropout": 1_199_882,
+    "resnet": 308_746,
+    "resnet_wide": 2_778_762,
 }
+BATCH_NORM_MODELS = {"cnn_deep", "convnet_bn", "resnet", "resnet_wide"}
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
@@ -56,9 +60,9 @@ def test_parameter_count_and_output_shape(name):
     assert logits.dtype == jnp.float32
 
 
-def test_only_cnn_deep_has_batch_stats():
+def test_only_batch_norm_models_have_batch_stats():
     for name in EXPECTED_PARAMS:
-        assert ("batch_stats" in _abstract(name)[1]) == (name == "cnn_deep"), name
+        assert ("batch_stats" in _abstract(name)[1]) == (name in BATCH_NORM_MODELS), name
 
 
 def test_dropout_is_random_in_training_and_off_in_inference():
@@ -71,17 +75,23 @@ def test_dropout_is_random_in_training_and_off_in_inference():
     chex.assert_trees_all_equal(model.apply(variables, x), model.apply(variables, x))
 
 
-def test_batch_norm_updates_statistics_only_in_training():
-    model, variables = _init("cnn_deep")
+@pytest.mark.parametrize("name", ["cnn_deep", "resnet"])
+def test_batch_norm_updates_statistics_only_in_training(name):
+    model, variables = _init(name)
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
-    _, updates = apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=("batch_stats",)
-    )
+
+    def statistics_after(train):
+        _, updates = apply(
+            variables, x, train=train, rngs={"dropout": jax.random.key(0)}, mutable=("batch_stats",)
+        )
+        return updates["batch_stats"]
+
     changed = jax.tree_util.tree_map(
-        lambda a, b: bool(jnp.any(a != b)), updates["batch_stats"], variables["batch_stats"]
+        lambda a, b: bool(jnp.any(a != b)), statistics_after(True), variables["batch_stats"]
     )
     assert all(jax.tree_util.tree_leaves(changed))
+    chex.assert_trees_all_equal(statistics_after(False), variables["batch_stats"])
 
 
 def test_activation_is_configurable():
@@ -95,11 +105,27 @@ def test_activation_is_configurable():
     assert not jnp.allclose(relu_model.apply(variables, x), expected)
 
 
-def test_bfloat16_compute_keeps_float32_params():
-    model, variables = _abstract("convnet", dtype="bfloat16")
+@pytest.mark.parametrize("name", ["convnet", "resnet"])
+def test_bfloat16_compute_keeps_float32_params(name):
+    model, variables = _abstract(name, dtype="bfloat16")
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
     logits = jax.eval_shape(model.apply, variables, jnp.zeros((1, 28, 28, 1)))
     assert logits.dtype == jnp.float32
+
+
+def test_resnet_in_bfloat16_trains_and_predicts_close_to_float32():
+    x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
+    model, variables = _init("resnet")
+    low_model, _ = _init("resnet", dtype="bfloat16")
+    logits, updates = jax.jit(
+        functools.partial(low_model.apply, train=True, mutable=("batch_stats",))
+    )(variables, x)
+    assert logits.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    chex.assert_trees_all_equal_dtypes(updates["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_close(
+        jax.jit(low_model.apply)(variables, x), jax.jit(model.apply)(variables, x), atol=1e-2
+    )
 
 
 @pytest.mark.parametrize(
