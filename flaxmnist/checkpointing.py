@@ -79,9 +79,17 @@ class RunCheckpoints:
                 f"checkpoints in {self.directory} were written by a different model or input "
                 f"shape (model {meta.get('model')!r}); use a new --workdir"
             )
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+        except ValueError as e:  # Orbax's message for a state whose pytree layout differs
+            if "tree structures do not match" not in str(e):
+                raise
+            raise IncompatibleCheckpointError(
+                f"checkpoint step {step} in {self.directory} holds a train state laid out "
+                "differently (written by another flaxmnist version?); use a new --workdir"
+            ) from None
         return restored["state"], meta
 
     def restore_latest(self, target) -> tuple[Any, dict[str, Any]] | None:

@@ -41,6 +41,12 @@ class LoadedRun:
             functools.partial(steps.predict_step, preprocess=preprocess, tta_shift=tta_shift)
         )
 
+    def with_tta(self, shift: int) -> LoadedRun:
+        """The same run, predicting with test-time augmentation ``shift`` (0: off)."""
+        config = ml_collections.ConfigDict(self.config.to_dict())
+        config.tta_shift = shift
+        return dataclasses.replace(self, config=config)
+
     def predict(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Logits [N, num_classes] for uint8 images [N, H, W, C], in batches.
 

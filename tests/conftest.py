@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import struct
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +15,14 @@ import pytest
 from flaxmnist.configs import default
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_experiment(name: str) -> ModuleType:
+    """Imports the script ``experiments/<name>.py`` as a module (experiments/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

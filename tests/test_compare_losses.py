@@ -1,15 +1,10 @@
-import importlib.util
 import json
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import load_experiment
 
-spec = importlib.util.spec_from_file_location(
-    "compare_losses", REPO_ROOT / "experiments" / "compare_losses.py"
-)
-compare_losses = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_losses)
+compare_losses = load_experiment("compare_losses")
 
 
 def test_parse_loss_and_up_front_checks():

@@ -158,6 +158,20 @@ def test_checkpoint_of_another_model_is_incompatible(tiny_config, tmp_path):
     assert (tmp_path / "ckpt" / "0").is_dir()
 
 
+def test_checkpoint_with_another_state_layout_is_incompatible_not_damaged(tiny_config, tmp_path):
+    exp = trainer.build_experiment(tiny_config)  # no EMA: the saved state has no ema_params
+    saver = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
+    saver.save(exp.state, {"fingerprint": checkpointing.fingerprint(exp.state)}, best_order=1)
+    saver.close()
+    tiny_config.ema_decay = 0.9  # same parameters, one more state field
+    other = trainer.build_experiment(tiny_config)
+    reader = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
+    with pytest.raises(checkpointing.IncompatibleCheckpointError, match="laid out differently"):
+        reader.restore_latest(other.state)
+    reader.close()
+    assert (tmp_path / "ckpt" / "0").is_dir()  # not set aside as damaged
+
+
 def _truncate_every_file(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():

@@ -1,11 +1,7 @@
-import importlib.util
-
 import pytest
-from conftest import REPO_ROOT
+from conftest import load_experiment
 
-spec = importlib.util.spec_from_file_location("sweep", REPO_ROOT / "experiments" / "sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sweep)
+sweep = load_experiment("sweep")
 
 
 def test_parse_values_and_points():
