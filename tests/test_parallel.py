@@ -18,7 +18,7 @@ from flaxmnist.errors import ConfigError
 
 # Runs in a subprocess: the device count must be set before jax is imported.
 SCRIPT = """
-import json, sys
+import json, shutil, sys
 from flaxmnist import trainer
 from flaxmnist.configs import default
 
@@ -35,6 +35,10 @@ for devices in (1, 8):
     with open(f"{out}/{pipeline}-{devices}/history.json") as f:
         train_accuracy = [record["train_accuracy"] for record in json.load(f)]
     results[devices] = {"losses": losses, "train_accuracy": train_accuracy, **metrics}
+# A copy of the 1-device run resumes from its checkpoint on 8 devices for a third epoch.
+shutil.copytree(f"{out}/{pipeline}-1", f"{out}/{pipeline}-1-to-8")
+config.update(num_epochs=3, num_devices=8)
+results["resumed"] = trainer.train_and_evaluate(config, f"{out}/{pipeline}-1-to-8")
 print("RESULTS " + json.dumps(results))
 """
 
@@ -60,6 +64,9 @@ def test_one_and_eight_devices_agree(synthetic_data_dir, tmp_path, pipeline):
     results = json.loads(stdout.split("RESULTS ", 1)[1])
     one, eight = results["1"], results["8"]
     assert (one["device_count"], eight["device_count"]) == (1, 8)
+    resumed = results["resumed"]
+    assert (resumed["device_count"], resumed["epochs_completed"]) == (8, 3)
+    assert resumed["steps"] == 3 * len(one["losses"]) // 2
     assert eight["losses"][0] == pytest.approx(one["losses"][0], abs=1e-5)
     # Every step's loss (BatchNorm on batch statistics) stays within float reassociation drift.
     np.testing.assert_allclose(eight["losses"], one["losses"], atol=3e-3)
