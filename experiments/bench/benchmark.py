@@ -1,15 +1,28 @@
 """Side-by-side training speed on this CPU: flaxmnist vs Keras 3 vs PyTorch, same data and models.
 
     pip install -e '.[bench]'
-    python experiments/bench/benchmark.py            # full: 200 timed steps x 3 repeats
-    python experiments/bench/benchmark.py --quick    # 3 models, 30 steps x 2 repeats (~3 min)
+    python experiments/bench/benchmark.py                   # every section
+    python experiments/bench/benchmark.py --quick           # models section, 3 models (~3 min)
+    python experiments/bench/benchmark.py --sections time99 startup batch tiling --repeats 1
 
-Every (framework, model) pair runs in a fresh subprocess of this script, one after another, on the
-vendored MNIST arrays in memory, with Adam (lr 1e-3) and sparse cross-entropy at the reference
-batch size. Seconds per epoch are the median time per step times the steps of a 60,000-image
-epoch. Startup is process start to the end of the first (compiled) step. GFLOP/s uses the training
-FLOPs per step that XLA counts for the flaxmnist step, for every framework, against this machine's
-measured matmul peak. Writes ``results/benchmark.{json,md,png}`` beside this file.
+Sections (``--sections``, in this order; a full run runs them all, ``--quick`` only ``models``):
+
+* ``models``: every (framework, model) pair runs in a fresh subprocess of this script, one after
+  another, on the vendored MNIST arrays in memory, with Adam (lr 1e-3) and sparse cross-entropy at
+  the reference batch size; 200 timed steps x 3 repeats (quick: dense, cnn_simple and convnet, 30
+  steps x 2 repeats). Seconds per epoch are the median time per step times the steps of a
+  60,000-image epoch. Startup is process start to the end of the first (compiled) step. GFLOP/s
+  uses the training FLOPs per step that XLA counts for the flaxmnist step, for every framework,
+  against this machine's measured matmul peak.
+* ``time99``, ``startup`` (``end_to_end.py``): wall time from process launch to 99 % test
+  accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet; process start to the first
+  training step with a cold, then a warm compilation cache (``--repeats`` warm runs).
+* ``batch``, ``tiling`` (``scaling.py``): flaxmnist throughput vs batch size; epoch time vs
+  training-set size (1x, 2x, 4x the 60,000 images). Named together with ``--quick`` they run
+  smaller variants (cnn_simple only and shorter runs; 1x and 2x only).
+
+Writes ``results/benchmark.{json,md,png}`` and ``results/throughput_vs_batch.png`` beside this
+file; sections that do not run keep their previous results in the JSON and markdown.
 
 Frameworks: ``flaxmnist`` (device-resident ``lax.scan`` path), ``flaxmnist_tfds`` (tf.data
 streaming path), ``keras`` (Keras 3 on TensorFlow, ``model.fit``), ``torch`` (eager PyTorch loop).
@@ -28,42 +41,45 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 START = time.perf_counter()
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
 FRAMEWORKS = ("flaxmnist", "flaxmnist_tfds", "keras", "torch")
 QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
+SECTIONS = ("models", "time99", "startup", "batch", "tiling")
+QUICK_SECTIONS = ("models",)
 TRAIN_EXAMPLES = 60_000
+WORKER_TIMEOUT_S = 1800
 
 
-def mnist_arrays():
-    """The vendored MNIST training split: uint8 images [N, 28, 28, 1] and int32 labels."""
+def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A vendored MNIST split: uint8 images [N, 28, 28, 1] and int32 labels, repeated ``tile``×."""
     from flaxmnist import datasets
 
-    train = datasets.load_dataset("mnist").train
-    return train.images, train.labels
+    arrays = getattr(datasets.load_dataset("mnist"), split)
+    return np.tile(arrays.images, (tile, 1, 1, 1)), np.tile(arrays.labels, tile)
 
 
 # ------------------------------------------------------------------------------------ workers
 
 
-def flax_worker(model_name: str, batch: int, steps: int, repeats: int, streaming: bool) -> dict:
-    """Times flaxmnist's train_step (device-resident scan, or tf.data streaming)."""
+def flax_worker(
+    model_name: str, batch: int, steps: int, repeats: int, streaming: bool, tile: int = 1
+) -> dict:
+    """Times flaxmnist's train_step (device-resident scan, or tf.data streaming).
+
+    ``tile`` > 1 trains on the training set repeated that many times (the dataset-size scaling).
+    """
     import jax
-    import optax
 
-    from flaxmnist import input_pipeline, losses, models
-    from flaxmnist import steps as steps_lib
-    from flaxmnist.configs import default
+    from flaxmnist import input_pipeline
     from flaxmnist.datasets import ArraySplit
-    from flaxmnist.train_state import create_train_state
 
-    images, labels = mnist_arrays()
-    config = default.get_config()
-    config.model = model_name
-    model = models.create_model(config, 10)
-    state = create_train_state(model, (28, 28, 1), optax.adam(1e-3), jax.random.key(0))
-    fns = steps_lib.make_step_functions(losses.cross_entropy, steps_lib.normalize_images)
+    images, labels = mnist_arrays(tile=tile)
+    state, fns = flax_state_and_steps(model_name)
     rng = jax.random.key(1)
     flops = training_flops(model_name, batch)
     if streaming:
@@ -89,13 +105,9 @@ def flax_worker(model_name: str, batch: int, steps: int, repeats: int, streaming
     return time_repeats(run, state, repeats, flops)
 
 
-def training_flops(model_name: str, batch: int) -> float:
-    """FLOPs of one training step as XLA counts them, with native convolutions.
-
-    (The im2col layers loop over batch chunks, and XLA's cost analysis counts a loop body once.)
-    """
+def flax_state_and_steps(model_name: str, **overrides):
+    """A fresh train state (Adam, lr 1e-3) of ``model_name`` and the jitted step functions."""
     import jax
-    import numpy as np
     import optax
 
     from flaxmnist import losses, models
@@ -104,10 +116,21 @@ def training_flops(model_name: str, batch: int) -> float:
     from flaxmnist.train_state import create_train_state
 
     config = default.get_config()
-    config.update(model=model_name, conv_impl="xla", pool_impl="xla")
+    config.update(model=model_name, **overrides)
     model = models.create_model(config, 10)
     state = create_train_state(model, (28, 28, 1), optax.adam(1e-3), jax.random.key(0))
-    fns = steps_lib.make_step_functions(losses.cross_entropy, steps_lib.normalize_images)
+    loss_fn = losses.get_loss("cross_entropy")
+    return state, steps_lib.make_step_functions(loss_fn, steps_lib.normalize_images)
+
+
+def training_flops(model_name: str, batch: int) -> float:
+    """FLOPs of one training step as XLA counts them, with native convolutions.
+
+    (The im2col layers loop over batch chunks, and XLA's cost analysis counts a loop body once.)
+    """
+    import jax
+
+    state, fns = flax_state_and_steps(model_name, conv_impl="xla", pool_impl="xla")
     batch_arrays = {
         "image": np.zeros((batch, 28, 28, 1), np.uint8),
         "label": np.zeros(batch, np.int32),
@@ -166,19 +189,24 @@ def keras_model(name: str):
     return keras.Sequential([keras.Input((28, 28, 1)), *stacks[name], layers.Dense(10)])
 
 
-def keras_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    """Times Keras 3 ``model.fit`` on TensorFlow."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+def compiled_keras_model(name: str):
+    """``keras_model(name)`` compiled with Adam (lr 1e-3), sparse cross-entropy and accuracy."""
     import keras
 
-    images, labels = mnist_arrays()
-    x, y = images[: batch * steps].astype("float32") / 255.0, labels[: batch * steps]
-    model = keras_model(model_name)
+    model = keras_model(name)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         metrics=["accuracy"],
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
+    return model
+
+
+def keras_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
+    """Times Keras 3 ``model.fit`` on TensorFlow."""
+    images, labels = mnist_arrays()
+    x, y = images[: batch * steps].astype("float32") / 255.0, labels[: batch * steps]
+    model = compiled_keras_model(model_name)
 
     def run(state, epoch):
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
@@ -252,17 +280,23 @@ def torch_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
     return time_repeats(run, None, repeats, 0.0)
 
 
-def worker_main(framework: str, model: str, steps: int, repeats: int) -> None:
-    """Subprocess entry: times one (framework, model) pair and prints JSON."""
-    batch = MODELS[model]
+def worker_main(framework: str, model: str, args: argparse.Namespace) -> None:
+    """Subprocess entry: times one (framework, model) pair and prints its RESULT line."""
+    batch, steps, repeats = args.batch or MODELS[model], args.steps, args.repeats
     if framework.startswith("flaxmnist"):
-        result = flax_worker(model, batch, steps, repeats, framework == "flaxmnist_tfds")
+        streaming = framework == "flaxmnist_tfds"
+        result = flax_worker(model, batch, steps, repeats, streaming, args.tile)
     elif framework == "keras":
         result = keras_worker(model, batch, steps, repeats)
     else:
         result = torch_worker(model, batch, steps, repeats)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(result))
+    emit_result(result)
+
+
+def emit_result(result: dict) -> None:
+    """Prints a worker's result as the ``RESULT {json}`` line its driver reads."""
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -270,8 +304,6 @@ def worker_main(framework: str, model: str, steps: int, repeats: int) -> None:
 
 def matmul_peak_gflops() -> float:
     """The float32 matmul speed here (1024^3 with numpy/BLAS, best of 5)."""
-    import numpy as np
-
     a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
     best = min(_timed(lambda: a @ a) for _ in range(5))
     return 2 * 1024**3 / best / 1e9
@@ -283,6 +315,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - begin
 
 
+def machine_name() -> str:
+    """The CPU model and core count, for titles and tables."""
+    return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
 def cpu_model() -> str:
     """The CPU model name."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -291,37 +328,54 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def run_pair(framework: str, model: str, steps: int, repeats: int) -> dict:
-    """Runs one worker subprocess and summarises its timings."""
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        framework,
-        model,
-        "--steps",
-        str(steps),
-        "--repeats",
-        str(repeats),
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+def run_worker(command: list[str]) -> dict:
+    """Runs a worker subprocess: the JSON of its last RESULT line, or ``{"error": stderr tail}``."""
+    out = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode or not lines:
-        return {"framework": framework, "model": model, "error": out.stderr[-500:]}
-    raw = json.loads(lines[-1][len("RESULT ") :])
-    batch = MODELS[model]
-    step_s = statistics.median(raw["run_s"]) / steps
+        return {"error": out.stderr[-500:]}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def run_pair(
+    framework: str, model: str, steps: int, repeats: int, batch: int | None = None, tile: int = 1
+) -> dict:
+    """Runs one worker subprocess and summarises its timings.
+
+    ``batch`` defaults to the model's reference batch; ``tile`` repeats the training set (flaxmnist
+    frameworks only). ``timed_s`` is the median time of one timed run of ``steps`` steps.
+    """
+    batch = batch or MODELS[model]
+    pair = {"framework": framework, "model": model, "batch": batch, "tile": tile}
+    command = [sys.executable, __file__, "--worker", framework, model]
+    for flag, value in (("batch", batch), ("tile", tile), ("steps", steps), ("repeats", repeats)):
+        command += [f"--{flag}", str(value)]
+    raw = run_worker(command)
+    if "error" in raw:
+        return {**pair, "error": raw["error"]}
+    timed_s = statistics.median(raw["run_s"])
+    step_s = timed_s / steps
     return {
-        "framework": framework,
-        "model": model,
-        "batch": batch,
+        **pair,
         "epoch_s": step_s * (TRAIN_EXAMPLES // batch),
         "examples_per_s": batch / step_s,
         "startup_s": raw["startup_s"],
         "peak_rss_mb": raw["peak_rss_mb"],
         "flops_per_step": raw["flops_per_step"],
         "step_ms": 1e3 * step_s,
+        "timed_s": timed_s,
     }
+
+
+def logged(row: dict) -> dict:
+    """Prints ``row`` as one JSON line (progress) and returns it."""
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def gflops(flops_per_step: float, step_ms: float) -> float:
+    """Achieved GFLOP/s of a step of ``flops_per_step`` FLOPs taking ``step_ms`` milliseconds."""
+    return flops_per_step / step_ms / 1e6
 
 
 def markdown(rows: list[dict], machine: dict) -> str:
@@ -349,18 +403,16 @@ def markdown(rows: list[dict], machine: dict) -> str:
                 else "-"
                 for ref in ("keras", "torch")
             ]
-            gflops = flops / (r["step_ms"] / 1e3) / 1e9
             lines.append(
                 f"| {model} | {r['batch']} | {framework} | {r['epoch_s']:.2f} | "
                 f"{r['examples_per_s']:,.0f} | {r['startup_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                f"{gflops:.1f} | {ratios[0]} | {ratios[1]} |"
+                f"{gflops(flops, r['step_ms']):.1f} | {ratios[0]} | {ratios[1]} |"
             )
     return "\n".join(lines) + "\n"
 
 
 def chart(rows: list[dict], path: Path) -> None:
     """Grouped bars of seconds per epoch, one group per model."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4.5), layout="constrained")
@@ -375,27 +427,13 @@ def chart(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x, [f"{m}\n(batch {MODELS[m]})" for m in models])
     ax.set_ylabel("seconds per epoch (lower is better)")
     ax.set_yscale("log")
-    ax.set_title(f"Training speed on {cpu_model()}, {os.cpu_count()} cores")
+    ax.set_title(f"Training speed on {machine_name()}")
     ax.legend()
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
-    """Runs every pair (or one worker, with --worker) and writes the results."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 models, 30 steps x 2 repeats")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
-    parser.add_argument("--models", nargs="+", default=None)
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
-    args = parser.parse_args()
-    steps = args.steps or (30 if args.quick else 200)
-    models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
-    repeats = args.repeats or (2 if args.quick else 3)
-    if args.worker:
-        worker_main(*args.worker, steps, repeats)
-        return
+def models_section(models: list[str], frameworks: list[str], steps: int, repeats: int) -> dict:
+    """Every (framework, model) pair: the ``machine`` and ``rows`` entries of the results."""
     machine = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -403,19 +441,92 @@ def main() -> None:
         "steps": steps,
         "repeats": repeats,
     }
-    rows = []
-    for model in models:
-        for framework in args.frameworks:
-            rows.append(run_pair(framework, model, steps, repeats))
-            print(json.dumps(rows[-1]), flush=True)
+    rows = [
+        logged(run_pair(framework, model, steps, repeats))
+        for model in models
+        for framework in frameworks
+    ]
+    return {"machine": machine, "rows": rows}
+
+
+def run_section(name: str, args: argparse.Namespace) -> dict:
+    """Runs section ``name``; returns the entries of the results it (re)writes."""
+    import end_to_end
+    import scaling
+
+    if name == "models":
+        models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
+        return models_section(models, args.frameworks, args.steps, args.repeats)
+    if name == "time99":
+        return {"time_to_99": end_to_end.time_to_99()}
+    if name == "startup":
+        return {"startup": end_to_end.startup(warm_runs=args.repeats)}
+    if name == "batch":
+        return {"batch_scaling": scaling.batch_scaling(args.quick, args.repeats, args.models)}
+    return {"tiling": scaling.tiling(args.quick)}
+
+
+def document(results: dict) -> str:
+    """``benchmark.md``: the per-model table, then every further section that has results."""
+    import end_to_end
+    import scaling
+
+    parts = [markdown(results["rows"], results["machine"])] if results.get("rows") else []
+    parts += [end_to_end.markdown(results), scaling.markdown(results)]
+    return "\n".join(part for part in parts if part)
+
+
+def write_results(results: dict, sections: list[str]) -> None:
+    """Writes ``benchmark.{json,md}`` and the figures of the sections that ran."""
+    import scaling
+
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "benchmark.json").write_text(
-        json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n"
-    )
-    table = markdown(rows, machine)
-    (RESULTS / "benchmark.md").write_text(table)
-    chart(rows, RESULTS / "benchmark.png")
-    print(table)
+    (RESULTS / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = document(results)
+    (RESULTS / "benchmark.md").write_text(text)
+    if "models" in sections:
+        chart(results["rows"], RESULTS / "benchmark.png")
+    if "batch" in sections:
+        scaling.chart(results["batch_scaling"], RESULTS / "throughput_vs_batch.png")
+    print(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the --quick / full defaults filled in."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short variant (see the top)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
+    parser.add_argument("--models", nargs="+", default=None, help="of the models/batch sections")
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
+    parser.add_argument("--batch", type=int, default=None, help="worker: batch size")
+    parser.add_argument("--tile", type=int, default=1, help="worker: training-set repeats")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (30 if args.quick else 200)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    chosen = args.sections or (QUICK_SECTIONS if args.quick else SECTIONS)
+    args.sections = [name for name in SECTIONS if name in chosen]
+    return args
+
+
+def main() -> None:
+    """Runs the chosen sections (or one worker, with --worker) and writes the results.
+
+    Sections that do not run keep their previous results in ``benchmark.json``.
+    """
+    args = parse_args()
+    if args.worker:
+        worker_main(*args.worker, args)
+        return
+    path = RESULTS / "benchmark.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.sections:
+        begin = time.perf_counter()
+        results.update(run_section(name, args))
+        print(f"section {name}: {time.perf_counter() - begin:.0f} s", flush=True)
+    write_results(results, args.sections)
 
 
 if __name__ == "__main__":
