@@ -378,6 +378,11 @@ def gflops(flops_per_step: float, step_ms: float) -> float:
     return flops_per_step / step_ms / 1e6
 
 
+def sections_markdown(results: dict, renderers: dict) -> str:
+    """The markdown of the sections in ``results`` that ``renderers`` (key → function) cover."""
+    return "\n".join(render(results[key]) for key, render in renderers.items() if key in results)
+
+
 def markdown(rows: list[dict], machine: dict) -> str:
     """The results as a markdown table with per-model speed-up ratios."""
     lines = [

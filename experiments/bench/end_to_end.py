@@ -209,12 +209,9 @@ def startup_markdown(result: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The markdown of this module's sections that have results ("" when none has)."""
-    parts = []
-    if "time_to_99" in results:
-        parts.append(time_to_99_markdown(results["time_to_99"]))
-    if "startup" in results:
-        parts.append(startup_markdown(results["startup"]))
-    return "\n".join(parts)
+    return bench.sections_markdown(
+        results, {"time_to_99": time_to_99_markdown, "startup": startup_markdown}
+    )
 
 
 def main() -> None:

@@ -119,12 +119,9 @@ def tiling_markdown(section: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The markdown of this module's sections that have results ("" when none has)."""
-    parts = []
-    if "batch_scaling" in results:
-        parts.append(batch_markdown(results["batch_scaling"]))
-    if "tiling" in results:
-        parts.append(tiling_markdown(results["tiling"]))
-    return "\n".join(parts)
+    return bench.sections_markdown(
+        results, {"batch_scaling": batch_markdown, "tiling": tiling_markdown}
+    )
 
 
 def chart(section: dict, path: Path) -> None:
