@@ -116,7 +116,9 @@ def get_loss(name: str, options: str = "") -> BoundLoss:
         return bound(logits, labels, step=step) if takes_step else bound(logits, labels)
 
     try:
-        loss(jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # fail now on a bad option name
+        # Trace once (no computation) so that a bad option name fails now, not mid-training.
+        logits, labels = jax.ShapeDtypeStruct((1, 2), jnp.float32), jax.ShapeDtypeStruct((1,), int)
+        jax.eval_shape(loss, logits, labels)
     except TypeError as e:
         raise ConfigError(f"loss {name!r} rejects options {kwargs}: {e}") from None
     return loss

@@ -73,7 +73,8 @@ def enable_compilation_cache(cache_dir: str) -> None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Cache every program, even the small ones set-up runs: together they cost seconds.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def format_summary(metrics: dict, workdir: Path) -> str:
