@@ -36,16 +36,19 @@ class RunnerInputs:
     mesh: Mesh
 
 
-class DeviceRunner:
+class Runner:
+    """What both runners keep: their inputs, and the steps, config and mesh at hand."""
+
+    def __init__(self, inputs: RunnerInputs):
+        self.inputs = inputs
+        self.fns, self.config, self.mesh = inputs.fns, inputs.config, inputs.mesh
+
+
+class DeviceRunner(Runner):
     """The fast path: data lives on the device; an epoch is a few ``lax.scan`` calls."""
 
     def __init__(self, inputs: RunnerInputs):
-        self.fns, self.config, self.data_rng, self.mesh = (
-            inputs.fns,
-            inputs.config,
-            inputs.data_rng,
-            inputs.mesh,
-        )
+        super().__init__(inputs)
         self.num_train = len(inputs.train)
         # Every device holds the whole (uint8) training set and gathers its share of each batch.
         self.images, self.labels = parallel.put_replicated(
@@ -63,7 +66,10 @@ class DeviceRunner:
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one ``lax.scan`` per chunk."""
         indices = input_pipeline.epoch_batch_indices(
-            self.data_rng, epoch, num_examples=self.num_train, batch_size=self.config.batch_size
+            self.inputs.data_rng,
+            epoch,
+            num_examples=self.num_train,
+            batch_size=self.config.batch_size,
         )
         indices = jax.device_put(indices, parallel.batch_sharding(self.mesh, leading_axes=1))
         chunk = math.ceil(len(indices) / self.config.chunks_per_epoch)
@@ -78,24 +84,15 @@ class DeviceRunner:
         return jax.device_get(self.fns.evaluate_batches(state, self.eval_batches[split_name]))
 
 
-class StreamingRunner:
+class StreamingRunner(Runner):
     """The tf.data path: batches stream from a seeded, prefetching tf.data pipeline."""
 
     sync_every = 50  # steps per yielded chunk (each yield waits for the device)
 
-    def __init__(self, inputs: RunnerInputs):
-        self.fns, self.config, self.train, self.mesh = (
-            inputs.fns,
-            inputs.config,
-            inputs.train,
-            inputs.mesh,
-        )
-        self.eval_splits = inputs.eval_splits
-
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
         dataset = input_pipeline.tf_train_dataset(
-            self.train,
+            self.inputs.train,
             self.config.batch_size,
             seed=self.config.seed,
             epoch=epoch,
@@ -115,7 +112,7 @@ class StreamingRunner:
     def evaluate(self, state, split_name: str) -> dict:
         """Metric sums over a whole split (padded, masked last batch)."""
         totals = None
-        split = self.eval_splits[split_name]
+        split = self.inputs.eval_splits[split_name]
         batch_size = self.config.eval_batch_size
         rows = parallel.process_rows(self.mesh, batch_size)
         for batch in input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator():
