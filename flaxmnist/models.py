@@ -207,6 +207,8 @@ _register(
 )  # 1,199,882
 # Residual networks (issue #8); counts exclude the BatchNorm statistics (batch_stats).
 _register("resnet", ResNet, stage_widths=(32, 64, 128), blocks_per_stage=1)  # 308,746
+# A quarter of resnet's compute (about convnet's): the `fast_fashion` candidate.
+_register("resnet_small", ResNet, stage_widths=(16, 32, 64), blocks_per_stage=1)  # 78,090
 _register(
     "resnet_wide", ResNet, stage_widths=(64, 128, 256), blocks_per_stage=2, dropout_rate=0.3
 )  # 2,778,762

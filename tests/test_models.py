@@ -23,9 +23,10 @@ EXPECTED_PARAMS = {
     "cnn_deep": 330_858,
     "cnn_dropout": 1_199_882,
     "resnet": 308_746,
+    "resnet_small": 78_090,
     "resnet_wide": 2_778_762,
 }
-BATCH_NORM_MODELS = {"cnn_deep", "convnet_bn", "resnet", "resnet_wide"}
+BATCH_NORM_MODELS = {"cnn_deep", "convnet_bn", "resnet", "resnet_small", "resnet_wide"}
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:

@@ -19,6 +19,6 @@ def get_config():
     return with_overrides(
         **RESNET_RECIPE,
         model="resnet",
-        num_epochs=15,
+        num_epochs=30,
         augment=dict(rotation=10.0, translate=0.1, zoom=0.1),
     )

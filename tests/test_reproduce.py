@@ -1,0 +1,87 @@
+import json
+
+import pytest
+from conftest import load_experiment
+
+reproduce = load_experiment("reproduce")
+
+
+def _metrics(accuracy: float, train_time: float, backend: str = "cpu") -> dict:
+    return {
+        "test_accuracy": accuracy,
+        "num_params": 308_746,
+        "train_time_s": train_time,
+        "total_time_s": train_time + 10,
+        "backend": backend,
+        "device_kind": "NVIDIA H200" if backend == "gpu" else "cpu",
+    }
+
+
+def test_summarize_takes_mean_std_and_the_fastest_seed():
+    results = [_metrics(0.9971, 89.1, "gpu"), _metrics(0.9965, 48.8, "gpu"), _metrics(0.9967, 48.6)]
+    row = reproduce.summarize("resnet_mnist", results)
+    assert row["accuracy_mean"] == pytest.approx(99.67666, abs=1e-4)
+    # Sample standard deviation of 99.71, 99.65, 99.67: sqrt((0.0011² + ...)/2) = 0.0306.
+    assert row["accuracy_std"] == pytest.approx(0.030551, abs=1e-5)
+    assert row["train_time_s"] == 48.6 and row["total_time_s"] == 58.6 and row["seeds"] == 3
+    assert row["device"] == "NVIDIA H200 (gpu)"
+    assert row["reported"] == ">= 99.6 % (goal)" and row["reported_min"] == 99.6
+    assert "warmup_cosine" in row["recipe"] and row["recipe"].endswith("30 epochs, augmented")
+
+
+def test_markdown_table_marks_met_goals_and_names_the_device():
+    met = {**reproduce.summarize("fast", [_metrics(0.9918, 120.0)]), "preset": "fast"}
+    missed = {**met, "preset": "convnet", "reported_min": 99.25, "accuracy_mean": 99.19}
+    # A row written before the device column existed names only the CPU.
+    old = {**missed, "preset": "mlp", "reported_min": None, "cpu": "AMD EPYC", "cores": 2}
+    del old["device"]
+    lines = reproduce.markdown_table([met, missed, old]).splitlines()
+    assert lines[2].startswith("| `fast` | 308,746 |") and lines[2].endswith("cores | yes |")
+    assert "| 99.18 % | 1 | 120 s |" in lines[2]
+    assert lines[3].endswith("| no |")
+    assert lines[4].endswith("| AMD EPYC, 2 cores | - |")
+
+
+def test_run_all_groups_concurrent_runs_by_preset(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(preset, seed, runs, log_to_file=False):
+        calls.append((preset, seed, log_to_file))
+        return {"preset": preset, "seed": seed}
+
+    monkeypatch.setattr(reproduce, "run_preset", fake_run)
+    grouped = reproduce.run_all(["a", "b"], [0, 1], tmp_path, jobs=3)
+    assert grouped == {
+        "a": [{"preset": "a", "seed": 0}, {"preset": "a", "seed": 1}],
+        "b": [{"preset": "b", "seed": 0}, {"preset": "b", "seed": 1}],
+    }
+    assert sorted(calls) == [("a", 0, True), ("a", 1, True), ("b", 0, True), ("b", 1, True)]
+    calls.clear()
+    reproduce.run_all(["a"], [0], tmp_path, jobs=1)
+    assert calls == [("a", 0, False)]
+
+
+def test_run_preset_logs_to_a_file_and_reuses_finished_runs(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_subprocess_run(command, check, stdout=None, stderr=None, env=None):
+        seen.update(command=command, env=env, log=stdout.name)
+        workdir = tmp_path / "dense-seed4"
+        workdir.mkdir()
+        (workdir / "metrics.json").write_text(json.dumps({"test_accuracy": 0.97}))
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_subprocess_run)
+    assert reproduce.run_preset("dense", 4, tmp_path, log_to_file=True) == {"test_accuracy": 0.97}
+    assert seen["command"][-3:] == [
+        "--config=dense",
+        "--config.seed=4",
+        f"--workdir={tmp_path / 'dense-seed4'}",
+    ]
+    assert seen["env"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert seen["log"] == str(tmp_path / "dense-seed4.log")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", must_not_run)
+    assert reproduce.run_preset("dense", 4, tmp_path)["test_accuracy"] == 0.97
