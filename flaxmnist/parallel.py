@@ -14,6 +14,8 @@ files; every process takes part in Orbax saves and restores.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -22,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxmnist.errors import ConfigError
+from flaxmnist.errors import ConfigError, FlaxmnistError
 
 DATA_AXIS = "data"
 MULTIHOST_MODES = ("auto", "on", "off")
@@ -38,7 +40,7 @@ def multihost_requested(settings: ml_collections.ConfigDict) -> bool:
         )
     if settings.enabled != "auto":
         return settings.enabled == "on"
-    launched = any(int(os.environ.get(name, "1") or 1) > 1 for name in CLUSTER_SIZE_VARIABLES)
+    launched = any(_env_int(name, 1) > 1 for name in CLUSTER_SIZE_VARIABLES)
     return bool(
         settings.coordinator_address
         or os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -55,16 +57,68 @@ def initialize_multihost(settings: ml_collections.ConfigDict) -> None:
     """
     if not multihost_requested(settings):
         return
-    num_processes = settings.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
-    process_id = settings.process_id
-    if process_id < 0:
-        process_id = int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None
+    if settings.timeout_s <= 0:
+        raise ConfigError(f"multihost.timeout_s must be positive, got {settings.timeout_s}")
+    num_processes = settings.num_processes or _env_int("JAX_NUM_PROCESSES", 0) or None
+    process_id = settings.process_id if settings.process_id >= 0 else _env_int("JAX_PROCESS_ID")
+    address = settings.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    if address and process_id is not None:
+        # JAX aborts the whole process (no Python exception) when it cannot reach or start the
+        # coordinator, so check first and fail with one line instead.
+        check_coordinator(address, process_id, settings.timeout_s)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk over TCP
     jax.distributed.initialize(
-        coordinator_address=settings.coordinator_address or None,
+        coordinator_address=address or None,
         num_processes=num_processes,
         process_id=process_id,
+        initialization_timeout=int(settings.timeout_s),
     )
+
+
+def _env_int(name: str, default: int | None = None) -> int | None:
+    """The integer in environment variable ``name`` (``default`` when unset or empty)."""
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"environment variable {name} must be an integer, got {value!r}"
+        ) from None
+
+
+def check_coordinator(address: str, process_id: int, timeout_s: float) -> None:
+    """Fails with one line when process 0 cannot serve ``address`` or others cannot reach it.
+
+    Process 0 must be able to listen on the port; every other process waits up to ``timeout_s``
+    for process 0 to accept connections there.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"multihost coordinator address must be HOST:PORT, got {address!r}")
+    if process_id == 0:
+        try:
+            socket.create_server(("", int(port))).close()
+        except OSError as error:
+            raise FlaxmnistError(
+                f"process 0 cannot serve the multihost coordinator on port {port}: "
+                f"{error.strerror or error}"
+            ) from None
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise FlaxmnistError(
+                    f"no multihost coordinator answered at {address} within {timeout_s:g} s; "
+                    "start process 0 first, or check the address and port"
+                ) from None
+            time.sleep(0.25)
 
 
 def is_primary() -> bool:

@@ -14,7 +14,7 @@ from conftest import REPO_ROOT
 import flaxmnist
 from flaxmnist import datasets, parallel
 from flaxmnist.configs import default
-from flaxmnist.errors import ConfigError
+from flaxmnist.errors import ConfigError, FlaxmnistError
 
 # Runs in a subprocess: the device count must be set before jax is imported.
 SCRIPT = """
@@ -214,6 +214,36 @@ def test_multihost_is_requested_only_when_asked(monkeypatch):
     settings.enabled = "sometimes"
     with pytest.raises(ConfigError, match=r"unknown multihost\.enabled 'sometimes'"):
         parallel.multihost_requested(settings)
+
+
+def test_malformed_launcher_variables_are_one_line_errors(monkeypatch):
+    settings = default.get_config().multihost
+    monkeypatch.setenv("SLURM_NTASKS", "two")
+    with pytest.raises(ConfigError, match="environment variable SLURM_NTASKS must be an integer"):
+        parallel.multihost_requested(settings)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "first")
+    with pytest.raises(ConfigError, match="JAX_PROCESS_ID must be an integer, got 'first'"):
+        parallel.initialize_multihost(settings)
+    settings.timeout_s = 0
+    with pytest.raises(ConfigError, match=r"multihost\.timeout_s must be positive"):
+        parallel.initialize_multihost(settings)
+
+
+def test_unreachable_coordinator_fails_with_one_line_instead_of_an_abort():
+    port = _free_port()  # nothing listens there
+    with pytest.raises(
+        FlaxmnistError, match=rf"no multihost coordinator answered at 127.0.0.1:{port} within 0.5 s"
+    ):
+        parallel.check_coordinator(f"127.0.0.1:{port}", process_id=1, timeout_s=0.5)
+    with pytest.raises(ConfigError, match="must be HOST:PORT, got 'localhost'"):
+        parallel.check_coordinator("localhost", process_id=1, timeout_s=0.5)
+    with socket.create_server(("", 0)) as busy:
+        taken = busy.getsockname()[1]
+        with pytest.raises(FlaxmnistError, match=f"process 0 cannot serve .* on port {taken}"):
+            parallel.check_coordinator(f"localhost:{taken}", process_id=0, timeout_s=0.5)
+        # Another process finds the listening coordinator at once.
+        parallel.check_coordinator(f"127.0.0.1:{taken}", process_id=1, timeout_s=0.5)
 
 
 def test_process_rows_on_one_process():

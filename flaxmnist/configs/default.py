@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.multihost.coordinator_address = ""  # host:port of process 0 ("" = JAX's detection)
     config.multihost.num_processes = 0  # 0 = $JAX_NUM_PROCESSES or JAX's detection
     config.multihost.process_id = -1  # -1 = $JAX_PROCESS_ID or JAX's detection
+    config.multihost.timeout_s = 300  # how long processes wait for each other to join
     # Extensions and runtime.
     config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
     config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache
