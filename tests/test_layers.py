@@ -17,7 +17,12 @@ def _reference_conv(x, kernel, padding):
 @pytest.mark.parametrize("kernel_size", [3, 1])
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 5, 5, 1), (2, 3, 3, 4)])
-def test_im2col_conv_matches_lax_conv_values_and_gradients(padding, shape, kernel_size):
+# 0: every forward pass is patches @ kernel; 64: every one here is a sum of shifted copies.
+@pytest.mark.parametrize("shifted_sum_max_taps", [0, 64])
+def test_im2col_conv_matches_lax_conv_values_and_gradients(
+    padding, shape, kernel_size, shifted_sum_max_taps, monkeypatch
+):
+    monkeypatch.setattr(layers, "SHIFTED_SUM_MAX_TAPS", shifted_sum_max_taps)
     kx, kk = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, shape)
     kernel = jax.random.normal(kk, (kernel_size, kernel_size, shape[-1], 4))
