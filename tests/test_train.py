@@ -1,13 +1,17 @@
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 from conftest import REPO_ROOT
 
-from flaxmnist import train, trainer
+from flaxmnist import losses, models, optimizers, train, trainer
+from flaxmnist.configs import preset_names
 from flaxmnist.errors import ConfigError, FlaxmnistError
 
 HISTORY_FIELDS = {
@@ -172,3 +176,14 @@ def test_cli_user_errors_end_with_one_line_and_status_2(
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ") and message in last_line
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_is_a_valid_config(preset):
+    config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
+    trainer.validate_config(config)
+    model = models.create_model(config, num_classes=10)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    assert models.count_params(variables["params"]) > 0
+    optimizers.create_optimizer(config, steps_per_epoch=10)
+    losses.get_loss(config.loss, config.loss_options)
