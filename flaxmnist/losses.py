@@ -117,7 +117,10 @@ def get_loss(name: str, options: str = "") -> BoundLoss:
 
     try:
         # Trace once (no computation) so that a bad option name fails now, not mid-training.
-        logits, labels = jax.ShapeDtypeStruct((1, 2), jnp.float32), jax.ShapeDtypeStruct((1,), int)
+        logits, labels = (
+            jax.ShapeDtypeStruct((1, 2), jnp.float32),
+            jax.ShapeDtypeStruct((1,), jnp.int32),
+        )
         jax.eval_shape(loss, logits, labels)
     except TypeError as e:
         raise ConfigError(f"loss {name!r} rejects options {kwargs}: {e}") from None
