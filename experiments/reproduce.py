@@ -63,6 +63,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def positive_int(text: str) -> int:
+    """The `--jobs` type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def run_preset(preset: str, seed: int, runs: Path, log_to_file: bool = False) -> dict:
     """Trains one preset in a subprocess (fresh process: honest timings) unless already done.
 
@@ -182,11 +190,19 @@ def main() -> None:
     parser.add_argument("presets", nargs="*", default=list(REPORTED))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"))
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (accelerators)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=1, help="runs trained at once (accelerators)"
+    )
     args = parser.parse_args()
     json_file = RESULTS_DIR / "reproduction.json"
     rows = {r["preset"]: r for r in json.loads(json_file.read_text())} if json_file.exists() else {}
-    for preset, results in run_all(args.presets, args.seeds, args.runs, args.jobs).items():
+    try:
+        results_by_preset = run_all(args.presets, args.seeds, args.runs, args.jobs)
+    except subprocess.CalledProcessError as error:
+        sys.exit(
+            f"error: a training run failed (exit {error.returncode}): {' '.join(error.cmd[3:])}"
+        )
+    for preset, results in results_by_preset.items():
         rows[preset] = summarize(preset, results)
     ordered = [rows[name] for name in TARGETS if name in rows]
     RESULTS_DIR.mkdir(exist_ok=True)

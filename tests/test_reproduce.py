@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import pytest
@@ -85,3 +86,9 @@ def test_run_preset_logs_to_a_file_and_reuses_finished_runs(monkeypatch, tmp_pat
 
     monkeypatch.setattr(reproduce.subprocess, "run", must_not_run)
     assert reproduce.run_preset("dense", 4, tmp_path)["test_accuracy"] == 0.97
+
+
+def test_jobs_must_be_positive():
+    assert reproduce.positive_int("6") == 6
+    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
+        reproduce.positive_int("0")
