@@ -157,11 +157,6 @@ def device_name(metrics: dict) -> str:
     return f"{metrics['device_kind']} ({metrics['backend']})"
 
 
-def row_device(row: dict) -> str:
-    """A table row's device (rows written before the column existed name only the CPU)."""
-    return row.get("device") or f"{row['cpu']}, {row['cores']} cores"
-
-
 def markdown_table(rows: list[dict]) -> str:
     """The reproduction table in markdown."""
     lines = [
@@ -179,7 +174,7 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| `{r['preset']}` | {r['params']:,} | {r['recipe']} | {r['reported']} | "
             f"{r['accuracy_mean']:.2f} %{spread} | {r['seeds']} | {r['train_time_s']:.0f} s | "
-            f"{row_device(r)} | {met} |"
+            f"{r['device']} | {met} |"
         )
     return "\n".join(lines)
 

@@ -33,10 +33,8 @@ def test_summarize_takes_mean_std_and_the_fastest_seed():
 def test_markdown_table_marks_met_goals_and_names_the_device():
     met = {**reproduce.summarize("fast", [_metrics(0.9918, 120.0)]), "preset": "fast"}
     missed = {**met, "preset": "convnet", "reported_min": 99.25, "accuracy_mean": 99.19}
-    # A row written before the device column existed names only the CPU.
-    old = {**missed, "preset": "mlp", "reported_min": None, "cpu": "AMD EPYC", "cores": 2}
-    del old["device"]
-    lines = reproduce.markdown_table([met, missed, old]).splitlines()
+    unreported = {**missed, "preset": "mlp", "reported_min": None, "device": "AMD EPYC, 2 cores"}
+    lines = reproduce.markdown_table([met, missed, unreported]).splitlines()
     assert lines[2].startswith("| `fast` | 308,746 |") and lines[2].endswith("cores | yes |")
     assert "| 99.18 % | 1 | 120 s |" in lines[2]
     assert lines[3].endswith("| no |")
