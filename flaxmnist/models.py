@@ -92,6 +92,9 @@ class CNN(Classifier):
 
     ``blocks`` lists the conv widths of each block; ``hidden`` the Dense widths after Flatten;
     ``head_dropout`` applies right before the output layer (the Keras convnet's Dropout(0.5)).
+    ``pool_first`` max-pools right after a block's last conv, before its activation and
+    BatchNorm, which then touch 4× fewer values (the same function without BatchNorm, since
+    max-pool commutes with a monotonic activation; with BatchNorm a slightly different model).
     """
 
     blocks: tuple[tuple[int, ...], ...] = ((32,),)
@@ -100,15 +103,20 @@ class CNN(Classifier):
     block_dropout: float = 0.0
     head_dropout: float = 0.0
     padding: str = "VALID"
+    pool_first: bool = False
 
     def conv_block(self, x: jax.Array, widths: tuple[int, ...], train: bool) -> jax.Array:
         """One block: conv → activation (→ BatchNorm) per width, then max-pool and dropout."""
-        for width in widths:
+        for i, width in enumerate(widths):
             conv = layers.Conv(width, padding=self.padding, impl=self.conv_impl, dtype=self.dtype)
-            x = self.activation(conv(x))
+            x = conv(x)
+            if self.pool_first and i == len(widths) - 1:
+                x = layers.max_pool(x, 2, impl=self.pool_impl)
+            x = self.activation(x)
             if self.batch_norm_layers:
                 x = self.batch_norm(x, train)
-        x = layers.max_pool(x, 2, impl=self.pool_impl)
+        if not self.pool_first:
+            x = layers.max_pool(x, 2, impl=self.pool_impl)
         if self.block_dropout:
             x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
         return x
@@ -189,8 +197,12 @@ _register("mlp", MLP, hidden=(128, 64))  # 109,386
 _register("mlp_dropout", MLP, hidden=(128, 64), dropout_rate=0.3)  # 109,386
 _register("cnn_simple", CNN, blocks=((32,),))  # 54,410
 _register("convnet", CNN, blocks=((32,), (64,)), head_dropout=0.5)  # 34,826
-# The convnet with BatchNorm after each convolution and no dropout: the `fast` preset's model.
+# The convnet with BatchNorm after each convolution and no dropout.
 _register("convnet_bn", CNN, blocks=((32,), (64,)), batch_norm_layers=True)  # 35,018
+# Half its widths, pooled before BatchNorm: a third of its step time; the `fast` preset's model.
+_register(
+    "convnet_small", CNN, blocks=((16,), (32,)), batch_norm_layers=True, pool_first=True
+)  # 12,906
 _register("cnn3", CNN, blocks=((64,), (128,), (256,)), hidden=(256,))  # 438,026
 _register("cnn_basic", CNN, blocks=((32,), (64,)), hidden=(128,))  # 225,034
 _register(

@@ -17,6 +17,7 @@ import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +183,14 @@ def make_augment(config: ml_collections.ConfigDict, mean: float, std: float):
     return functools.partial(augment.augment_batch, cfg=augment_config, fill=(0.0 - mean) / std)
 
 
-def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
-    """Resolves every name, loads the data and initialises the state (no training)."""
+def build_experiment(
+    config: ml_collections.ConfigDict, load_dataset: Callable[[], datasets.Dataset] | None = None
+) -> Experiment:
+    """Resolves every name, loads the data and initialises the state (no training).
+
+    ``load_dataset`` returns the dataset ``config`` names (one already loading, from
+    :func:`datasets.load_dataset_in_background`); by default it is loaded here.
+    """
     validate_config(config)
     mesh = parallel.create_mesh(config.num_devices)
     parallel.check_divisible(
@@ -191,7 +198,11 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     )
     plugins.import_modules(config.import_modules)
     loss_fn = losses.get_loss(config.loss, config.loss_options)
-    dataset = datasets.load_dataset(config.dataset, config.data_dir or None)
+    if load_dataset is None:
+        load_dataset = functools.partial(
+            datasets.load_dataset, config.dataset, config.data_dir or None
+        )
+    dataset = load_dataset()
     model = models.create_model(config, dataset.num_classes)
     train, validation = datasets.split_validation(
         dataset.train, config.validation_fraction, config.seed
@@ -554,13 +565,18 @@ def best_state(
     return restored, best_epoch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    load_dataset: Callable[[], datasets.Dataset] | None = None,
+) -> dict[str, Any]:
     """Trains per ``config`` (resuming from ``workdir``'s checkpoints), then tests.
 
     Writes the run directory's files and returns the contents of ``metrics.json``.
+    ``load_dataset`` is as in :func:`build_experiment`.
     """
     start_time = time.perf_counter()
-    exp = build_experiment(config)
+    exp = build_experiment(config, load_dataset)
     primary = parallel.is_primary()
     with rundir.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)

@@ -13,6 +13,7 @@ from flaxmnist.errors import ConfigError
 # Keras parameter counts of the reference models (../shared/REFERENCE.md); the others are ours.
 EXPECTED_PARAMS = {
     "convnet_bn": 35_018,
+    "convnet_small": 12_906,
     "dense": 101_770,
     "mlp_dropout": 109_386,
     "mlp": 109_386,
@@ -26,7 +27,14 @@ EXPECTED_PARAMS = {
     "resnet_small": 78_090,
     "resnet_wide": 2_778_762,
 }
-BATCH_NORM_MODELS = {"cnn_deep", "convnet_bn", "resnet", "resnet_small", "resnet_wide"}
+BATCH_NORM_MODELS = {
+    "cnn_deep",
+    "convnet_bn",
+    "convnet_small",
+    "resnet",
+    "resnet_small",
+    "resnet_wide",
+}
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
@@ -93,6 +101,36 @@ def test_batch_norm_updates_statistics_only_in_training(name):
     )
     assert all(jax.tree_util.tree_leaves(changed))
     chex.assert_trees_all_equal(statistics_after(False), variables["batch_stats"])
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_pooling_first_is_the_same_function_without_batch_norm(activation):
+    # max-pool commutes with a monotonic activation: same logits and gradients, fewer values.
+    x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
+    act = models.ACTIVATIONS[activation]
+    plain = models.CNN(num_classes=10, blocks=((4,), (8,)), activation=act)
+    pooled_first = plain.clone(pool_first=True)
+    variables = plain.init(jax.random.key(0), x)
+
+    def loss_and_grads(model):
+        return jax.value_and_grad(lambda v: jnp.sum(model.apply(v, x) ** 2))(variables)
+
+    chex.assert_trees_all_close(loss_and_grads(pooled_first), loss_and_grads(plain), rtol=1e-5)
+
+
+def test_pooling_first_normalises_the_pooled_values():
+    # convnet_small's first BatchNorm sees relu(max_pool(conv(x))): 13×13, not 26×26, values.
+    x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
+    model, variables = _init("convnet_small")
+    _, updates = model.apply(variables, x, train=True, mutable=("batch_stats",))
+    conv_out = models.layers.Conv(16).apply({"params": variables["params"]["Conv_0"]}, x)
+    pooled = jax.nn.relu(models.layers.max_pool(conv_out, 2, impl="xla"))
+    chex.assert_shape(pooled, (2, 13, 13, 16))
+    # Running means start at 0 and move (1 - momentum) of the way to the batch mean.
+    expected = (1 - models.BATCH_NORM_MOMENTUM) * pooled.mean(axis=(0, 1, 2))
+    chex.assert_trees_all_close(
+        updates["batch_stats"]["BatchNorm_0"]["mean"], expected, rtol=1e-4, atol=1e-7
+    )
 
 
 def test_activation_is_configurable():

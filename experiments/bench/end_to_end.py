@@ -169,7 +169,7 @@ def outcome(run: dict) -> list[str]:
 def time_to_99_markdown(result: dict) -> str:
     """The time-to-99 % table."""
     recipes = {
-        "flaxmnist": "`--config=fast` (convnet_bn), cold compilation cache, launch to exit",
+        "flaxmnist": "`--config=fast` (convnet_small), cold compilation cache, launch to exit",
         "keras": "simple MNIST convnet, Adam 1e-3, batch 128, launch to the epoch's test eval",
     }
     lines = [

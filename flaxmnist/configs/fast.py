@@ -1,11 +1,12 @@
 """`fast`: the shortest wall time to >= 99.0 % MNIST test accuracy on a CPU.
 
-`convnet_bn` (the Keras convnet with BatchNorm after each convolution and no dropout, 35,018
-params), all 60,000 training images (no validation pass), Adam at a 3e-3 peak with a short warmup
-and cosine decay, batch 64, 3 epochs. Chosen from a sweep on one GPU with float32 matmuls
-(README "Beyond the references"): batch 64 for 3 epochs gave 99.03-99.19 % over seeds 0-4,
-2 epochs 98.99-99.13 % (one seed under 99 %), batch 128 for 3 epochs 99.02 %. On a 2-core CPU a
-batch of 64 is also the cheaper one per image: its activations stay in cache.
+`convnet_small` (conv 16 → pool → BatchNorm, conv 32 → pool → BatchNorm, 12,906 params: a third
+of `convnet_bn`'s step time), all 60,000 training images (no validation pass), Adam at a 5e-3
+peak with a short warmup and cosine decay, batch 64, 4 epochs. Chosen on 2 AMD EPYC cores (seed 0
+unless noted): `convnet_bn` (3 epochs, 3e-3) 99.08 % at 24.9 s/epoch; `convnet_small` 7.7 s/epoch,
+3 epochs at 3e-3 98.93 %, 4 epochs at 3e-3 98.99 / 99.11 / 99.10 % (seeds 0-2), 3 epochs at 5e-3
+99.03 / 99.06 % (seeds 0-1), 4 epochs at 5e-3 99.16 / 99.12 / 99.27 % (seeds 0-2): the margin
+that makes one benchmark run reliably land above 99 %.
 """
 
 from flaxmnist.configs.default import with_overrides
@@ -14,11 +15,11 @@ from flaxmnist.configs.default import with_overrides
 def get_config():
     """The fast preset."""
     return with_overrides(
-        model="convnet_bn",
+        model="convnet_small",
         batch_size=64,
-        learning_rate=3e-3,
+        learning_rate=5e-3,
         schedule="warmup_cosine",
         warmup_epochs=0.2,
-        num_epochs=3,
+        num_epochs=4,
         validation_fraction=0.0,
     )
