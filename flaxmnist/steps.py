@@ -20,6 +20,7 @@ from flaxmnist.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # image uint8 [B, H, W, C], label int32 [B], optional mask [B]
 Metrics = dict[str, jax.Array]  # loss / correct / count sums
+METRIC_NAMES = ("loss", "correct", "count")
 PreprocessFn = Callable[[jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (images, key) -> images
 
@@ -158,8 +159,8 @@ def evaluate_batches(state: TrainState, batches: Batch, *, step_fn: Callable) ->
         metrics = step_fn(state, batch)
         return jax.tree_util.tree_map(jnp.add, totals, metrics), None
 
-    zeros = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    totals, _ = jax.lax.scan(body, jax.tree_util.tree_map(jnp.float32, zeros), batches)
+    zeros = {name: jnp.float32(0) for name in METRIC_NAMES}
+    totals, _ = jax.lax.scan(body, zeros, batches)
     return totals
 
 

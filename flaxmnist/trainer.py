@@ -31,6 +31,7 @@ from flaxmnist import (
     checkpointing,
     datasets,
     early_stopping,
+    executable_cache,
     input_pipeline,
     losses,
     models,
@@ -590,7 +591,17 @@ def train_and_evaluate(
                 eval_splits["validation"] = exp.validation
             runner = runners.RUNNERS[config.input_pipeline](
                 runners.RunnerInputs(
-                    exp.fns, config, exp.train, eval_splits, exp.data_rng, exp.mesh
+                    exp.fns,
+                    config,
+                    exp.train,
+                    eval_splits,
+                    exp.data_rng,
+                    exp.mesh,
+                    executable_cache.for_run(
+                        config,
+                        exp.mesh.devices.ravel().tolist(),
+                        {"pixel_mean_std": [float(v) for v in exp.pixel_mean_std]},
+                    ),
                 )
             )
             run.write_history(progress.history, step_log)

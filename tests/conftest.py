@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +26,19 @@ def load_experiment(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs ``python -m flaxmnist.train ARGS`` in ``cwd`` and returns its captured output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "flaxmnist.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -1,14 +1,11 @@
 import importlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_cli
 
 from flaxmnist import losses, models, optimizers, train, trainer
 from flaxmnist.configs import preset_names
@@ -99,21 +96,9 @@ def test_preset_names_resolve_to_files():
         train.rewrite_config_flag(["prog", "--config=resnet"])
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "flaxmnist.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_trains_with_a_custom_loss_from_experiments(synthetic_data_dir, tmp_path):
-    result = _cli(
+    result = run_cli(
         "--config=cnn_simple",
         f"--config.data_dir={synthetic_data_dir}",
         "--config.num_epochs=1",
@@ -166,7 +151,7 @@ def test_cli_user_errors_end_with_one_line_and_status_2(
     synthetic_data_dir, tmp_path, setup, message
 ):
     args = setup if isinstance(setup, list) else setup(synthetic_data_dir, tmp_path)
-    result = _cli(
+    result = run_cli(
         f"--config.data_dir={synthetic_data_dir}",
         "--config.compilation_cache_dir=",
         *args,
