@@ -19,7 +19,9 @@ from flaxmnist import checkpointing, datasets, early_stopping, files, rundir, tr
 from flaxmnist.errors import FlaxmnistError
 
 
-def _launch(config_args: list[str], workdir: Path, data_dir: Path) -> subprocess.Popen:
+def _launch(
+    config_args: list[str], workdir: Path, data_dir: Path, cache_dir: str = ""
+) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -28,7 +30,7 @@ def _launch(config_args: list[str], workdir: Path, data_dir: Path) -> subprocess
         f"--config.data_dir={data_dir}",
         "--config.batch_size=32",
         "--config.eval_batch_size=64",
-        "--config.compilation_cache_dir=",
+        f"--config.compilation_cache_dir={cache_dir}",
         f"--workdir={workdir}",
         *config_args,
     ]
@@ -93,8 +95,9 @@ def test_sigkill_after_an_epoch_then_rerun_is_bitwise_identical(bigger_data_dir,
 
 @pytest.mark.slow
 def test_sigint_saves_mid_epoch_and_the_rerun_resumes(bigger_data_dir, tmp_path):
-    args = ["--config.num_epochs=3", "--config.chunks_per_epoch=60"]
-    interrupted = _launch(args, tmp_path / "run", bigger_data_dir)
+    args = ["--config.num_epochs=3", "--config.chunks_per_epoch=60", "--config.num_devices=1"]
+    cache = str(tmp_path / "cache")  # the rerun loads kept programs and compiles new chunk shapes
+    interrupted = _launch(args, tmp_path / "run", bigger_data_dir, cache)
     _wait_for_checkpoint(tmp_path / "run", interrupted)
     interrupted.send_signal(signal.SIGINT)
     code, _, stderr = _finish(interrupted)
@@ -102,10 +105,11 @@ def test_sigint_saves_mid_epoch_and_the_rerun_resumes(bigger_data_dir, tmp_path)
         pytest.skip("run ended before SIGINT arrived")
     assert code == 130
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted in epoch")
-    code, _, stderr = _finish(_launch(args, tmp_path / "run", bigger_data_dir))
+    code, _, stderr = _finish(_launch(args, tmp_path / "run", bigger_data_dir, cache))
     assert code == 0, stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs_completed"] == 3 and metrics["steps"] == 3 * (2048 * 9 // 10 // 32)
+    assert list((tmp_path / "cache" / "executables").glob("train_on_indices-*.bin"))
 
 
 def test_rerunning_a_finished_run_reports_the_same_metrics(tiny_config, tmp_path):
