@@ -146,6 +146,19 @@ def test_a_different_config_in_the_workdir_is_refused(tiny_config, tmp_path):
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == steps_before
 
 
+def test_a_restored_state_has_the_fresh_state_types_so_steps_need_no_new_program(
+    tiny_config, tmp_path
+):
+    exp = trainer.build_experiment(tiny_config)
+    checkpoints = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
+    checkpoints.save(exp.state, {"fingerprint": checkpointing.fingerprint(exp.state)}, best_order=1)
+    restored, _ = checkpoints.restore_latest(exp.state)
+    checkpoints.close()
+    types = [jax.typeof(leaf) for leaf in jax.tree_util.tree_leaves(exp.state)]
+    assert [jax.typeof(leaf) for leaf in jax.tree_util.tree_leaves(restored)] == types
+    assert not jax.typeof(exp.state.step).weak_type
+
+
 def test_checkpoint_of_another_model_is_incompatible(tiny_config, tmp_path):
     exp = trainer.build_experiment(tiny_config)
     saver = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
