@@ -29,6 +29,8 @@ import jax
 import ml_collections
 from jax.experimental import serialize_executable
 
+from flaxmnist import files
+
 SUBDIRECTORY = "executables"  # inside the compilation cache directory
 DIGEST_BYTES = 32
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -146,14 +148,9 @@ class ExecutableCache:
 
     def save(self, path: Path, payload: bytes) -> None:
         """Writes ``payload`` with its digest atomically; gives up quietly if the disk refuses."""
-        temporary = path.with_suffix(f".tmp{os.getpid()}")
-        try:
+        with contextlib.suppress(OSError):
             self.directory.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(hashlib.sha256(payload).digest() + payload)
-            temporary.replace(path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+            files.write_bytes_atomic(path, hashlib.sha256(payload).digest() + payload)
 
 
 def compile_fresh(jitted: Any, args: tuple) -> jax.stages.Compiled:
@@ -176,12 +173,14 @@ def for_run(
 ) -> ExecutableCache | None:
     """The run's executable cache, or None where it does not apply.
 
-    It applies to single-device, single-process runs with the compilation cache on and
-    ``cache_executables`` set, and no ``import_modules`` (user code the key cannot see into).
+    It applies to single-device, single-process runs of the device-resident input pipeline
+    with the compilation cache on and ``cache_executables`` set, and no ``import_modules`` (user
+    code the key cannot see into).
     ``constants`` are as for :func:`fingerprint`.
     """
     usable = (
         config.cache_executables
+        and config.input_pipeline == "device"
         and config.compilation_cache_dir
         and not config.import_modules
         and len(devices) == 1

@@ -100,7 +100,12 @@ def test_the_fingerprint_sees_config_and_constants_but_not_the_seed():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("cache_executables", False), ("compilation_cache_dir", ""), ("import_modules", "os")],
+    [
+        ("cache_executables", False),
+        ("compilation_cache_dir", ""),
+        ("import_modules", "os"),
+        ("input_pipeline", "tfds"),
+    ],
 )
 def test_no_cache_where_the_key_could_miss_something(field, value):
     config = default.get_config()
