@@ -11,3 +11,16 @@ class ConfigError(FlaxmnistError):
 
 class DataError(FlaxmnistError):
     """Dataset files are missing, truncated, corrupt or cannot be downloaded."""
+
+
+class SignalReceived(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived where the run cannot stop cleanly: it ends without saving."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def raise_signal_received(signum: int, frame) -> None:
+    """A signal handler that turns the signal into :class:`SignalReceived`."""
+    raise SignalReceived(signum)

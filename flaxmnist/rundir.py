@@ -79,9 +79,10 @@ class RunDirectory:
         """Refuses to continue a run whose recorded config differs in a field that matters."""
         recorded = json.loads((self.path / "config.json").read_text())
         current = json.loads(config.to_json())
+        # A recorded field this version no longer has is not read, so it cannot matter.
         changed = sorted(
             key
-            for key in set(recorded) | set(current)
+            for key in current
             if key not in RESUMABLE_FIELDS and recorded.get(key) != current.get(key)
         )
         if changed:

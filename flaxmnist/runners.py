@@ -20,7 +20,6 @@ from jax.sharding import Mesh
 
 from flaxmnist import input_pipeline, parallel, steps
 from flaxmnist.datasets import ArraySplit
-from flaxmnist.executable_cache import ExecutableCache
 from flaxmnist.train_state import TrainState
 
 Chunk = tuple[TrainState, dict[str, np.ndarray]]
@@ -36,7 +35,6 @@ class RunnerInputs:
     eval_splits: dict[str, ArraySplit]
     data_rng: jax.Array  # the device path's data-order key (tf.data seeds from config.seed)
     mesh: Mesh
-    executables: ExecutableCache | None = None  # the device path's programs kept on disk
 
 
 class Runner:
@@ -65,19 +63,13 @@ class DeviceRunner(Runner):
             )
             for name, split in inputs.eval_splits.items()
         }
-        batch_indices = jax.jit(
+        self.batch_indices = jax.jit(
             functools.partial(
                 input_pipeline.epoch_batch_indices,
                 num_examples=self.num_train,
                 batch_size=self.config.batch_size,
             )
         )
-        self.batch_indices, self.train_on_indices = batch_indices, self.fns.train_on_indices
-        if inputs.executables is not None:
-            self.batch_indices = inputs.executables.wrap("batch_indices", batch_indices, array_like)
-            self.train_on_indices = inputs.executables.wrap(
-                "train_on_indices", self.fns.train_on_indices, state_and_metrics_like
-            )
 
     def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one ``lax.scan`` per chunk."""
@@ -85,7 +77,7 @@ class DeviceRunner(Runner):
         indices = jax.device_put(indices, parallel.batch_sharding(self.mesh, leading_axes=1))
         chunk = math.ceil(len(indices) / self.config.chunks_per_epoch)
         for start in range(start_step, len(indices), chunk):
-            state, metrics = self.train_on_indices(
+            state, metrics = self.fns.train_on_indices(
                 state, self.images, self.labels, indices[start : start + chunk], rng
             )
             yield state, jax.device_get(metrics)
@@ -93,16 +85,6 @@ class DeviceRunner(Runner):
     def evaluate(self, state, split_name: str) -> dict:
         """Metric sums over a whole split, with one host sync."""
         return jax.device_get(self.fns.evaluate_batches(state, self.eval_batches[split_name]))
-
-
-def array_like(*args) -> int:
-    """The output structure of a one-array program (for :meth:`ExecutableCache.wrap`)."""
-    return 0
-
-
-def state_and_metrics_like(state: TrainState, *args) -> tuple[TrainState, dict[str, int]]:
-    """The output structure of ``train_on_indices``: the state and the metric sums."""
-    return state, dict.fromkeys(steps.METRIC_NAMES, 0)
 
 
 class StreamingRunner(Runner):

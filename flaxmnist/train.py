@@ -8,8 +8,11 @@ with ``--config.FIELD=VALUE``. User errors end with one line on stderr and exit 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +20,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flaxmnist import configs, datasets
-from flaxmnist.errors import ConfigError, FlaxmnistError
+from flaxmnist.errors import ConfigError, FlaxmnistError, raise_signal_received
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 def define_flags() -> None:
@@ -106,27 +110,74 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = flags.FLAGS.config
+    workdir = Path(flags.FLAGS.workdir) if flags.FLAGS.workdir else default_workdir(config)
+    try:
+        metrics = train(config, workdir)
+    except FlaxmnistError as e:
+        exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
+    except OSError as e:  # disk full, read-only or vanished workdir while training
+        exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror or e}")
+    except KeyboardInterrupt as e:
+        exit_on_signal(getattr(e, "signum", signal.SIGINT))
+    except Exception as e:  # a bug or a library failure: one line here, the traceback in a file
+        log = write_traceback(workdir)
+        exit_with_error(
+            f"internal error ({type(e).__name__}: {first_line(e)}); full traceback in {log}",
+            EXIT_INTERNAL_ERROR,
+        )
+    from flaxmnist import parallel
+
+    if parallel.is_primary():
+        print(format_summary(metrics, workdir))
+
+
+def train(config, workdir: Path) -> dict:
+    """Sets up logging, the compilation cache and the cluster, then trains; returns the metrics."""
     # The IDX files are read while JAX is imported below (0.3 s less start-up).
     load_dataset = datasets.load_dataset_in_background(config.dataset, config.data_dir or None)
     from flaxmnist import parallel, trainer  # heavy imports after flag parsing: quick --help
 
     logging.set_verbosity(logging.WARNING)
-
-    workdir = Path(flags.FLAGS.workdir) if flags.FLAGS.workdir else default_workdir(config)
     enable_compilation_cache(config.compilation_cache_dir)
-    try:
-        parallel.initialize_multihost(config.multihost)
-        metrics = trainer.train_and_evaluate(config, workdir, load_dataset)
-    except FlaxmnistError as e:
-        exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
-    except OSError as e:  # disk full, read-only or vanished workdir while training
-        exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror or e}")
-    if parallel.is_primary():
-        print(format_summary(metrics, workdir))
+    parallel.initialize_multihost(config.multihost)
+    return trainer.train_and_evaluate(config, workdir, load_dataset)
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def write_traceback(workdir: Path) -> Path:
+    """Appends the current exception's traceback to ``workdir/error.log`` (or a temp file)."""
+    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
+    fallback = Path(tempfile.gettempdir()) / f"flaxmnist-error-{os.getpid()}.log"
+    for path in (workdir / "error.log", fallback):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(header + traceback.format_exc())
+            return path
+        except OSError:
+            continue
+    traceback.print_exc()  # nowhere to write it: the terminal is the last resort
+    return Path("<stderr above>")
+
+
+def exit_on_signal(signum: int) -> None:
+    """Ends a run that a signal stopped before it could save a checkpoint (exit 128 + signal)."""
+    exit_with_error(
+        f"stopped by {signal.Signals(signum).name}; rerun the same command to resume "
+        "from the last checkpoint",
+        128 + signum,
+    )
 
 
 def run() -> None:
     """Entry point: resolves preset names, then hands over to absl."""
+    signal.signal(signal.SIGTERM, raise_signal_received)  # SIGTERM unwinds as Ctrl-C does
     try:
         sys.argv = rewrite_config_flag(sys.argv)
     except ConfigError as e:
@@ -136,7 +187,10 @@ def run() -> None:
     except (KeyError, AttributeError) as e:  # ml_collections' answer to an unknown field
         field = str(e).strip("\"'")
         exit_with_error(f"unknown config field in --config overrides: {field}")
-    app.run(main)
+    try:
+        app.run(main)
+    except KeyboardInterrupt as e:  # before main's own handling (flag parsing, imports)
+        exit_on_signal(getattr(e, "signum", signal.SIGINT))
 
 
 def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:

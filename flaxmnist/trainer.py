@@ -31,7 +31,6 @@ from flaxmnist import (
     checkpointing,
     datasets,
     early_stopping,
-    executable_cache,
     input_pipeline,
     losses,
     models,
@@ -44,7 +43,7 @@ from flaxmnist import (
     tensorboard,
     transfer,
 )
-from flaxmnist.errors import ConfigError, FlaxmnistError
+from flaxmnist.errors import ConfigError, FlaxmnistError, SignalReceived
 from flaxmnist.train_state import TrainState, create_train_state
 
 IMPORTED_AT = time.perf_counter()
@@ -314,9 +313,11 @@ class Progress:
 
 
 class TrainingInterruptedError(FlaxmnistError):
-    """Training was stopped by SIGINT/SIGTERM after saving a checkpoint."""
+    """Training was stopped by SIGINT/SIGTERM after saving a checkpoint (exit 128 + signal)."""
 
-    exit_code = 130
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class InterruptFlag:
@@ -333,7 +334,7 @@ class InterruptFlag:
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
-            raise KeyboardInterrupt
+            raise SignalReceived(signum)
         self.signal = signum
         say(
             "stopping after the current step; saving a checkpoint "
@@ -465,7 +466,9 @@ def train_one_epoch(
                 partial = {k: np.concatenate([p[k] for p in parts]).tolist() for k in parts[0]}
                 paused = dataclasses.replace(progress, steps_into_epoch=done, partial=partial)
                 checkpoints.save(state, paused.to_meta(state, exp), best_order=-1)
-                raise TrainingInterruptedError(interrupted_message(epoch, int(state.step)))
+                raise TrainingInterruptedError(
+                    interrupted_message(epoch, int(state.step)), interrupt.signal
+                )
     return state, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -541,7 +544,9 @@ def train_epochs(
                     state, progress.to_meta(state, exp), best_order=epoch if improved else -1
                 )
             if interrupt.signal is not None:
-                raise TrainingInterruptedError(interrupted_message(epoch, int(state.step)))
+                raise TrainingInterruptedError(
+                    interrupted_message(epoch, int(state.step)), interrupt.signal
+                )
             if stopper.stopped:
                 say(
                     f"early stopping: no {monitor} improvement for {es.patience} "
@@ -597,11 +602,6 @@ def train_and_evaluate(
                     eval_splits,
                     exp.data_rng,
                     exp.mesh,
-                    executable_cache.for_run(
-                        config,
-                        exp.mesh.devices.ravel().tolist(),
-                        {"pixel_mean_std": [float(v) for v in exp.pixel_mean_std]},
-                    ),
                 )
             )
             run.write_history(progress.history, step_log)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import importlib.util
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 
 from flaxmnist.configs import default
+from flaxmnist.testing import write_idx_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,48 +36,6 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=300,
     )
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encodes a uint8 array in IDX format."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
-def synthetic_split(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable images: class k lights up a 6×6 block at a class-specific place, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, num).astype(np.uint8)
-    images = rng.integers(0, 60, (num, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-        row, col = divmod(int(label), 5)
-        images[i, 4 + 12 * row : 10 + 12 * row, 2 + 5 * col : 7 + 5 * col] = 250
-    return images, labels
-
-
-def write_idx_dataset(
-    folder: Path,
-    num_train: int = 512,
-    num_test: int = 100,
-    compress: bool = True,
-    checksums: bool = True,
-) -> Path:
-    """Writes the four standard IDX files (and SHA256SUMS) of a synthetic dataset."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sums = []
-    for prefix, num, seed in (("train", num_train, 1), ("t10k", num_test, 2)):
-        images, labels = synthetic_split(num, seed)
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            stem = f"{prefix}-{kind}-ubyte"
-            raw = idx_bytes(array)
-            sums.append(f"{hashlib.sha256(raw).hexdigest()}  {stem}")
-            if compress:
-                (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
-            else:
-                (folder / stem).write_bytes(raw)
-    if checksums:
-        (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    return folder
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import idx_bytes, write_idx_dataset
 
 from flaxmnist import datasets
 from flaxmnist.errors import DataError
+from flaxmnist.testing import idx_bytes, write_idx_dataset
 
 
 def test_parse_idx_roundtrip():

@@ -30,9 +30,8 @@ FIGURES = {
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory):
     """A conv run and a dense run on the synthetic data (trained once for this module)."""
-    from conftest import write_idx_dataset
-
     from flaxmnist.configs import default
+    from flaxmnist.testing import write_idx_dataset
 
     root = tmp_path_factory.mktemp("eval")
     write_idx_dataset(root / "data" / "mnist", num_train=512, num_test=100)

@@ -63,7 +63,7 @@ def _final_state(workdir: Path):
 @pytest.fixture
 def bigger_data_dir(tmp_path):
     """Synthetic MNIST with enough examples that an epoch lasts a little while."""
-    from conftest import write_idx_dataset
+    from flaxmnist.testing import write_idx_dataset
 
     write_idx_dataset(tmp_path / "data" / "mnist", num_train=2048, num_test=100)
     return tmp_path / "data"
@@ -94,22 +94,30 @@ def test_sigkill_after_an_epoch_then_rerun_is_bitwise_identical(bigger_data_dir,
 
 
 @pytest.mark.slow
-def test_sigint_saves_mid_epoch_and_the_rerun_resumes(bigger_data_dir, tmp_path):
-    args = ["--config.num_epochs=3", "--config.chunks_per_epoch=60", "--config.num_devices=1"]
-    cache = str(tmp_path / "cache")  # the rerun loads kept programs and compiles new chunk shapes
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_one(
+    bigger_data_dir, tmp_path, signum, status
+):
+    # As users run: both caches on, the rerun reuses what the first process compiled.
+    args = ["--config.num_epochs=15", "--config.chunks_per_epoch=60", "--config.num_devices=1"]
+    cache = str(tmp_path / "cache")
     interrupted = _launch(args, tmp_path / "run", bigger_data_dir, cache)
     _wait_for_checkpoint(tmp_path / "run", interrupted)
-    interrupted.send_signal(signal.SIGINT)
+    interrupted.send_signal(signum)
     code, _, stderr = _finish(interrupted)
-    if code == 0:  # finished before the signal landed: nothing to test this time
-        pytest.skip("run ended before SIGINT arrived")
-    assert code == 130
+    assert code == status, stderr
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted in epoch")
-    code, _, stderr = _finish(_launch(args, tmp_path / "run", bigger_data_dir, cache))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    code, stdout, stderr = _finish(_launch(args, tmp_path / "run", bigger_data_dir, cache))
     assert code == 0, stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["epochs_completed"] == 3 and metrics["steps"] == 3 * (2048 * 9 // 10 // 32)
-    assert list((tmp_path / "cache" / "executables").glob("train_on_indices-*.bin"))
+    assert "resuming" in stdout + stderr
+    reference = _launch(args, tmp_path / "reference", bigger_data_dir, cache)
+    assert _finish(reference)[0] == 0
+    chex.assert_trees_all_equal(
+        _final_state(tmp_path / "run").params, _final_state(tmp_path / "reference").params
+    )
+    steps_csv = (tmp_path / "run" / "steps.csv").read_text()
+    assert steps_csv == (tmp_path / "reference" / "steps.csv").read_text()
 
 
 def test_rerunning_a_finished_run_reports_the_same_metrics(tiny_config, tmp_path):

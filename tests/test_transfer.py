@@ -1,11 +1,11 @@
 import chex
 import numpy as np
 import pytest
-from conftest import write_idx_dataset
 
 import flaxmnist
 from flaxmnist import trainer, transfer
 from flaxmnist.errors import FlaxmnistError
+from flaxmnist.testing import write_idx_dataset
 
 
 def test_merge_matching_copies_same_path_and_shape_only():

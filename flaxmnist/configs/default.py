@@ -72,9 +72,6 @@ def get_config() -> ml_collections.ConfigDict:
     # Extensions and runtime.
     config.import_modules = ""  # comma-separated modules or .py files imported before names resolve
     config.compilation_cache_dir = "~/.cache/flaxmnist/jax"  # "" disables the persistent cache
-    # Also keep the device path's compiled training programs there, keyed on code + config, so a
-    # warm start skips tracing and lowering them (see flaxmnist/executable_cache.py).
-    config.cache_executables = True
     return config
 
 

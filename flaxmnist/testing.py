@@ -1,0 +1,68 @@
+"""Synthetic MNIST-format data for tests and fault drills (as ``tfds.testing`` is for tfds).
+
+``write_idx_dataset(folder)`` writes the four standard IDX files (and ``SHA256SUMS``) of a small,
+learnable dataset; point ``config.data_dir`` at the folder's parent and a run trains on it in
+seconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encodes a uint8 array in IDX format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def synthetic_split(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable images: class k lights up a 6×6 block at a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, num).astype(np.uint8)
+    images = rng.integers(0, 60, (num, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 5)
+        images[i, 4 + 12 * row : 10 + 12 * row, 2 + 5 * col : 7 + 5 * col] = 250
+    return images, labels
+
+
+def write_idx_dataset(
+    folder: Path,
+    num_train: int = 512,
+    num_test: int = 100,
+    compress: bool = True,
+    checksums: bool = True,
+) -> Path:
+    """Writes the four standard IDX files (and SHA256SUMS) of a synthetic dataset to ``folder``.
+
+    Args:
+      folder: the dataset's folder, e.g. ``DATA/mnist`` (then ``config.data_dir=DATA``).
+      num_train: training examples.
+      num_test: test examples.
+      compress: write ``.gz`` files, as the vendored data is kept.
+      checksums: write ``SHA256SUMS`` over the uncompressed files.
+
+    Returns:
+      ``folder``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    sums = []
+    for prefix, num, seed in (("train", num_train, 1), ("t10k", num_test, 2)):
+        images, labels = synthetic_split(num, seed)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            stem = f"{prefix}-{kind}-ubyte"
+            raw = idx_bytes(array)
+            sums.append(f"{hashlib.sha256(raw).hexdigest()}  {stem}")
+            if compress:
+                (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+            else:
+                (folder / stem).write_bytes(raw)
+    if checksums:
+        (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return folder
