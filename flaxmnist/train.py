@@ -70,17 +70,6 @@ def default_workdir(config) -> Path:
     return Path("runs") / f"{config.model}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def enable_compilation_cache(cache_dir: str) -> None:
-    """Turns on JAX's persistent compilation cache so reruns skip compiling."""
-    if not cache_dir:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache_dir))
-    # Cache every program, even the small ones set-up runs: together they cost seconds.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def format_summary(metrics: dict, workdir: Path) -> str:
     """The closing summary table printed on the terminal."""
     rows = [
@@ -135,10 +124,11 @@ def train(config, workdir: Path) -> dict:
     """Sets up logging, the compilation cache and the cluster, then trains; returns the metrics."""
     # The IDX files are read while JAX is imported below (0.3 s less start-up).
     load_dataset = datasets.load_dataset_in_background(config.dataset, config.data_dir or None)
-    from flaxmnist import parallel, trainer  # heavy imports after flag parsing: quick --help
+    # Heavy imports after flag parsing: a quick --help.
+    from flaxmnist import compilation_cache, parallel, trainer
 
     logging.set_verbosity(logging.WARNING)
-    enable_compilation_cache(config.compilation_cache_dir)
+    compilation_cache.enable(config.compilation_cache_dir)
     parallel.initialize_multihost(config.multihost)
     return trainer.train_and_evaluate(config, workdir, load_dataset)
 

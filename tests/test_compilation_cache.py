@@ -1,0 +1,153 @@
+"""The persistent compilation cache: checked entries, and runs in sequence on one cache folder."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from flaxmnist import compilation_cache
+from flaxmnist.compilation_cache import CheckedFileCache
+from flaxmnist.testing import write_idx_dataset
+
+
+def test_an_entry_reads_back_what_was_put(tmp_path):
+    cache = CheckedFileCache(tmp_path / "cache")
+    cache.put("key-a", b"program a")
+    assert cache.get("key-a") == b"program a"
+    assert cache.get("key-b") is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda blob: blob[:-1],  # cut short
+        lambda blob: blob[:10],  # cut inside the digest
+        lambda blob: b"",  # empty
+        lambda blob: blob[:40] + bytes([blob[40] ^ 1]) + blob[41:],  # one bit of the payload
+        lambda blob: bytes([blob[0] ^ 1]) + blob[1:],  # one bit of the digest
+    ],
+    ids=["truncated", "truncated-digest", "empty", "payload-bit", "digest-bit"],
+)
+def test_a_damaged_entry_is_a_miss_and_a_new_put_replaces_it(tmp_path, damage):
+    cache = CheckedFileCache(tmp_path)
+    cache.put("key", b"the compiled program, long enough to damage")
+    path = cache.file("key")
+    path.write_bytes(damage(path.read_bytes()))
+    assert cache.get("key") is None
+    cache.put("key", b"recompiled")
+    assert cache.get("key") == b"recompiled"
+
+
+def test_another_keys_entry_under_this_name_is_a_miss(tmp_path):
+    cache = CheckedFileCache(tmp_path)
+    cache.put("key-a", b"program a")
+    cache.put("key-b", b"program b")
+    cache.file("key-b").replace(cache.file("key-a"))  # a's name, b's program
+    assert cache.get("key-a") is None
+
+
+def test_an_entry_from_another_cpu_is_a_miss(tmp_path, monkeypatch):
+    cache = CheckedFileCache(tmp_path)
+    cache.put("key", b"program for this cpu")
+    monkeypatch.setattr(compilation_cache, "cpu_features", lambda: b"flags: another cpu")
+    assert cache.get("key") is None
+
+
+def test_an_unwritable_folder_only_means_no_entry(tmp_path):
+    (tmp_path / "file").write_text("a file where the folder should be")
+    cache = CheckedFileCache(tmp_path / "file" / "cache")
+    cache.put("key", b"program")  # no exception
+    assert cache.get("key") is None
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    cache = CheckedFileCache(tmp_path)
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    cache.put("key", b"program")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+JAX_CHILD = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp
+    from flaxmnist import compilation_cache
+    assert compilation_cache.enable(sys.argv[1])
+    hits = []
+    get = compilation_cache.CheckedFileCache.get
+    def counted_get(self, key):
+        value = get(self, key)
+        hits.append(value is not None)
+        return value
+    compilation_cache.CheckedFileCache.get = counted_get
+    print(float(jax.jit(lambda x: jnp.sin(x) * 3)(jnp.float32(2.0))), sum(hits))
+    """
+)
+
+
+def test_jax_compiles_into_the_checked_store_and_a_second_process_loads_from_it(tmp_path):
+    """Fails if a JAX upgrade moves the storage layer that :func:`enable` replaces."""
+
+    def child() -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", JAX_CHILD, str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return out.stdout.split()
+
+    value, hits = child()
+    entries = list((tmp_path / "cache").glob("jit_*.checked"))
+    assert hits == "0" and entries
+    assert child() == [value, str(len(entries))]  # every program loaded, none compiled
+
+
+def _train(
+    args: list[str], workdir: Path, data: Path, cache: Path | str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flaxmnist.train",
+            *args,
+            f"--config.data_dir={data}",
+            f"--config.compilation_cache_dir={cache}",
+            f"--workdir={workdir}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_a_nan_run_then_the_fast_preset_twice_on_one_cache(tmp_path):
+    """The sequence that once crashed the second ``fast`` run ("Function ... not found")."""
+    data = write_idx_dataset(tmp_path / "data" / "mnist", num_train=1024, num_test=100).parent
+    cache = tmp_path / "cache"
+    nan = ["--config=dense", "--config.optimizer=sgd", "--config.learning_rate=1e30"]
+    result = _train([*nan, "--config.num_epochs=2"], tmp_path / "nan", data, cache)
+    assert result.returncode == 2 and "loss became nan" in result.stderr
+    fast = ["--config=fast", "--config.num_epochs=1"]
+    for name in ("first", "second"):
+        result = _train(fast, tmp_path / name, data, cache)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+    result = _train(fast, tmp_path / "uncached", data, "")
+    assert result.returncode == 0, result.stderr
+    expected = (tmp_path / "uncached" / "steps.csv").read_text()
+    assert (tmp_path / "first" / "steps.csv").read_text() == expected
+    assert (tmp_path / "second" / "steps.csv").read_text() == expected
