@@ -29,6 +29,7 @@ RESUMABLE_FIELDS = {
     "tta_shift",
 }
 LOCK_FILE = ".lock"
+STEP_LOG_FIELDS = ("step", "epoch", "loss", "accuracy")  # the columns of steps.csv
 
 
 class RunDirectory:
@@ -77,7 +78,7 @@ class RunDirectory:
 
     def check_resumable(self, config: ml_collections.ConfigDict) -> None:
         """Refuses to continue a run whose recorded config differs in a field that matters."""
-        recorded = json.loads((self.path / "config.json").read_text())
+        recorded = self.read_recorded_config()
         current = json.loads(config.to_json())
         # A recorded field this version no longer has is not read, so it cannot matter.
         changed = sorted(
@@ -91,6 +92,17 @@ class RunDirectory:
                 f"workdir {self.path} holds a run with a different config ({details}); "
                 "use a new --workdir"
             )
+
+    def read_recorded_config(self) -> dict[str, Any]:
+        """The config an earlier run recorded; a damaged file is a one-line error."""
+        path = self.path / "config.json"
+        try:
+            recorded = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise damaged(path, e) from None
+        if not isinstance(recorded, dict):
+            raise damaged(path, "not a JSON object")
+        return recorded
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         """Records the resolved config."""
@@ -110,19 +122,34 @@ class RunDirectory:
         path = self.path / "steps.csv"
         if not path.exists() or not path.read_text().strip():
             return []
-        with path.open() as f:
-            rows = [
-                {
-                    "step": int(r["step"]),
-                    "epoch": int(r["epoch"]),
-                    "loss": float(r["loss"]),
-                    "accuracy": float(r["accuracy"]),
-                }
-                for r in csv.DictReader(f)
-            ]
+        try:
+            with path.open() as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != list(STEP_LOG_FIELDS):
+                    raise ValueError(f"header {reader.fieldnames} is not {list(STEP_LOG_FIELDS)}")
+                rows = [
+                    {
+                        "step": int(r["step"]),
+                        "epoch": int(r["epoch"]),
+                        "loss": float(r["loss"]),
+                        "accuracy": float(r["accuracy"]),
+                    }
+                    for r in reader
+                ]
+        except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as e:
+            raise damaged(path, e) from None
         return [row for row in rows if row["step"] <= up_to_step]
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Writes metrics.json (atomically)."""
         if self.writer:
             write_json_atomic(self.path / "metrics.json", metrics)
+
+
+def damaged(path: Path, reason: Exception | str) -> FlaxmnistError:
+    """The error for a damaged file of an earlier run, which is left as it is."""
+    detail = str(reason).splitlines()[0][:120] if str(reason) else type(reason).__name__
+    return FlaxmnistError(
+        f"{path} is damaged ({detail}); restore or remove it, or use a new --workdir "
+        "(nothing was changed)"
+    )

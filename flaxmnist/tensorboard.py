@@ -40,31 +40,43 @@ def summary_writer_class() -> type:
 
 
 class ScalarLog:
-    """Appends epoch and step scalars to the run's TensorBoard log (``enabled=False``: nothing)."""
+    """Appends epoch and step scalars to the run's TensorBoard log (``enabled=False``: nothing).
+
+    The event file is created with the first scalar, so a run refused at start leaves none.
+    """
 
     def __init__(self, logdir: Path, log_every_steps: int, *, enabled: bool = True):
-        self.writer = summary_writer_class()(str(logdir)) if enabled else None
+        self.logdir, self.enabled = logdir, enabled
         self.log_every_steps = log_every_steps
+        self._writer = None
+
+    def writer(self):
+        """The event-file writer, made on first use."""
+        if self._writer is None:
+            self._writer = summary_writer_class()(str(self.logdir))
+        return self._writer
 
     def epoch(self, record: dict[str, Any]) -> None:
         """Writes one history record's scalars at x = its epoch."""
-        if self.writer is None:
+        if not self.enabled:
             return
+        writer = self.writer()
         for field, tag in EPOCH_SCALARS.items():
             if field in record:
-                self.writer.add_scalar(tag, record[field], record["epoch"])
-        self.writer.flush()
+                writer.add_scalar(tag, record[field], record["epoch"])
+        writer.flush()
 
     def steps(self, rows: list[dict[str, Any]]) -> None:
         """Writes the loss of every ``log_every_steps``-th step among ``rows``."""
-        if self.writer is None or self.log_every_steps <= 0:
+        if not self.enabled or self.log_every_steps <= 0:
             return
+        writer = self.writer()
         for row in rows:
             if row["step"] % self.log_every_steps == 0:
-                self.writer.add_scalar("step/loss", row["loss"], row["step"])
-        self.writer.flush()
+                writer.add_scalar("step/loss", row["loss"], row["step"])
+        writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file."""
-        if self.writer is not None:
-            self.writer.close()
+        """Flushes and closes the event file (if one was made)."""
+        if self._writer is not None:
+            self._writer.close()

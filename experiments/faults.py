@@ -1,0 +1,753 @@
+"""The fault matrix: real training processes, interrupted, damaged and crowded, then checked.
+
+    python experiments/faults.py                     # every scenario (about 25 min on 2 cores)
+    python experiments/faults.py --quick             # a few trials of each (what CI runs)
+    python experiments/faults.py --only kill9,cache  # some scenarios
+
+Every trial runs ``python -m flaxmnist.train`` in a subprocess on small synthetic MNIST files and
+checks what a user would: the exit status, a one-line error (no traceback) when it fails, that a
+rerun finishes, and that the run ends exactly as an uninterrupted, uncached run does (identical
+``steps.csv``; bitwise-equal final parameters). "data lost" counts trials where something a run
+had already written (a checkpoint, the history, the config) was gone or unreadable afterwards.
+
+Writes ``experiments/results/faults.json`` and the table in ``docs/reliability.md`` (between its
+``faults`` markers); exits 1 if any trial failed. Disk-full and read-only trials mount small
+tmpfs folders and need root; elsewhere they are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from flaxmnist.testing import write_idx_dataset  # noqa: E402
+
+RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "faults.json"
+REPORT = REPO_ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- faults:begin (written by experiments/faults.py) -->", "<!-- faults:end -->"
+CUSTOM_LOSSES = REPO_ROOT / "experiments" / "custom_losses.py"
+TWO_CPU_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+RUN_TIMEOUT_S = 300
+
+# The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
+RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a finished process left: its status and output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def clean(self) -> bool:
+        """No traceback, and a failure ends in one ``error:`` line."""
+        if "Traceback" in self.stderr:
+            return False
+        lines = self.stderr.strip().splitlines()
+        return self.code == 0 or bool(lines and lines[-1].startswith("error: "))
+
+    def last_line(self) -> str:
+        """The last line of stderr (or stdout), for failure reports."""
+        lines = (self.stderr or self.stdout).strip().splitlines()
+        return lines[-1][:160] if lines else ""
+
+
+@dataclasses.dataclass
+class Row:
+    """One scenario's line of the table."""
+
+    scenario: str
+    trials: int = 0
+    survived: int = 0
+    data_lost: int = 0
+    failures: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def record(self, ok: bool, what: str, lost: bool = False) -> None:
+        """Counts one trial; ``what`` says which, for the failure list."""
+        self.trials += 1
+        self.survived += ok
+        self.data_lost += lost
+        if not ok or lost:
+            self.failures.append(what)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What an uninterrupted, uncached run of a config produced."""
+
+    steps_csv: str
+    params: str  # digest of the final parameters
+    seconds: float
+
+
+class Drill:
+    """Launches training processes on shared synthetic data and remembers reference runs."""
+
+    def __init__(self, root: Path, seed: int):
+        self.root = root
+        self.data = write_idx_dataset(root / "data" / "mnist", num_train=2048, num_test=200).parent
+        self.rng = random.Random(seed)
+        self._references: dict[tuple, Finished] = {}
+        self._count = 0
+
+    def fresh(self, name: str) -> Path:
+        """A new, unused path under the drill's folder."""
+        self._count += 1
+        return self.root / f"{self._count:03d}-{name}"
+
+    def command(self, args: list[str], workdir: Path, cache: Path | str) -> list[str]:
+        """The training command line."""
+        return [
+            sys.executable,
+            "-m",
+            "flaxmnist.train",
+            *args,
+            f"--config.data_dir={self.data}",
+            f"--config.compilation_cache_dir={cache}",
+            f"--workdir={workdir}",
+        ]
+
+    def launch(
+        self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
+    ) -> subprocess.Popen:
+        """Starts a training process; its output goes to files (a full pipe would block it)."""
+        log = self.fresh("log")
+        with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
+            process = subprocess.Popen(
+                self.command(args, workdir, cache),
+                cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                stdout=out,
+                stderr=err,
+            )
+        process.log = log  # where finish() reads the output
+        return process
+
+    def run(
+        self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
+    ) -> Outcome:
+        """Runs a training process to its end."""
+        return finish(self.launch(args, workdir, cache, env))
+
+    def reference(self, args: list[str], env: dict | None = None) -> Finished:
+        """The uninterrupted, uncached run of ``args`` (made once per drill)."""
+        key = (tuple(args), tuple(sorted((env or {}).items())))
+        if key not in self._references:
+            workdir = self.fresh("reference")
+            start = time.monotonic()
+            outcome = self.run(args, workdir, "", env)
+            if outcome.code != 0:
+                raise RuntimeError(f"reference run {args} failed: {outcome.last_line()}")
+            self._references[key] = Finished(
+                (workdir / "steps.csv").read_text(),
+                params_digest(workdir),
+                time.monotonic() - start,
+            )
+        return self._references[key]
+
+    def matches(self, workdir: Path, args: list[str], env: dict | None = None) -> bool:
+        """Whether ``workdir`` ended exactly as the reference run of ``args``."""
+        expected = self.reference(args, env)
+        steps = workdir / "steps.csv"
+        return (
+            steps.exists()
+            and steps.read_text() == expected.steps_csv
+            and (params_digest(workdir) == expected.params)
+        )
+
+
+def finish(process: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> Outcome:
+    """Waits for a process of :meth:`Drill.launch` and collects its output."""
+    timed_out = ""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        timed_out = "\nerror: (drill) timed out"
+    log = process.log
+    return Outcome(
+        process.returncode,
+        log.with_suffix(".out").read_text(),
+        log.with_suffix(".err").read_text() + timed_out,
+    )
+
+
+def params_digest(workdir: Path) -> str:
+    """SHA-256 of the final parameters of a run (its latest checkpoint), or "" if none loads."""
+    import jax
+
+    import flaxmnist
+
+    try:
+        params = flaxmnist.load_run(workdir).state.params
+    except Exception as e:  # a damaged run: no digest
+        return f"unloadable: {type(e).__name__}"
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def kill_at(process: subprocess.Popen, delay_s: float, signum: int = signal.SIGKILL) -> bool:
+    """Sends ``signum`` after ``delay_s`` unless the process ended first; whether it was sent."""
+    try:
+        process.wait(timeout=delay_s)
+        return False
+    except subprocess.TimeoutExpired:
+        process.send_signal(signum)
+        return True
+
+
+def moment(workdir: Path, num_epochs: int) -> str:
+    """Where a run stood when it was stopped, from the files it had written."""
+    ckpt = workdir / "checkpoints"
+    if not (workdir / "config.json").exists():
+        return "start-up / compilation"
+    if ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir()):
+        return "checkpoint write"
+    try:
+        epochs = len(json.loads((workdir / "history.json").read_text()))
+    except (OSError, ValueError):
+        epochs = 0
+    if epochs >= num_epochs:
+        return "test evaluation"
+    return f"epoch {epochs + 1}"
+
+
+def readable_run(workdir: Path) -> bool:
+    """Whether every file a run had written still reads (config, history, steps, checkpoint)."""
+    for name in ("config.json", "history.json", "metrics.json"):
+        path = workdir / name
+        if path.exists():
+            try:
+                json.loads(path.read_text())
+            except ValueError:
+                return False
+    steps = workdir / "steps.csv"
+    if steps.exists() and steps.read_text() and not steps.read_text().startswith("step,"):
+        return False
+    ckpt = workdir / "checkpoints"
+    has_checkpoint = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+    return not has_checkpoint or not params_digest(workdir).startswith("unloadable")
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+CACHE_CONFIGS: dict[str, tuple[list[str], dict[str, str], int]] = {
+    # name: (arguments, environment, expected exit status)
+    "nan": (["--config=dense", "--config.optimizer=sgd", "--config.learning_rate=1e30"], {}, 2),
+    "fast": (["--config=fast", "--config.num_epochs=1"], {}, 0),
+    "fast_ema_tta": (
+        [
+            "--config=fast",
+            "--config.num_epochs=1",
+            "--config.ema_decay=0.9",
+            "--config.tta_shift=1",
+        ],
+        {},
+        0,
+    ),
+    "fast_augment": (
+        ["--config=fast", "--config.num_epochs=1", "--config.augment.rotation=10"],
+        {},
+        0,
+    ),
+    "dense": (["--config=dense", "--config.num_epochs=1"], {}, 0),
+    "cnn_simple": (["--config=cnn_simple", "--config.num_epochs=2"], {}, 0),
+    "mlp_dropout": (["--config=mlp_dropout", "--config.num_epochs=1"], {}, 0),
+    "fast_2_devices": (
+        ["--config=fast", "--config.num_epochs=1", "--config.num_devices=2"],
+        TWO_CPU_DEVICES,
+        0,
+    ),
+    "fast_1_of_2_devices": (
+        ["--config=fast", "--config.num_epochs=1", "--config.num_devices=1"],
+        TWO_CPU_DEVICES,
+        0,
+    ),
+    "custom_loss": (
+        [
+            "--config=dense",
+            "--config.num_epochs=1",
+            f"--config.import_modules={CUSTOM_LOSSES}",
+            "--config.loss=focal",
+        ],
+        {},
+        0,
+    ),
+    "tfds_pipeline": (
+        ["--config=dense", "--config.num_epochs=1", "--config.input_pipeline=tfds"],
+        {},
+        0,
+    ),
+}
+QUICK_CACHE_CONFIGS = ("nan", "fast", "dense", "fast_2_devices", "custom_loss")
+
+
+def check_cache_run(drill: Drill, row: Row, name: str, cache: Path | str, what: str) -> None:
+    """Runs config ``name`` on ``cache`` and records whether it ended as its reference."""
+    args, env, expected = CACHE_CONFIGS[name]
+    workdir = drill.fresh(name)
+    outcome = drill.run(args, workdir, cache, env)
+    ok = outcome.code == expected and outcome.clean
+    if ok and expected == 0:
+        ok = drill.matches(workdir, args, env)
+    row.record(ok, f"{what} {name}: exit {outcome.code} {outcome.last_line()}")
+
+
+def damage_cache(cache: Path, rng: random.Random) -> list[str]:
+    """Truncates, corrupts and swaps entries of ``cache``; returns what was done."""
+    entries = sorted(cache.glob("*.checked"))
+    rng.shuffle(entries)
+    done = []
+    for i, path in enumerate(entries):
+        blob = path.read_bytes()
+        if i % 4 == 0:
+            path.write_bytes(blob[: rng.randrange(len(blob))])
+            done.append("truncated")
+        elif i % 4 == 1:
+            at = rng.randrange(len(blob))
+            path.write_bytes(blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :])
+            done.append("corrupted")
+    by_program: dict[str, list[Path]] = {}
+    for path in cache.glob("*.checked"):
+        by_program.setdefault(path.name.rsplit("-", 1)[0], []).append(path)
+    for paths in by_program.values():
+        if len(paths) >= 2:
+            a, b = paths[:2]
+            blob_a = a.read_bytes()
+            a.write_bytes(b.read_bytes())
+            b.write_bytes(blob_a)
+            done.append("swapped pair")
+    (cache / ".stale-entry.tmp").write_bytes(b"left by a killed writer")
+    return done
+
+
+def cache_torture(drill: Drill, quick: bool) -> Row:
+    """Many configs on one cache folder, killed and concurrent runs, damage; then warm reruns."""
+    row = Row("cache torture")
+    names = list(QUICK_CACHE_CONFIGS if quick else CACHE_CONFIGS)
+    cache = drill.fresh("cache")
+    order = names[:]
+    drill.rng.shuffle(order)
+    for name in order:
+        check_cache_run(drill, row, name, cache, "cold")
+    for _ in range(1 if quick else 3):  # killed part-way: compiling, training or writing
+        args, env, _expected = CACHE_CONFIGS[drill.rng.choice(names)]
+        kill_at(drill.launch(args, drill.fresh("killed"), cache, env), drill.rng.uniform(1, 6))
+    burst = drill.rng.sample(names, 3)  # three processes start at once on one cache
+    processes = [
+        (n, drill.launch(CACHE_CONFIGS[n][0], drill.fresh(n), cache, CACHE_CONFIGS[n][1]))
+        for n in burst
+    ]
+    for name, process in processes:
+        outcome = finish(process)
+        row.record(outcome.code == CACHE_CONFIGS[name][2] and outcome.clean, f"concurrent {name}")
+    row.notes.append(f"damaged entries: {len(damage_cache(cache, drill.rng))}")
+    for name in names:
+        check_cache_run(drill, row, name, cache, "warm after damage")
+    for name in names:
+        check_cache_run(drill, row, name, cache, "warm")
+    with small_tmpfs(drill, "4k") as full:
+        if full is None:
+            row.notes.append("full / read-only cache: skipped (cannot mount tmpfs)")
+            return row
+        for name in names[:2]:
+            check_cache_run(drill, row, name, full, "full cache folder")
+    with small_tmpfs(drill, "64m") as read_only:
+        shutil.copytree(cache, read_only, dirs_exist_ok=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(read_only)], check=True)
+        for name in names[:2]:
+            check_cache_run(drill, row, name, read_only, "read-only cache folder")
+    return row
+
+
+@contextlib.contextmanager
+def small_tmpfs(drill: Drill, size: str) -> Iterator[Path | None]:
+    """A fresh tmpfs of ``size`` (mounted by root), or None where it cannot be mounted."""
+    path = drill.fresh("tmpfs")
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def interrupt_and_resume(
+    drill: Drill, row: Row, signum: int, cache: Path, expected_codes: set[int]
+) -> None:
+    """One trial: start the resumable run, signal it at a random moment, rerun, compare."""
+    reference = drill.reference(RESUMABLE)
+    workdir = drill.fresh(signal.Signals(signum).name.lower())
+    process = drill.launch(RESUMABLE, workdir, cache)
+    if drill.rng.random() < 0.25:  # aim at a checkpoint being written
+        sent = signal_during_checkpoint_write(process, workdir, signum)
+    else:
+        sent = kill_at(process, drill.rng.uniform(0.2, reference.seconds), signum)
+    where = moment(workdir, 3) if sent else "after exit"
+    outcome = finish(process)
+    if not sent:
+        first_ok = outcome.code == 0
+    else:
+        first_ok = outcome.code in expected_codes and (signum == signal.SIGKILL or outcome.clean)
+    rerun = drill.run(RESUMABLE, workdir, cache)
+    ok = first_ok and rerun.code == 0 and rerun.clean and drill.matches(workdir, RESUMABLE)
+    row.notes.append(where)
+    row.record(
+        ok,
+        f"{where}: exit {outcome.code} {outcome.last_line()} / rerun {rerun.code} "
+        f"{rerun.last_line()}",
+        lost=rerun.code == 0 and not drill.matches(workdir, RESUMABLE),
+    )
+
+
+def signal_during_checkpoint_write(process: subprocess.Popen, workdir: Path, signum: int) -> bool:
+    """Sends ``signum`` as soon as a checkpoint folder is being written; whether it was sent."""
+    ckpt = workdir / "checkpoints"
+    while process.poll() is None:
+        if ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir()):
+            process.send_signal(signum)
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def kill9(drill: Drill, quick: bool) -> Row:
+    """SIGKILL at random moments; every resumed run must end bitwise-equal to the reference."""
+    row = Row("kill -9 at random moments, then resume")
+    cache = drill.fresh("cache")
+    for _ in range(3 if quick else 24):
+        interrupt_and_resume(drill, row, signal.SIGKILL, cache, {-signal.SIGKILL})
+    summarize_moments(row)
+    return row
+
+
+def signals(drill: Drill, quick: bool) -> Row:
+    """SIGINT / SIGTERM at random moments: exit 130 / 143, and the rerun finishes the run."""
+    row = Row("SIGINT / SIGTERM at random moments, then resume")
+    cache = drill.fresh("cache")
+    for _ in range(2 if quick else 12):
+        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130})
+        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143})
+    summarize_moments(row)
+    return row
+
+
+def summarize_moments(row: Row) -> None:
+    """Replaces the per-trial moments in ``row.notes`` by counts."""
+    counts: dict[str, int] = {}
+    for where in row.notes:
+        counts[where] = counts.get(where, 0) + 1
+    row.notes = [", ".join(f"{where}: {n}" for where, n in sorted(counts.items()))]
+
+
+def disk_full(drill: Drill, quick: bool) -> Row:
+    """The run directory's disk fills up at every point of a run; then space is freed."""
+    row = Row("disk full at every write site")
+    reference_dir = drill.fresh("size-probe")
+    if drill.run(RESUMABLE, reference_dir, drill.fresh("cache")).code != 0:
+        raise RuntimeError("size probe run failed")
+    size = sum(p.stat().st_size for p in reference_dir.rglob("*") if p.is_file())
+    trials = 3 if quick else 14
+    for i in range(trials):
+        room = max(4096, int(size * (i + 0.5) / trials))
+        with small_tmpfs(drill, f"{room}") as disk:
+            if disk is None:
+                row.notes.append("skipped: cannot mount tmpfs")
+                return row
+            workdir = disk / "run"
+            outcome = drill.run(RESUMABLE, workdir, drill.root / "shared-cache")
+            intact = readable_run(workdir)
+            subprocess.run(["mount", "-o", f"remount,size={4 * size}", str(disk)], check=True)
+            rerun = drill.run(RESUMABLE, workdir, drill.root / "shared-cache")
+            ok = outcome.clean and rerun.code == 0 and drill.matches(workdir, RESUMABLE)
+            row.record(
+                ok,
+                f"{room} bytes: exit {outcome.code} {outcome.last_line()} / rerun {rerun.code}",
+                lost=not intact,
+            )
+            row.notes.append(outcome.last_line() or "finished")
+            evaluate_on_full_disk(drill, row, disk, workdir)
+    row.notes = sorted(set(row.notes))
+    return row
+
+
+def evaluate_on_full_disk(drill: Drill, row: Row, disk: Path, workdir: Path) -> None:
+    """``flaxmnist.evaluate`` on a full disk: one line; with space again, the report is written."""
+    filler = disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+    before = readable_run(workdir)
+    command = [sys.executable, "-m", "flaxmnist.evaluate", f"--workdir={workdir}"]
+    full = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    filler.unlink()
+    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    outcome = Outcome(full.returncode, full.stdout, full.stderr)
+    ok = outcome.clean and again.returncode == 0 and (workdir / "eval" / "report.html").exists()
+    row.record(
+        ok,
+        f"evaluate on a full disk: exit {full.returncode} {outcome.last_line()}",
+        lost=before and not readable_run(workdir),
+    )
+
+
+def snapshot(workdir: Path) -> dict[str, bytes]:
+    """Every file of a run directory and its bytes."""
+    return {
+        str(p.relative_to(workdir)): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def damaged_run_directories(drill: Drill, quick: bool) -> Row:
+    """Resuming a run whose files were damaged: one line, or a correct resume; nothing lost."""
+    row = Row("damaged run directories")
+    three, two = RESUMABLE, [*RESUMABLE[:-1], "--config.num_epochs=2"]
+    cache = drill.fresh("cache")
+
+    def half_run() -> Path:
+        workdir = drill.fresh("damaged")
+        assert drill.run(two, workdir, cache).code == 0
+        (workdir / "metrics.json").unlink()  # as if it had stopped before testing
+        return workdir
+
+    def newest_checkpoint(workdir: Path) -> Path:
+        return max(
+            (p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+            key=lambda p: int(p.name),
+        )
+
+    def truncate_array_file(workdir: Path) -> None:
+        files = sorted(
+            p for p in newest_checkpoint(workdir).rglob("*") if p.is_file() and "state" in str(p)
+        )
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+    def other_model(workdir: Path) -> None:
+        other = drill.fresh("other-model")
+        drill.run(["--config=dense", "--config.num_epochs=1"], other, cache)
+        shutil.rmtree(workdir / "checkpoints")
+        shutil.copytree(other / "checkpoints", workdir / "checkpoints")
+
+    def other_layout(workdir: Path) -> None:
+        other = drill.fresh("other-layout")
+        drill.run([*two, "--config.optimizer=sgd", "--config.momentum=0.9"], other, cache)
+        shutil.rmtree(workdir / "checkpoints")
+        shutil.copytree(other / "checkpoints", workdir / "checkpoints")
+
+    def corrupt(name: str) -> Callable[[Path], None]:
+        return lambda workdir: (workdir / name).write_bytes(b"\x00{garbage")
+
+    cases = {
+        # damage: (how, expected: "resume" to the reference, or "refuse" with one line, untouched)
+        "truncated checkpoint array file": (truncate_array_file, "resume"),
+        "checkpoint of another model": (other_model, "refuse"),
+        "checkpoint of another optimizer layout": (other_layout, "refuse"),
+        "corrupt config.json": (corrupt("config.json"), "refuse"),
+        "corrupt history.json": (corrupt("history.json"), "resume"),
+        "corrupt steps.csv": (corrupt("steps.csv"), "refuse"),
+        "empty config.json": (lambda w: (w / "config.json").write_text(""), "refuse"),
+    }
+    if quick:
+        cases = {k: cases[k] for k in list(cases)[:3]}
+    for name, (damage, expected) in cases.items():
+        workdir = half_run()
+        damage(workdir)
+        before = snapshot(workdir)
+        outcome = drill.run(three, workdir, cache)
+        if expected == "resume":
+            ok = outcome.code == 0 and drill.matches(workdir, three)
+            lost = False
+        else:
+            ok = outcome.code == 2 and outcome.clean
+            lost = snapshot(workdir) != before
+        row.record(ok, f"{name}: exit {outcome.code} {outcome.last_line()}", lost=lost)
+    return row
+
+
+def concurrency(drill: Drill, quick: bool) -> Row:
+    """Two runs on one workdir (one refused); four on different workdirs share one cache."""
+    row = Row("concurrent runs")
+    cache = drill.fresh("cache")
+    for _ in range(1 if quick else 3):
+        workdir = drill.fresh("shared-workdir")
+        pair = [drill.launch(RESUMABLE, workdir, cache) for _ in range(2)]
+        outcomes = sorted((finish(p) for p in pair), key=lambda o: o.code)
+        refused = outcomes[1]
+        ok = (
+            outcomes[0].code == 0
+            and refused.code == 2
+            and "in use by another run" in refused.last_line()
+            and drill.matches(workdir, RESUMABLE)
+        )
+        row.record(ok, f"one workdir: exits {[o.code for o in outcomes]} {refused.last_line()}")
+    workdirs = [drill.fresh("crowd") for _ in range(4)]
+    crowd = [drill.launch(RESUMABLE, w, cache) for w in workdirs]
+    for workdir, process in zip(workdirs, crowd, strict=True):
+        outcome = finish(process)
+        ok = outcome.code == 0 and drill.matches(workdir, RESUMABLE)
+        row.record(ok, f"four at once on one cache: exit {outcome.code} {outcome.last_line()}")
+    return row
+
+
+def bad_input(drill: Drill, quick: bool) -> Row:
+    """Bad config values and damaged data files (``experiments/faults_bad_input.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import faults_bad_input
+
+    result = faults_bad_input.run_bad_input_fuzz(drill.fresh("bad-input"), quick=quick)
+    row = Row(result["scenario"], result["trials"], result["survived"], result["data_lost"])
+    row.failures = [f"{f['case']}: {f['why']}" for f in result["failures"]]
+    return row
+
+
+SCENARIOS: dict[str, Callable[[Drill, bool], Row]] = {
+    "cache": cache_torture,
+    "kill9": kill9,
+    "signals": signals,
+    "disk_full": disk_full,
+    "damaged": damaged_run_directories,
+    "concurrency": concurrency,
+    "bad_input": bad_input,
+}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown table of ``rows``, with a total."""
+    lines = [
+        "| scenario | trials | survived | data lost | seconds | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        notes = "; ".join(r.notes)[:300]
+        lines.append(
+            f"| {r.scenario} | {r.trials} | {r.survived} | {r.data_lost} | {r.seconds:.0f} "
+            f"| {notes} |"
+        )
+    total = Row(
+        "**all**", *(sum(getattr(r, f) for r in rows) for f in ("trials", "survived", "data_lost"))
+    )
+    lines.append(
+        f"| {total.scenario} | {total.trials} | {total.survived} | {total.data_lost} | "
+        f"{sum(r.seconds for r in rows):.0f} | |"
+    )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """The CPU model and core count, for the record."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{os.cpu_count()} cores"
+
+
+def write_report(rows: list[Row], quick: bool) -> None:
+    """Writes the JSON results and the table between the markers of docs/reliability.md."""
+    header = (
+        f"`python experiments/faults.py{' --quick' if quick else ''}` on {machine()}, "
+        f"{time.strftime('%Y-%m-%d')}:"
+    )
+    RESULTS_JSON.write_text(
+        json.dumps(
+            {
+                "command_quick": quick,
+                "machine": machine(),
+                "rows": [dataclasses.asdict(r) for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    failures = [f"- {r.scenario}: {f}" for r in rows for f in r.failures]
+    block = "\n".join([header, "", table(rows), "", *(failures or ["No trial failed."])])
+    REPORT.write_text(f"{before}{BEGIN}\n{block}\n{END}{after}")
+
+
+def run_scenarios(names: list[str], quick: bool, seed: int, root: Path) -> list[Row]:
+    """Runs the named scenarios in ``root``, printing each row as it lands."""
+    drill = Drill(root, seed)
+    rows = []
+    for name in names:
+        start = time.monotonic()
+        print(f"[faults] {name} ...", flush=True)
+        row = SCENARIOS[name](drill, quick)
+        row.seconds = time.monotonic() - start
+        rows.append(row)
+        print(
+            f"[faults] {row.scenario}: {row.survived}/{row.trials} survived, "
+            f"{row.data_lost} data lost ({row.seconds:.0f} s)",
+            flush=True,
+        )
+        for failure in row.failures:
+            print(f"[faults]   failed: {failure}", flush=True)
+    return rows
+
+
+def main() -> int:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few trials of each scenario")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random moments")
+    parser.add_argument("--keep", action="store_true", help="keep the drill's folder")
+    parser.add_argument("--no-report", action="store_true", help="print only; write no files")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; valid: {', '.join(SCENARIOS)}")
+    root = Path(tempfile.mkdtemp(prefix="flaxmnist-faults-"))
+    try:
+        rows = run_scenarios(names, args.quick, args.seed, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(table(rows))
+    if not args.no_report:
+        write_report(rows, args.quick)
+    return 0 if all(r.survived == r.trials and r.data_lost == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
