@@ -305,7 +305,7 @@ CACHE_CONFIGS: dict[str, tuple[list[str], dict[str, str], int]] = {
         0,
     ),
 }
-QUICK_CACHE_CONFIGS = ("nan", "fast", "dense", "fast_2_devices", "custom_loss")
+QUICK_CACHE_CONFIGS = ("nan", "fast", "custom_loss")
 
 
 def check_cache_run(drill: Drill, row: Row, name: str, cache: Path | str, what: str) -> None:
@@ -359,7 +359,7 @@ def cache_torture(drill: Drill, quick: bool) -> Row:
     for _ in range(1 if quick else 3):  # killed part-way: compiling, training or writing
         args, env, _expected = CACHE_CONFIGS[drill.rng.choice(names)]
         kill_at(drill.launch(args, drill.fresh("killed"), cache, env), drill.rng.uniform(1, 6))
-    burst = drill.rng.sample(names, 3)  # three processes start at once on one cache
+    burst = drill.rng.sample(names, 2 if quick else 4)  # processes starting at once on one cache
     processes = [
         (n, drill.launch(CACHE_CONFIGS[n][0], drill.fresh(n), cache, CACHE_CONFIGS[n][1]))
         for n in burst
@@ -370,7 +370,7 @@ def cache_torture(drill: Drill, quick: bool) -> Row:
     row.notes.append(f"damaged entries: {len(damage_cache(cache, drill.rng))}")
     for name in names:
         check_cache_run(drill, row, name, cache, "warm after damage")
-    for name in names:
+    for name in [] if quick else names:
         check_cache_run(drill, row, name, cache, "warm")
     with small_tmpfs(drill, "4k") as full:
         if full is None:
@@ -413,7 +413,8 @@ def interrupt_and_resume(
     if drill.rng.random() < 0.25:  # aim at a checkpoint being written
         sent = signal_during_checkpoint_write(process, workdir, signum)
     else:
-        sent = kill_at(process, drill.rng.uniform(0.2, reference.seconds), signum)
+        # The reference compiled everything; a rerun on a warm cache takes about 3/4 of it.
+        sent = kill_at(process, drill.rng.uniform(0.2, 0.75 * reference.seconds), signum)
     where = moment(workdir, 3) if sent else "after exit"
     outcome = finish(process)
     if not sent:

@@ -10,9 +10,13 @@ run first reads or writes a checkpoint, not at start-up (it costs about 0.5 s to
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import logging
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +74,36 @@ class RunCheckpoints:
         return ocp().CheckpointManager(self.directory, options=options)
 
     def save(self, state, meta: dict[str, Any], *, best_order: int) -> None:
-        """Saves ``state`` and ``meta`` at ``state.step`` (asynchronously)."""
+        """Saves ``state`` and ``meta`` at ``state.step`` (asynchronously).
+
+        Refuses with ``OSError(ENOSPC)`` before writing anything when the disk lacks room for it:
+        Orbax's own failure on a full disk comes from a background thread, mid-write.
+        """
+        self.check_free_space(state)
         step = int(state.step)
         args = ocp().args
         args = args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta))
-        self.manager.save(step, args=args, metrics={BEST_METRIC: best_order}, force=True)
+        with disk_errors(self.directory):
+            self.manager.save(step, args=args, metrics={BEST_METRIC: best_order}, force=True)
+
+    def check_free_space(self, state) -> None:
+        """Raises ``OSError(ENOSPC)`` unless the disk has room for a checkpoint of ``state``."""
+        needed = 2 * sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state)) + (1 << 20)
+        folder = self.directory if self.directory.exists() else self.directory.parent
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device (a checkpoint needs about {needed >> 10} KiB, "
+                f"{free >> 10} KiB free)",
+                str(self.directory),
+            )
+
+    def wait_until_finished(self) -> None:
+        """Waits for pending asynchronous saves (their disk errors surface here)."""
+        if "manager" in self.__dict__:
+            with disk_errors(self.directory):
+                self.manager.wait_until_finished()
 
     def steps(self) -> list[int]:
         """The saved steps, oldest first."""
@@ -159,8 +188,25 @@ class RunCheckpoints:
     def close(self) -> None:
         """Waits for pending asynchronous saves and releases the manager (if one was made)."""
         if "manager" in self.__dict__:
-            self.manager.wait_until_finished()
+            self.wait_until_finished()
             self.manager.close()
+
+
+DISK_ERRORS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "No space left": errno.ENOSPC}
+
+
+@contextlib.contextmanager
+def disk_errors(directory: Path) -> Iterator[None]:
+    """Turns Orbax / TensorStore's errors for a full disk into ``OSError(ENOSPC)``."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        code = next((c for text, c in DISK_ERRORS.items() if text in str(e)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(directory)) from None
 
 
 class IncompatibleCheckpointError(FlaxmnistError):

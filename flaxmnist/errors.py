@@ -1,4 +1,23 @@
-"""Exceptions that the command-line tools turn into a one-line message and a non-zero exit."""
+"""Exceptions, and how the command-line tools turn any failure into one line and an exit status.
+
+User errors (:class:`FlaxmnistError`, a full or read-only disk) exit 2; a signal exits 128 + its
+number; anything else is an internal error: exit 1, its traceback appended to ``DIR/error.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 class FlaxmnistError(Exception):
@@ -24,3 +43,60 @@ class SignalReceived(KeyboardInterrupt):
 def raise_signal_received(signum: int, frame) -> None:
     """A signal handler that turns the signal into :class:`SignalReceived`."""
     raise SignalReceived(signum)
+
+
+def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
+    """Prints ``error: message`` on stderr and exits with ``status`` (2 by default)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def write_traceback(log_dir: Path) -> Path:
+    """Appends the current exception's traceback to ``log_dir/error.log`` (or a temp file)."""
+    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
+    fallback = Path(tempfile.gettempdir()) / f"flaxmnist-error-{os.getpid()}.log"
+    for path in (log_dir / "error.log", fallback):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(header + traceback.format_exc())
+            return path
+        except OSError:
+            continue
+    traceback.print_exc()  # nowhere to write it: the terminal is the last resort
+    return Path("<stderr above>")
+
+
+def exit_on_signal(signum: int) -> None:
+    """Ends a process that a signal stopped where it could not save (exit 128 + signal)."""
+    exit_with_error(
+        f"stopped by {signal.Signals(signum).name}; rerun the same command to resume "
+        "from the last checkpoint",
+        128 + signum,
+    )
+
+
+@contextlib.contextmanager
+def reported(log_dir: Path) -> Iterator[None]:
+    """Turns every failure inside into one line on stderr and an exit status (see the module)."""
+    try:
+        yield
+    except FlaxmnistError as e:
+        exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
+    except OSError as e:  # disk full, read-only or vanished folder
+        exit_with_error(f"cannot write {e.filename or log_dir}: {e.strerror or e}")
+    except KeyboardInterrupt as e:
+        exit_on_signal(getattr(e, "signum", signal.SIGINT))
+    except Exception as e:  # a bug or a library failure: one line here, the traceback in a file
+        log = write_traceback(log_dir)
+        exit_with_error(
+            f"internal error ({type(e).__name__}: {first_line(e)}); full traceback in {log}",
+            EXIT_INTERNAL_ERROR,
+        )

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
+from flaxmnist import errors
 from flaxmnist.errors import FlaxmnistError
 
 FLAGS = flags.FLAGS
@@ -33,8 +34,6 @@ flags.DEFINE_string(
 flags.DEFINE_string("dataset", None, "Evaluate on another dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "IDX / tfds data folder (default: the run's).")
 flags.DEFINE_integer("image_index", 0, "Test image whose feature maps are drawn.")
-
-EXIT_USER_ERROR = 2
 
 
 def tested_checkpoint(workdir: Path) -> str | int:
@@ -314,7 +313,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
     checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
-    try:
+    with errors.reported(Path(FLAGS.workdir) / "eval"):
         evaluate_run(
             FLAGS.workdir,
             checkpoint=checkpoint,
@@ -322,9 +321,6 @@ def main(argv: Sequence[str]) -> None:
             data_dir=FLAGS.data_dir,
             image_index=FLAGS.image_index,
         )
-    except FlaxmnistError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":
