@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import math
 import os
 import socket
 import struct
@@ -27,6 +28,7 @@ from flaxmnist.errors import DataError
 DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 VENDORED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 CHECKSUM_FILE = "SHA256SUMS"
+IDX_IMAGE_SIZE = (28, 28)  # every IDX dataset here (mnist, fashion_mnist) has 28x28 images
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -103,13 +105,15 @@ def parse_idx(raw: bytes, source: str = "<bytes>") -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{source}: truncated IDX file ({len(raw)} bytes)")
     zero, dtype_code, ndim = raw[0] | raw[1], raw[2], raw[3]
-    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
+    if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{source}: not a uint8 IDX file (bad magic {raw[:4].hex()})")
+    if not 1 <= ndim <= 4:
+        raise DataError(f"{source}: not a uint8 IDX file ({ndim} dimensions; expected 1 to 4)")
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
         raise DataError(f"{source}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header_size])
-    expected = header_size + int(np.prod(shape))
+    expected = header_size + math.prod(shape)  # Python ints: a forged header cannot overflow
     if len(raw) != expected:
         raise DataError(
             f"{source}: IDX file has {len(raw)} bytes, its header {shape} needs {expected} "
@@ -122,6 +126,9 @@ def read_idx_bytes(path: Path) -> bytes:
     """Reads an IDX file, decompressing ``.gz``; a corrupt archive raises DataError."""
     try:
         raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
         # One call, not GzipFile's small reads: faster, and it releases the GIL while inflating.
         return gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
@@ -131,19 +138,33 @@ def read_idx_bytes(path: Path) -> bytes:
 def read_checksums(folder: Path) -> dict[str, str]:
     """Reads ``SHA256SUMS`` ("<sha256>  <relative path>" lines) from ``folder`` or its parent.
 
-    Keys are paths relative to ``folder``; an absent file gives an empty dict.
+    Keys are paths relative to ``folder``; an absent file gives an empty dict. An unreadable or
+    malformed listing raises DataError naming it.
     """
     for root, prefix in ((folder, ""), (folder.parent, folder.name + "/")):
         listing = root / CHECKSUM_FILE
         if listing.is_file():
-            sums = {}
-            for line in listing.read_text().splitlines():
-                if line.strip():
-                    digest, name = line.split(maxsplit=1)
-                    if name.startswith(prefix):
-                        sums[name[len(prefix) :]] = digest
-            return sums
+            return _parse_checksums(listing, prefix)
     return {}
+
+
+def _parse_checksums(listing: Path, prefix: str) -> dict[str, str]:
+    """The ``prefix``-relative entries of checksum file ``listing``."""
+    try:
+        lines = listing.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{listing}: cannot read ({e})") from None
+    sums = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DataError(f"{listing}: line {number} is not '<sha256>  <file name>'")
+        digest, name = parts
+        if name.startswith(prefix):
+            sums[name[len(prefix) :]] = digest.lower()
+    return sums
 
 
 def find_idx_file(folder: Path, stem: str) -> Path:
@@ -151,6 +172,9 @@ def find_idx_file(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.exists():
+            raise DataError(f"{candidate}: not a regular file (expected an IDX file)")
     raise DataError(
         f"missing IDX file {stem}(.gz) in {folder}; "
         f"set --config.data_dir or ${DATA_DIR_ENV} to a folder holding it"
@@ -174,15 +198,31 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 
 def load_idx_split(folder: Path, split: str) -> ArraySplit:
-    """Loads a split from a folder holding the four standard IDX files."""
+    """Loads a split from a folder holding the four standard IDX files.
+
+    Raises DataError naming the file when it is missing, damaged, or holds arrays of the wrong
+    shape: images must be [N, 28, 28] and labels [N] with the same N > 0.
+    """
     checksums = read_checksums(folder)
     image_stem, label_stem = IDX_FILES[split]
+    image_path, label_path = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
     images = load_idx_file(folder, image_stem, checksums)
     labels = load_idx_file(folder, label_stem, checksums)
     if images.ndim != 3:
-        raise DataError(f"{folder}/{image_stem}: expected [N, H, W] images, got {images.shape}")
+        raise DataError(f"{image_path}: expected [N, H, W] images, got shape {images.shape}")
+    if images.shape[1:] != IDX_IMAGE_SIZE:
+        raise DataError(
+            f"{image_path}: expected {IDX_IMAGE_SIZE[0]}x{IDX_IMAGE_SIZE[1]} images, "
+            f"got {images.shape[1]}x{images.shape[2]}"
+        )
     if labels.ndim != 1:
-        raise DataError(f"{folder}/{label_stem}: expected [N] labels, got {labels.shape}")
+        raise DataError(f"{label_path}: expected [N] labels, got shape {labels.shape}")
+    if len(labels) != len(images):
+        raise DataError(
+            f"{label_path}: {len(labels)} labels, but {image_path.name} holds {len(images)} images"
+        )
+    if not len(images):
+        raise DataError(f"{image_path}: holds no images")
     return ArraySplit(images[..., None], labels.astype(np.int32))
 
 
@@ -190,6 +230,8 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Loads ``mnist`` or ``fashion_mnist`` from IDX files (``<root>/<name>/`` or ``<root>/``)."""
     root = resolve_data_dir(data_dir)
     folder = root / name if (root / name).is_dir() else root
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"data folder {folder} is not a directory")
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
     if folder == root and not any(root.glob(IDX_FILES["train"][0] + "*")):
@@ -200,8 +242,12 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
     train, test = (load_idx_split(folder, split) for split in ("train", "test"))
     class_names = IDX_CLASS_NAMES[name]
     for split_name, split in (("train", train), ("test", test)):
-        if len(split) and split.labels.max() >= len(class_names):
-            raise DataError(f"{folder}: {split_name} labels exceed {len(class_names)} classes")
+        if split.labels.max() >= len(class_names):
+            label_file = find_idx_file(folder, IDX_FILES[split_name][1])
+            raise DataError(
+                f"{label_file}: label {split.labels.max()} is out of range for the "
+                f"{len(class_names)} classes of {name} (0-{len(class_names) - 1})"
+            )
     return Dataset(name, train, test, class_names)
 
 

@@ -18,9 +18,10 @@ import functools
 import jax
 import numpy as np
 
+from flaxmnist import config_validation
 from flaxmnist.datasets import ArraySplit
 
-PIPELINES = ("device", "tfds")
+PIPELINES = config_validation.INPUT_PIPELINES
 
 
 def import_tensorflow():

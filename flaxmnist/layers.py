@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONV_IMPLS = ("auto", "xla", "im2col")
-POOL_IMPLS = ("auto", "xla", "fast")
+from flaxmnist import config_validation
+
+CONV_IMPLS = config_validation.CONV_IMPLS
+POOL_IMPLS = config_validation.POOL_IMPLS
 
 
 def resolve_impl(impl: str, valid: Sequence[str], cpu_choice: str) -> str:

@@ -24,10 +24,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flaxmnist import config_validation
 from flaxmnist.errors import ConfigError, FlaxmnistError
 
 DATA_AXIS = "data"
-MULTIHOST_MODES = ("auto", "on", "off")
+MULTIHOST_MODES = config_validation.MULTIHOST_MODES
 # Launchers that start one process per host and tell it so (JAX auto-detects the rest).
 CLUSTER_SIZE_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
 

@@ -7,38 +7,152 @@ with ``--config.FIELD=VALUE``. User errors end with one line on stderr and exit 
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import re
 import signal
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flaxmnist import configs, datasets
-from flaxmnist.errors import ConfigError, FlaxmnistError, raise_signal_received
+from flaxmnist import configs, datasets, errors
+from flaxmnist.config_validation import validate_config, validate_workdir
+from flaxmnist.errors import (
+    ConfigError,
+    exit_on_signal,
+    exit_with_error,
+    raise_signal_received,
+)
 
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 1
+DEFAULT_CONFIG_FILE = configs.PRESET_DIR / "default.py"
+CONFIG_ARGUMENT = re.compile(r"^-{1,2}config(=|$)")
+OVERRIDE_ARGUMENT = re.compile(r"^-{1,2}(?:no)?config\.([^=]+)")
+FLAG_VALUE_ERROR = re.compile(r"^flag --(?P<name>[^=\s]+)=")
+EXPECTED_VALUES = (
+    (flags.IntegerParser, "an integer"),
+    (flags.FloatParser, "a number"),
+    (flags.BooleanParser, "true or false"),
+)
 
 
-def define_flags() -> None:
+def define_flags(argv: Sequence[str] | None = None) -> None:
     """Defines --config and --workdir.
 
     Call it after ``sys.argv`` holds the final arguments: ml_collections reads the
-    ``--config.FIELD`` overrides from it at definition time.
+    ``--config.FIELD`` overrides from it at definition time. The config file is loaded and every
+    override's field looked up first, so that a broken file or an unknown field is a one-line
+    ConfigError rather than a traceback from inside ml_collections.
     """
-    config_flags.DEFINE_config_file(
-        "config",
-        str(configs.PRESET_DIR / "default.py"),
-        "Preset name or path to a config file with get_config().",
-        lock_config=True,
-    )
+    argv = sys.argv if argv is None else argv
+    config = load_config_file(config_argument(argv))
+    check_override_fields(config, argv)
+    try:
+        config_flags.DEFINE_config_file(
+            "config",
+            str(DEFAULT_CONFIG_FILE),
+            "Preset name or path to a config file with get_config().",
+            lock_config=True,
+        )
+    except flags.Error as e:  # e.g. --config=FILE given after a --config.FIELD override
+        raise ConfigError(one_line(e)) from None
+    except (KeyError, AttributeError, TypeError) as e:  # ml_collections on an unknown field
+        field = str(e).strip("\"'")
+        raise ConfigError(f"unknown config field in --config overrides: {field}") from None
     flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model>-<dataset>-<time>).")
+
+
+def config_argument(argv: Sequence[str]) -> str:
+    """The value of ``argv``'s first ``--config`` (the one ml_collections reads), or the default."""
+    for i, arg in enumerate(argv):
+        if CONFIG_ARGUMENT.match(arg):
+            if "=" in arg:
+                return arg.split("=", 1)[1]
+            if i + 1 < len(argv):
+                return argv[i + 1]
+    return str(DEFAULT_CONFIG_FILE)
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Runs ``get_config()`` of config file ``spec`` (``PATH[:ARG]``); failures are ConfigErrors."""
+    path, sep, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        module_spec = importlib.util.spec_from_file_location("flaxmnist_config_check", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: a syntax error or a failing import is bad input
+        raise ConfigError(
+            f"config file {path} cannot be loaded ({type(e).__name__}: {one_line(e)})"
+        ) from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {path} defines no get_config() function")
+    try:
+        config = get_config(arg) if sep else get_config()
+    except Exception as e:
+        call = f"get_config({arg!r})" if sep else "get_config()"
+        raise ConfigError(
+            f"config file {path}: {call} failed ({type(e).__name__}: {one_line(e)})"
+        ) from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict"
+        )
+    return config
+
+
+def check_override_fields(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
+    """Every ``--config.FIELD`` in ``argv`` must name an existing field of ``config``."""
+    for arg in argv:
+        match = OVERRIDE_ARGUMENT.match(arg)
+        if not match:
+            continue
+        node = config
+        for part in match.group(1).split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                raise ConfigError(f"unknown config field in --config overrides: {match.group(1)}")
+            node = node[part]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses the flags as absl does; errors are one line naming the flag (exit 2)."""
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        exit_with_error(describe_flag_error(e, argv))
+    if len(remaining) > 1:
+        exit_with_error(
+            f"unexpected arguments: {' '.join(remaining[1:])} "
+            "(fields are set with --config.FIELD=VALUE)"
+        )
+    return remaining
+
+
+def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
+    """``--config.batch_size: expected an integer, got 'abc'`` for absl's parsing ``error``."""
+    message = str(error)
+    match = FLAG_VALUE_ERROR.match(message)
+    if not match:
+        return one_line(error)
+    name = match.group("name")
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
+    value = given[-1] if given else message[match.end() :].split(": ", 1)[0]
+    parser = flags.FLAGS[name].parser if name in flags.FLAGS else None
+    for parser_type, expected in EXPECTED_VALUES:
+        if isinstance(parser, parser_type):
+            return f"--{name}: expected {expected}, got {value!r}"
+    reason = message[match.end() + len(value) :].removeprefix(": ")
+    return f"--{name}: {one_line(reason) if reason else 'invalid value ' + repr(value)}"
+
+
+def one_line(error: BaseException | str) -> str:
+    """``error``'s message with its lines joined, for a one-line error."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def resolve_config_argument(value: str) -> str:
@@ -100,20 +214,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = flags.FLAGS.config
     workdir = Path(flags.FLAGS.workdir) if flags.FLAGS.workdir else default_workdir(config)
-    try:
+    with errors.reported(workdir):
+        validate_config(config)  # before the heavy imports: a bad value fails at once
+        validate_workdir(workdir)
         metrics = train(config, workdir)
-    except FlaxmnistError as e:
-        exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
-    except OSError as e:  # disk full, read-only or vanished workdir while training
-        exit_with_error(f"cannot write {e.filename or workdir}: {e.strerror or e}")
-    except KeyboardInterrupt as e:
-        exit_on_signal(getattr(e, "signum", signal.SIGINT))
-    except Exception as e:  # a bug or a library failure: one line here, the traceback in a file
-        log = write_traceback(workdir)
-        exit_with_error(
-            f"internal error ({type(e).__name__}: {first_line(e)}); full traceback in {log}",
-            EXIT_INTERNAL_ERROR,
-        )
     from flaxmnist import parallel
 
     if parallel.is_primary():
@@ -133,60 +237,18 @@ def train(config, workdir: Path) -> dict:
     return trainer.train_and_evaluate(config, workdir, load_dataset)
 
 
-def first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of ``error``'s message, cut to ``limit`` characters."""
-    lines = str(error).strip().splitlines()
-    line = lines[0] if lines else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def write_traceback(workdir: Path) -> Path:
-    """Appends the current exception's traceback to ``workdir/error.log`` (or a temp file)."""
-    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
-    fallback = Path(tempfile.gettempdir()) / f"flaxmnist-error-{os.getpid()}.log"
-    for path in (workdir / "error.log", fallback):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(header + traceback.format_exc())
-            return path
-        except OSError:
-            continue
-    traceback.print_exc()  # nowhere to write it: the terminal is the last resort
-    return Path("<stderr above>")
-
-
-def exit_on_signal(signum: int) -> None:
-    """Ends a run that a signal stopped before it could save a checkpoint (exit 128 + signal)."""
-    exit_with_error(
-        f"stopped by {signal.Signals(signum).name}; rerun the same command to resume "
-        "from the last checkpoint",
-        128 + signum,
-    )
-
-
 def run() -> None:
-    """Entry point: resolves preset names, then hands over to absl."""
+    """Entry point: resolves preset names, checks the config and flags, then hands over to absl."""
     signal.signal(signal.SIGTERM, raise_signal_received)  # SIGTERM unwinds as Ctrl-C does
     try:
         sys.argv = rewrite_config_flag(sys.argv)
+        define_flags()
     except ConfigError as e:
         exit_with_error(str(e))
     try:
-        define_flags()
-    except (KeyError, AttributeError) as e:  # ml_collections' answer to an unknown field
-        field = str(e).strip("\"'")
-        exit_with_error(f"unknown config field in --config overrides: {field}")
-    try:
-        app.run(main)
+        app.run(main, flags_parser=parse_flags)
     except KeyboardInterrupt as e:  # before main's own handling (flag parsing, imports)
         exit_on_signal(getattr(e, "signum", signal.SIGINT))
-
-
-def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
-    """Prints ``error: message`` on stderr and exits with ``status`` (2 by default)."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(status)
 
 
 if __name__ == "__main__":

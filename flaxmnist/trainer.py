@@ -31,7 +31,6 @@ from flaxmnist import (
     checkpointing,
     datasets,
     early_stopping,
-    input_pipeline,
     losses,
     models,
     optimizers,
@@ -43,74 +42,11 @@ from flaxmnist import (
     tensorboard,
     transfer,
 )
+from flaxmnist.config_validation import validate_config
 from flaxmnist.errors import ConfigError, FlaxmnistError, SignalReceived
 from flaxmnist.train_state import TrainState, create_train_state
 
 IMPORTED_AT = time.perf_counter()
-NORMALIZATIONS = ("unit", "standardize")
-NAN_POLICIES = ("stop", "skip_step")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Rejects values no run can use, with a message naming the field."""
-    checks = [
-        (config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}"),
-        (
-            config.eval_batch_size > 0,
-            f"eval_batch_size must be positive, got {config.eval_batch_size}",
-        ),
-        (config.num_epochs >= 0, f"num_epochs must be >= 0, got {config.num_epochs}"),
-        (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
-        (
-            0 <= config.validation_fraction < 1,
-            f"validation_fraction must be in [0, 1), got {config.validation_fraction}",
-        ),
-        (
-            config.chunks_per_epoch > 0,
-            f"chunks_per_epoch must be positive, got {config.chunks_per_epoch}",
-        ),
-        (
-            config.input_pipeline in input_pipeline.PIPELINES,
-            f"unknown input_pipeline {config.input_pipeline!r}; valid: "
-            f"{', '.join(input_pipeline.PIPELINES)}",
-        ),
-        (
-            config.normalization in NORMALIZATIONS,
-            f"unknown normalization {config.normalization!r}; valid: {', '.join(NORMALIZATIONS)}",
-        ),
-        (
-            0 <= config.tta_shift <= 4,
-            f"tta_shift must be between 0 (off) and 4 pixels, got {config.tta_shift}",
-        ),
-        (
-            0.0 <= config.ema_decay < 1.0,
-            f"ema_decay must be in [0, 1), got {config.ema_decay}",
-        ),
-        (
-            config.nan_policy in NAN_POLICIES,
-            f"unknown nan_policy {config.nan_policy!r}; valid: {', '.join(NAN_POLICIES)}",
-        ),
-        (
-            config.keep_checkpoints >= 1,
-            f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}",
-        ),
-        (
-            config.checkpoint_every_epochs >= 0,
-            f"checkpoint_every_epochs must be >= 0, got {config.checkpoint_every_epochs}",
-        ),
-        (
-            config.early_stopping.patience >= 0,
-            f"early_stopping.patience must be >= 0, got {config.early_stopping.patience}",
-        ),
-        (
-            not (config.early_stopping.restore_best and config.checkpoint_every_epochs == 0),
-            "early_stopping.restore_best needs checkpoints (checkpoint_every_epochs > 0)",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    early_stopping.monitor_mode(config.early_stopping.monitor)
 
 
 def process_age_s() -> float:
@@ -418,7 +354,7 @@ def should_save(config, epoch: int, improved: bool, stopping: bool) -> bool:
 
 def last_good_message(checkpoints: checkpointing.RunCheckpoints) -> str:
     """Which checkpoint a failed run leaves behind, for its error message."""
-    checkpoints.manager.wait_until_finished()
+    checkpoints.wait_until_finished()
     saved = checkpoints.steps()
     return f"the last good checkpoint (step {saved[-1]}) is kept" if saved else "no checkpoint"
 
@@ -565,7 +501,7 @@ def best_state(
     best_epoch = progress.stopper.best_epoch
     if not exp.config.early_stopping.restore_best or best_epoch in (0, progress.epoch):
         return state, progress.epoch
-    checkpoints.manager.wait_until_finished()
+    checkpoints.wait_until_finished()
     best_step = progress.history[best_epoch - 1]["step"]
     restored, _ = checkpoints.restore(best_step, state)
     return restored, best_epoch

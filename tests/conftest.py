@@ -21,6 +21,7 @@ def load_experiment(name: str) -> ModuleType:
     """Imports the script ``experiments/<name>.py`` as a module (experiments/ is no package)."""
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -6,7 +6,7 @@ import pytest
 
 from flaxmnist import datasets
 from flaxmnist.errors import DataError
-from flaxmnist.testing import idx_bytes, write_idx_dataset
+from flaxmnist.testing import idx_bytes, synthetic_split, write_idx_dataset
 
 
 def test_parse_idx_roundtrip():
@@ -35,6 +35,13 @@ def test_loads_synthetic_dataset_from_gz_or_raw_files(tmp_path, compress):
     assert ds.train.images.shape == (30, 28, 28, 1) and ds.train.images.dtype == np.uint8
     assert ds.test.labels.shape == (7,) and ds.test.labels.dtype == np.int32
     assert ds.num_classes == 10 and ds.image_shape == (28, 28, 1)
+    # The very pixels and labels that were written, in order (train seed 1, test seed 2).
+    for split, (images, labels) in (
+        (ds.train, synthetic_split(30, 1)),
+        (ds.test, synthetic_split(7, 2)),
+    ):
+        np.testing.assert_array_equal(split.images[..., 0], images)
+        np.testing.assert_array_equal(split.labels, labels)
 
 
 def test_fashion_mnist_has_class_names(tmp_path):

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from flaxmnist import datasets, input_pipeline
 
@@ -23,10 +22,14 @@ def test_epoch_batch_indices_are_a_seeded_permutation():
     first = np.asarray(input_pipeline.epoch_batch_indices(rng, 1, num_examples=10, batch_size=3))
     again = np.asarray(input_pipeline.epoch_batch_indices(rng, 1, num_examples=10, batch_size=3))
     second = np.asarray(input_pipeline.epoch_batch_indices(rng, 2, num_examples=10, batch_size=3))
+    other_seed = input_pipeline.epoch_batch_indices(
+        jax.random.key(1), 1, num_examples=10, batch_size=3
+    )
     assert first.shape == (3, 3)
     assert len(set(first.ravel())) == 9 and set(first.ravel()) <= set(range(10))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, second)
+    assert not np.array_equal(first, np.asarray(other_seed))
 
 
 def _labels(dataset) -> list[np.ndarray]:
@@ -63,7 +66,29 @@ def test_tf_pipeline_on_tfds_mock_data(tmp_path):
     assert len(train) == 2
 
 
-@pytest.mark.parametrize(("seed", "epoch"), [(0, 1), (5, 3)])
-def test_epoch_seed_depends_on_seed_and_epoch(seed, epoch):
-    assert input_pipeline.epoch_seed(seed, epoch) != input_pipeline.epoch_seed(seed, epoch + 1)
-    assert input_pipeline.epoch_seed(seed, epoch) == input_pipeline.epoch_seed(seed, epoch)
+# (1, 0) and (0, 1) would collide under seed + epoch; (2, 3) and (3, 2) under any symmetric mix.
+PAIRS = [(0, 0), (0, 1), (1, 0), (0, 2), (2, 3), (3, 2), (5, 3)]
+
+
+def test_epoch_seed_depends_on_seed_and_epoch():
+    seeds = [input_pipeline.epoch_seed(seed, epoch) for seed, epoch in PAIRS]
+    assert len(set(seeds)) == len(PAIRS)  # every (seed, epoch) its own shuffle seed
+    assert all(isinstance(s, int) and 0 <= s < 2**31 - 1 for s in seeds)
+    # Computed again (as a resumed run does, in a new process): the same seeds.
+    again = [input_pipeline.epoch_seed(seed, epoch) for seed, epoch in reversed(PAIRS)]
+    assert again[::-1] == seeds
+
+
+def test_tf_training_order_differs_between_seed_epoch_pairs_and_repeats_for_equal_ones():
+    split = _split(40)
+
+    def order(seed, epoch):
+        return np.concatenate(
+            _labels(input_pipeline.tf_train_dataset(split, 40, seed=seed, epoch=epoch))
+        )
+
+    orders = {pair: order(*pair) for pair in PAIRS}
+    for pair, labels in orders.items():
+        assert sorted(labels) == list(range(40))  # a permutation of the whole split
+        np.testing.assert_array_equal(order(*pair), labels)  # the same pair: the same order
+    assert len({tuple(labels) for labels in orders.values()}) == len(PAIRS)

@@ -33,6 +33,9 @@ def test_im2col_conv_matches_lax_conv_values_and_gradients(
 
     im2col = lambda x, k: layers.conv2d(x, k, padding=padding, impl="im2col")  # noqa: E731
     reference = lambda x, k: _reference_conv(x, k, padding)  # noqa: E731
+    # The path under test is the one taken: only patches @ kernel gathers the patches.
+    uses_patches = "gather" in str(jax.make_jaxpr(im2col)(x, kernel))
+    assert uses_patches == (shifted_sum_max_taps == 0)
     chex.assert_trees_all_close(
         jax.jit(im2col)(x, kernel), jax.jit(reference)(x, kernel), atol=1e-5
     )
@@ -99,10 +102,17 @@ def test_chunked_im2col_matches_unchunked(monkeypatch):
     x = jax.random.normal(jax.random.key(5), (7, 9, 9, 2))
     kernel = jax.random.normal(jax.random.key(6), (3, 3, 2, 4))
     loss = lambda x, k: jnp.sum(jnp.cos(layers.conv2d(x, k, impl="im2col")))  # noqa: E731
-    expected = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+
+    def value_and_grads():  # a new function each time: jax caches traces per function
+        fn = jax.value_and_grad(loss, argnums=(0, 1))
+        return jax.jit(fn)(x, kernel), "scan" in str(jax.make_jaxpr(fn)(x, kernel))
+
+    expected, looped = value_and_grads()
+    assert not looped
     per_image = 7 * 7 * 9 * 2 * 4
     monkeypatch.setattr(layers, "CHUNK_BYTES", 3 * per_image)  # chunks of 3: 3 + 3 + 1 left over
-    chunked = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, kernel)
+    chunked, looped = value_and_grads()
+    assert looped  # the chunk loop (lax.map) ran
     chex.assert_trees_all_close(chunked, expected, rtol=1e-5, atol=1e-5)
 
 

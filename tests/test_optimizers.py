@@ -1,3 +1,6 @@
+import math
+
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -73,3 +76,84 @@ def test_unknown_names_and_bad_learning_rate():
         optimizers.create_schedule(_config(schedule="onecycle"), 10)
     with pytest.raises(ConfigError, match="learning_rate must be positive"):
         optimizers.create_schedule(_config(learning_rate=0.0), 10)
+
+
+GRADS = (jnp.array([1.0, 2.0]), jnp.array([0.5, -1.0]))  # two steps' gradients
+PARAMS = jnp.array([1.0, -2.0])
+
+
+def _updates(config, grads=GRADS, params=PARAMS, steps_per_epoch=10):
+    """The optimizer's update for each gradient in turn (params follow the updates)."""
+    tx = optimizers.create_optimizer(config, steps_per_epoch)
+    state, out = tx.init(params), []
+    for g in grads:
+        update, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, update)
+        out.append(update)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("momentum", "nesterov", "expected"),
+    [
+        # Plain SGD: -lr * g.
+        (0.0, False, [[-0.1, -0.2], [-0.05, 0.1]]),
+        # Heavy ball: t = g + m * t; update -lr * t. t1 = [1, 2]; t2 = [0.5 + 0.9, -1 + 1.8].
+        (0.9, False, [[-0.1, -0.2], [-0.14, -0.08]]),
+        # Nesterov: update -lr * (g + m * t). Step 1: g + 0.9 g = [1.9, 3.8];
+        # step 2: [0.5, -1] + 0.9 * [1.4, 0.8] = [1.76, -0.28].
+        (0.9, True, [[-0.19, -0.38], [-0.176, 0.028]]),
+    ],
+)
+def test_sgd_updates_match_the_momentum_and_nesterov_formulas(momentum, nesterov, expected):
+    config = _config(optimizer="sgd", learning_rate=0.1, momentum=momentum, nesterov=nesterov)
+    chex.assert_trees_all_close(_updates(config), [jnp.array(e) for e in expected], atol=1e-6)
+
+
+def test_rmsprop_updates_match_the_formula_with_and_without_momentum():
+    # nu = 0.9 nu + 0.1 g^2 from 0; update -lr * g / sqrt(nu + eps) (+ momentum 0.5 * previous).
+    grads = (jnp.array([1.0, -1.0]),) * 2
+    plain = -0.01 * jnp.array([1.0, -1.0]) / jnp.array([[math.sqrt(0.1)], [math.sqrt(0.19)]])
+    with_momentum = plain.at[1].add(0.5 * plain[0])
+    for momentum, expected in ((0.0, plain), (0.5, with_momentum)):
+        config = _config(optimizer="rmsprop", learning_rate=0.01, momentum=momentum)
+        chex.assert_trees_all_close(_updates(config, grads), list(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("weight_decay", [0.01, 0.5])
+def test_adamw_decays_the_weights_on_a_zero_gradient(weight_decay):
+    # Adam's part of the update is 0 for a zero gradient; the decoupled decay is -lr * wd * p.
+    config = _config(optimizer="adamw", learning_rate=0.1, weight_decay=weight_decay)
+    (update,) = _updates(config, (jnp.zeros(2),))
+    chex.assert_trees_all_close(update, -0.1 * weight_decay * PARAMS, rtol=1e-6)
+    (update,) = _updates(_config(optimizer="adam", learning_rate=0.1), (jnp.zeros(2),))
+    chex.assert_trees_all_equal(update, jnp.zeros(2))  # plain adam: no decay
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_uses_the_keras_epsilon(name):
+    # First step: mu_hat = g, nu_hat = g^2, update -lr * g / (|g| + eps); for g = eps = 1e-7
+    # that is -lr / 2 (optax's default eps 1e-8 would give -lr / 1.1).
+    config = _config(optimizer=name, learning_rate=0.1, weight_decay=0.0)
+    (update,) = _updates(config, (jnp.array([1e-7, -1e-7]),))
+    chex.assert_trees_all_close(update, jnp.array([-0.05, 0.05]), rtol=1e-4)
+
+
+def test_the_schedule_drives_the_optimizer_step_size():
+    # step schedule, 2 steps per epoch: lr 0.1 for steps 0-1, 0.05 for 2-3, 0.025 for step 4.
+    config = _config(
+        optimizer="sgd", learning_rate=0.1, schedule="step", lr_decay_rate=0.5, lr_decay_epochs=1.0
+    )
+    grads = (jnp.array([1.0, 1.0]),) * 5
+    got = [float(u[0]) for u in _updates(config, grads, steps_per_epoch=2)]
+    assert got == pytest.approx([-0.1, -0.1, -0.05, -0.05, -0.025])
+
+
+def test_skip_step_policy_drops_non_finite_updates_and_keeps_going():
+    nan_grads = (jnp.array([jnp.nan, 1.0]), jnp.array([1.0, 1.0]))
+    skip = _config(optimizer="sgd", learning_rate=0.1, nan_policy="skip_step")
+    first, second = _updates(skip, nan_grads)
+    chex.assert_trees_all_equal(first, jnp.zeros(2))  # the non-finite step is skipped
+    chex.assert_trees_all_close(second, jnp.array([-0.1, -0.1]))
+    first, _ = _updates(_config(optimizer="sgd", learning_rate=0.1), nan_grads)
+    assert bool(jnp.isnan(first[0]))  # nan_policy=stop passes it on (the loop stops the run)

@@ -72,14 +72,15 @@ def bigger_data_dir(tmp_path):
 @pytest.mark.slow
 def test_sigkill_after_an_epoch_then_rerun_is_bitwise_identical(bigger_data_dir, tmp_path):
     args = ["--config.num_epochs=6"]
-    reference = _launch(args, tmp_path / "reference", bigger_data_dir)
+    reference = _launch(args, tmp_path / "reference", bigger_data_dir)  # no cache
     assert _finish(reference)[0] == 0
-    killed = _launch(args, tmp_path / "killed", bigger_data_dir)
+    cache = str(tmp_path / "cache")  # as users run: the rerun loads what the killed one compiled
+    killed = _launch(args, tmp_path / "killed", bigger_data_dir, cache)
     _wait_for_checkpoint(tmp_path / "killed", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "metrics.json").exists()  # it really died part-way
-    code, stdout, stderr = _finish(_launch(args, tmp_path / "killed", bigger_data_dir))
+    code, stdout, stderr = _finish(_launch(args, tmp_path / "killed", bigger_data_dir, cache))
     assert code == 0, stderr
     assert "resuming" in stdout + stderr
     chex.assert_trees_all_equal(

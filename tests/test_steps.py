@@ -1,6 +1,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,33 +58,84 @@ def test_metric_sums_respect_the_mask():
     chex.assert_trees_all_close(sums, {"loss": 2.0, "correct": 1.0, "count": 2.0})
 
 
-@pytest.mark.parametrize("model_name", ["mlp_dropout", "cnn_deep"])
-def test_train_step_reduces_loss_on_a_fixed_batch_and_compiles_once(model_name):
-    chex.clear_trace_counter()
+# Dropout (an rng per step) and BatchNorm (batch_stats carried through the donated state).
+@pytest.mark.parametrize("model_name", ["mlp_dropout", "convnet_small"])
+def test_package_steps_reduce_the_loss_and_compile_once_over_fresh_batches(model_name):
+    traces = []
 
-    @jax.jit
-    @chex.assert_max_traces(n=1)
-    def train_step(state, batch, rng):
-        return steps.train_step(
-            state, batch, rng, loss_fn=CROSS_ENTROPY, preprocess=steps.normalize_images
-        )
+    def counting_loss(logits, labels, *, step=0):
+        traces.append(step)  # a Python side effect: runs only while jax traces the step
+        return CROSS_ENTROPY(logits, labels, step=step)
 
+    fns = steps.make_step_functions(counting_loss, steps.normalize_images)
     state, batch, rng = _state(model_name), _batch(), jax.random.key(1)
     first = None
     for _ in range(15):
-        state, metrics = train_step(state, batch, rng)
+        state, metrics = fns.train_step(state, batch, rng)  # the package's jitted, donated step
         first = metrics["loss"] if first is None else first
     assert int(state.step) == 15
     assert float(metrics["loss"]) < 0.5 * float(first)
     assert float(metrics["count"]) == 16
+    for seed in (1, 2, 3):  # fresh batches (new host arrays) of the same shape
+        state, _ = fns.train_step(state, _batch(seed=seed), rng)
+    assert len(traces) == 1
+    assert fns.train_step._cache_size() == 1
+    for seed in (4, 5, 6):
+        fns.eval_step(state, _batch(seed=seed))
+    assert len(traces) == 2  # one more trace, for the eval step, whatever the batch
+    assert fns.eval_step._cache_size() == 1
 
 
-def test_dropout_key_changes_with_the_step():
-    state, batch, rng = _state("mlp_dropout"), _batch(), jax.random.key(1)
-    train_step = _train_step()
-    s1, _ = train_step(state, batch, rng)
-    again, _ = train_step(state, batch, rng)
-    chex.assert_trees_all_equal(s1.params, again.params)  # same step + same key: identical
+class _DropoutOfOnes(nn.Module):
+    """Logits ``dropout(w)`` with ``w`` = 1: with one example, d loss / d w is the dropout mask.
+
+    With the loss ``sum(logits)`` and SGD at learning rate 1, ``w`` moves by ``-mask / keep``
+    each step, so the parameters record the mask every training step used.
+    """
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        w = self.param("w", nn.initializers.ones, (32,))
+        logits = jnp.broadcast_to(w, (x.shape[0], 32))
+        return nn.Dropout(0.5, deterministic=not train)(logits)
+
+
+def _sum_of_logits(logits, labels, *, step=0):
+    return logits.sum(axis=-1)
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)  # the train step donates its input state
+
+
+def test_train_step_draws_a_new_dropout_mask_each_step_and_the_same_one_for_the_same_step():
+    model = _DropoutOfOnes()
+    start = create_train_state(model, IMAGE_SHAPE, optax.sgd(1.0), jax.random.key(0))
+    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    batch, rng = _batch(n=1), jax.random.key(1)
+
+    def mask_of_one_step(state):
+        before = np.asarray(state.params["w"])
+        after, _ = fns.train_step(_copy(state), batch, rng)
+        return (before - np.asarray(after.params["w"])) * 0.5  # 1 kept, 0 dropped
+
+    step0 = mask_of_one_step(start)
+    after0, _ = fns.train_step(_copy(start), batch, rng)
+    step1 = mask_of_one_step(after0)
+    assert set(np.unique(step0)) == {0.0, 1.0} and set(np.unique(step1)) == {0.0, 1.0}
+    assert not np.array_equal(step0, step1)  # same batch, same rng: a new mask for step 1
+    np.testing.assert_array_equal(mask_of_one_step(start), step0)  # step 0 again: same mask
+    # The mask depends on the step number, not on the parameters: step 1 from the start params.
+    np.testing.assert_array_equal(mask_of_one_step(start.replace(step=after0.step)), step1)
+    # The documented key: fold_in(rng, step).
+    for step, mask in ((0, step0), (1, step1)):
+        dropped = model.apply(
+            start.variables(),
+            jnp.zeros((1, *IMAGE_SHAPE)),
+            train=True,
+            rngs={"dropout": jax.random.fold_in(rng, step)},
+        )
+        np.testing.assert_array_equal(np.asarray(dropped[0]) * 0.5, mask)
 
 
 def test_scanned_training_equals_sequential_train_steps():
@@ -140,24 +192,84 @@ def test_train_and_eval_steps_pass_the_optimizer_step_to_a_step_taking_loss():
     assert float(fns.eval_step(state, batch)["loss"]) == 12.0
 
 
-def test_ema_parameters_follow_the_exponential_average():
-    config = default.get_config()
-    config.model = "mlp"
-    model = models.create_model(config, num_classes=10)
-    state = create_train_state(model, IMAGE_SHAPE, optax.sgd(0.1), jax.random.key(0), 0.9)
-    start = state.params
-    state, _ = _train_step()(state, _batch(), jax.random.key(1))
-    expected = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, start, state.params)
-    chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-6)
-    assert state.variables()["params"] is state.ema_params  # inference uses the average
+class _ConstantLogits(nn.Module):
+    """Logits ``w`` (starting at [1, 2]) for every example, whatever the image."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        w = self.param("w", lambda key: jnp.array([1.0, 2.0]))
+        return jnp.broadcast_to(w, (x.shape[0], 2))
 
 
-def test_ema_run_evaluates_with_the_average(tiny_config, tmp_path):
+def _ema_state(learning_rate=0.5, ema_decay=0.9):
+    tx = optax.sgd(learning_rate)
+    return create_train_state(_ConstantLogits(), IMAGE_SHAPE, tx, jax.random.key(0), ema_decay)
+
+
+def test_update_ema_is_decay_times_ema_plus_one_minus_decay_times_params():
+    state = _ema_state(ema_decay=0.9).replace(
+        params={"w": jnp.array([1.0, 2.0])}, ema_params={"w": jnp.array([0.0, 10.0])}
+    )
+    # 0.9 * 0 + 0.1 * 1 = 0.1; 0.9 * 10 + 0.1 * 2 = 9.2
+    chex.assert_trees_all_close(state.update_ema().ema_params, {"w": jnp.array([0.1, 9.2])})
+    chex.assert_trees_all_close(state.update_ema().params, state.params)  # params untouched
+    plain = _ema_state(ema_decay=0.0)
+    assert plain.ema_params is None and plain.update_ema() is plain
+
+
+def test_train_step_updates_the_ema_by_hand_computed_numbers_and_trains_the_live_params():
+    # Loss sum(w) per example: the gradient is [1, 1]; SGD at 0.5 moves w by -0.5 each step.
+    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    state, batch, rng = _ema_state(), _batch(n=4), jax.random.key(1)
+    chex.assert_trees_all_close(state.ema_params, {"w": jnp.array([1.0, 2.0])})  # starts at w
+    state, first = fns.train_step(state, batch, rng)
+    chex.assert_trees_all_close(state.params, {"w": jnp.array([0.5, 1.5])})
+    # 0.9 * [1, 2] + 0.1 * [0.5, 1.5]
+    chex.assert_trees_all_close(state.ema_params, {"w": jnp.array([0.95, 1.95])}, rtol=1e-6)
+    state, second = fns.train_step(state, batch, rng)
+    chex.assert_trees_all_close(state.params, {"w": jnp.array([0.0, 1.0])})
+    # 0.9 * [0.95, 1.95] + 0.1 * [0, 1]
+    chex.assert_trees_all_close(state.ema_params, {"w": jnp.array([0.855, 1.855])}, rtol=1e-6)
+    # The forward pass of training used the live params: sum(w) = 3, then 2 (EMA: 2.9), x 4.
+    assert float(first["loss"]) == pytest.approx(12.0)
+    assert float(second["loss"]) == pytest.approx(8.0)
+
+
+def test_eval_and_predict_steps_use_the_ema_params_when_kept():
+    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    batch = {**_batch(n=4), "label": np.zeros(4, np.int32)}
+    live = {"w": jnp.array([1.0, 2.0])}  # predicts class 1, loss 3 per example
+    ema = {"w": jnp.array([3.0, -1.0])}  # predicts class 0, loss 2 per example
+    state = _ema_state().replace(params=live, ema_params=ema)
+    chex.assert_trees_all_close(fns.predict_step(state, batch["image"]), jnp.tile(ema["w"], (4, 1)))
+    chex.assert_trees_all_close(
+        fns.eval_step(state, batch), {"loss": 8.0, "correct": 4.0, "count": 4.0}
+    )
+    stacked = jax.tree_util.tree_map(lambda x: x.reshape(2, 2, *x.shape[1:]), batch)
+    chex.assert_trees_all_close(
+        fns.evaluate_batches(state, stacked), {"loss": 8.0, "correct": 4.0, "count": 4.0}
+    )
+    # Without an EMA the same steps evaluate the live params.
+    no_ema = _ema_state(ema_decay=0.0).replace(params=live)
+    chex.assert_trees_all_close(
+        fns.eval_step(no_ema, batch), {"loss": 12.0, "correct": 0.0, "count": 4.0}
+    )
+
+
+def test_ema_run_reports_test_metrics_of_the_average(tiny_config, tmp_path):
     tiny_config.ema_decay = 0.9
     metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
     run = flaxmnist.load_run(tmp_path / "run")
-    assert run.state.ema_params is not None
+    test = datasets.load_dataset("mnist", tiny_config.data_dir).test
     assert metrics["test_accuracy"] >= 0.8
+
+    def test_loss(state):
+        logits = steps.predict_step(state, test.images, preprocess=steps.normalize_images)
+        return float(losses.cross_entropy(logits, test.labels).mean())
+
+    ema_loss, live_loss = test_loss(run.state), test_loss(run.state.replace(ema_params=None))
+    assert metrics["test_loss"] == pytest.approx(ema_loss, rel=1e-4)
+    assert abs(ema_loss - live_loss) > 1e-3  # the live params would have reported another loss
 
 
 def test_shifted_views_move_pixels_and_fill_with_black():
