@@ -27,7 +27,10 @@ import sys
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# What the reference notebooks reported (../shared/REFERENCE.md), as test accuracy in percent.
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_BEGIN = "<!-- presets:begin (written by experiments/reproduce.py) -->"
+README_END = "<!-- presets:end -->"
+# What the reference notebooks reported (docs/models.md), as test accuracy in percent.
 REPORTED = {
     "dense": ("96.89 %", 96.89),
     "mlp_dropout": ("97.62-97.89 %", 97.62),
@@ -39,7 +42,7 @@ REPORTED = {
     "cnn_deep": ("did not beat cnn_basic", None),
     "cnn_dropout": ("> 99 %", 99.0),
 }
-# Our presets beyond the references, with the goals they were built for (issues 6 and 8).
+# Our presets beyond the references, with the goals they were built for.
 GOALS = {
     "fast": (">= 99.0 % (speed preset)", 99.0),
     "fast_fashion": (">= 92.0 % (speed preset)", 92.0),
@@ -179,6 +182,38 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def presets_table(rows: list[dict]) -> str:
+    """The README's one-row-per-preset summary (mean test accuracy and the fastest seed's time)."""
+    lines = [
+        "| preset | params | dataset | test accuracy (mean of seeds) | train time | on |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        spread = f" ± {r['accuracy_std']:.2f}" if r["seeds"] > 1 else ""
+        lines.append(
+            f"| `{r['preset']}` | {r['params']:,} | {r['recipe'].split(',', 1)[0]} | "
+            f"{r['accuracy_mean']:.2f} %{spread} ({r['seeds']}) | {r['train_time_s']:.0f} s | "
+            f"{r['device']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme_table(table: str) -> None:
+    """Replaces the text between the README's ``presets`` markers with ``table``."""
+    text = README.read_text()
+    before, rest = text.split(README_BEGIN, 1)
+    after = rest.split(README_END, 1)[1]
+    README.write_text(f"{before}{README_BEGIN}\n{table}\n{README_END}{after}")
+
+
+def write_tables(rows: list[dict]) -> None:
+    """Writes reproduction.{json,md} and the README's presets table."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "reproduction.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS_DIR / "reproduction.md").write_text(TABLE_NOTE + markdown_table(rows) + "\n")
+    write_readme_table(presets_table(rows))
+
+
 def main() -> None:
     """Runs the requested presets and writes the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,21 +223,23 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=positive_int, default=1, help="runs trained at once (accelerators)"
     )
+    parser.add_argument(
+        "--tables-only", action="store_true", help="rewrite the tables from the JSON; no training"
+    )
     args = parser.parse_args()
     json_file = RESULTS_DIR / "reproduction.json"
     rows = {r["preset"]: r for r in json.loads(json_file.read_text())} if json_file.exists() else {}
+    presets = [] if args.tables_only else args.presets
     try:
-        results_by_preset = run_all(args.presets, args.seeds, args.runs, args.jobs)
+        trained = run_all(presets, args.seeds, args.runs, args.jobs)
     except subprocess.CalledProcessError as error:
         sys.exit(
             f"error: a training run failed (exit {error.returncode}): {' '.join(error.cmd[3:])}"
         )
-    for preset, results in results_by_preset.items():
+    for preset, results in trained.items():
         rows[preset] = summarize(preset, results)
     ordered = [rows[name] for name in TARGETS if name in rows]
-    RESULTS_DIR.mkdir(exist_ok=True)
-    json_file.write_text(json.dumps(ordered, indent=2) + "\n")
-    (RESULTS_DIR / "reproduction.md").write_text(TABLE_NOTE + markdown_table(ordered) + "\n")
+    write_tables(ordered)
     print(markdown_table(ordered))
 
 

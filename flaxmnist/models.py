@@ -191,7 +191,7 @@ def _register(name: str, module: type[nn.Module], **architecture) -> None:
     MODELS.add(name, functools.partial(module, **architecture))
 
 
-# The reference architectures (../shared/REFERENCE.md); parameter counts are for 28×28×1 inputs.
+# The reference architectures (docs/models.md lists them); parameter counts are for 28×28×1 inputs.
 _register("dense", MLP, hidden=(128,))  # 101,770
 _register("mlp", MLP, hidden=(128, 64))  # 109,386
 _register("mlp_dropout", MLP, hidden=(128, 64), dropout_rate=0.3)  # 109,386

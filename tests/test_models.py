@@ -34,7 +34,7 @@ def _resnet(widths, blocks_per_stage):
     return total + _dense(widths[-1], 10)
 
 
-# Keras parameter counts of the reference models (../shared/REFERENCE.md); the others are summed
+# Keras parameter counts of the reference models (docs/models.md); the others are summed
 # from their layer lists on 28x28x1 inputs ('VALID' 3x3 convs shrink by 2, max-pools halve).
 EXPECTED_PARAMS = {
     "dense": 101_770,

@@ -90,3 +90,14 @@ def test_jobs_must_be_positive():
     assert reproduce.positive_int("6") == 6
     with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
         reproduce.positive_int("0")
+
+
+def test_the_readme_presets_table_is_written_between_its_markers(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{reproduce.README_BEGIN}\nold table\n{reproduce.README_END}\nrest\n")
+    monkeypatch.setattr(reproduce, "README", readme)
+    row = reproduce.summarize("fast", [_metrics(0.9918, 31.6), _metrics(0.9912, 40.0)])
+    reproduce.write_readme_table(reproduce.presets_table([row]))
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("\nrest\n")
+    assert "| `fast` | 308,746 | mnist | 99.15 % ± 0.04 (2) | 32 s |" in text

@@ -399,3 +399,32 @@ def test_cli_on_a_full_disk_fails_in_one_line_without_partial_files(synthetic_da
     assert not (run / "metrics.json").exists()
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     json.loads((run / "history.json").read_text())  # what was written is whole
+
+
+@pytest.mark.slow
+def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_finishes(
+    synthetic_data_dir, tmp_path
+):
+    # A library failing after training (as a bug would): patched in through import_modules.
+    plugin = tmp_path / "fails_after_training.py"
+    plugin.write_text(
+        "from flaxmnist import trainer\n"
+        "def fail(*args):\n"
+        "    raise RuntimeError('simulated library failure')\n"
+        "trainer.throughput = fail\n"
+    )
+    workdir = tmp_path / "run"
+    args = ["--config.num_epochs=2", f"--config.import_modules={plugin}"]
+    code, _, stderr = _finish(_launch(args, workdir, synthetic_data_dir))
+    assert code == 1
+    assert stderr.strip().splitlines()[-1] == (
+        "error: internal error (RuntimeError: simulated library failure); "
+        f"full traceback in {workdir / 'error.log'}"
+    )
+    assert "Traceback" not in stderr
+    assert "simulated library failure" in (workdir / "error.log").read_text()
+    assert not (workdir / "metrics.json").exists()
+    code, stdout, stderr = _finish(_launch(["--config.num_epochs=2"], workdir, synthetic_data_dir))
+    assert code == 0, stderr
+    assert "resuming" in stdout + stderr
+    assert json.loads((workdir / "metrics.json").read_text())["epochs_completed"] == 2
