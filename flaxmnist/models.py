@@ -3,7 +3,7 @@
 Two generic modules cover the reference set: :class:`MLP` (Flatten → Dense blocks → Dense head)
 and :class:`CNN` (blocks of stride-1 3×3 convolutions each followed by a 2×2 max-pool, then Dense
 layers); :class:`ResNet` (residual blocks, global average pooling) adds stronger models. Each
-registered name is a configuration of one of them; see the table in README.md.
+registered name is a configuration of one of them; see the tables in docs/models.md.
 All models take ``train`` to switch Dropout and BatchNorm between training and inference, and return
 float32 logits. Kernels use Glorot-uniform initialisation and biases zeros, as Keras does.
 """
