@@ -45,6 +45,23 @@ def raise_signal_received(signum: int, frame) -> None:
     raise SignalReceived(signum)
 
 
+def exit_on_signals() -> None:
+    """SIGINT / SIGTERM end the process at once with one line (while nothing needs saving)."""
+
+    def stop(signum: int, frame) -> None:
+        os.write(2, f"error: stopped by {signal.Signals(signum).name} during start-up\n".encode())
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+def unwind_on_signals() -> None:
+    """SIGINT / SIGTERM raise (KeyboardInterrupt / :class:`SignalReceived`), so code can unwind."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_signal_received)
+
+
 def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
     """Prints ``error: message`` on stderr and exits with ``status`` (2 by default)."""
     print(f"error: {message}", file=sys.stderr)

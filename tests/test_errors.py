@@ -1,6 +1,8 @@
 """How every failure of a command ends: one line on stderr and an exit status."""
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,27 @@ def test_an_unwritable_log_folder_falls_back_to_a_temp_file(tmp_path, capsys):
 def test_first_line_cuts_long_messages():
     assert errors.first_line(ValueError("x" * 300), limit=20) == "x" * 17 + "..."
     assert errors.first_line(ValueError("")) == ""
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_start_up_ends_in_one_line(signum, status):
+    code = (
+        "import os, signal, time\n"
+        "from flaxmnist import errors\n"
+        "errors.exit_on_signals()\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(5)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == status
+    assert result.stderr == f"error: stopped by {signal.Signals(signum).name} during start-up\n"
+
+
+def test_after_start_up_sigint_and_sigterm_unwind_as_exceptions(monkeypatch):
+    installed = {}
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.update({sig: handler}))
+    errors.unwind_on_signals()
+    assert installed[signal.SIGINT] is signal.default_int_handler
+    with pytest.raises(SignalReceived) as raised:
+        installed[signal.SIGTERM](signal.SIGTERM, None)
+    assert raised.value.signum == signal.SIGTERM
