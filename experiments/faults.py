@@ -371,7 +371,9 @@ def cache_torture(drill: Drill, quick: bool) -> Row:
         check_cache_run(drill, row, name, cache, "cold")
     for _ in range(1 if quick else 3):  # killed part-way: compiling, training or writing
         args, env, _expected = CACHE_CONFIGS[drill.rng.choice(names)]
-        kill_at(drill.launch(args, drill.fresh("killed"), cache, env), drill.rng.uniform(1, 6))
+        killed = drill.launch(args, drill.fresh("killed"), cache, env)
+        kill_at(killed, drill.rng.uniform(1, 6))
+        killed.wait()
     burst = drill.rng.sample(names, 2 if quick else 4)  # processes starting at once on one cache
     processes = [
         (n, drill.launch(CACHE_CONFIGS[n][0], drill.fresh(n), cache, CACHE_CONFIGS[n][1]))

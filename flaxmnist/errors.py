@@ -1,7 +1,8 @@
 """Exceptions, and how the command-line tools turn any failure into one line and an exit status.
 
 User errors (:class:`FlaxmnistError`, a full or read-only disk) exit 2; a signal exits 128 + its
-number; anything else is an internal error: exit 1, its traceback appended to ``DIR/error.log``.
+number (:func:`exit_on_signals`); anything else is an internal error: exit 1, its traceback
+appended to ``DIR/error.log``.
 """
 
 from __future__ import annotations
@@ -32,34 +33,27 @@ class DataError(FlaxmnistError):
     """Dataset files are missing, truncated, corrupt or cannot be downloaded."""
 
 
-class SignalReceived(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived where the run cannot stop cleanly: it ends without saving."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def raise_signal_received(signum: int, frame) -> None:
-    """A signal handler that turns the signal into :class:`SignalReceived`."""
-    raise SignalReceived(signum)
-
-
 def exit_on_signals() -> None:
-    """SIGINT / SIGTERM end the process at once with one line (while nothing needs saving)."""
+    """From now on SIGINT / SIGTERM end the process at once: one line, exit 128 + signal.
 
-    def stop(signum: int, frame) -> None:
-        os.write(2, f"error: stopped by {signal.Signals(signum).name} during start-up\n".encode())
-        os._exit(128 + signum)
-
+    Never an exception raised from a signal handler: Python swallows one that lands in a garbage
+    collector callback or a ``__del__``, and the signal is lost. An immediate exit is safe because
+    every file of a run is written atomically and checkpoints survive ``kill -9`` (the fault
+    matrix checks both). The epoch loop swaps in a handler that saves a checkpoint first
+    (:class:`flaxmnist.trainer.InterruptFlag`).
+    """
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        signal.signal(signum, stop_now)
 
 
-def unwind_on_signals() -> None:
-    """SIGINT / SIGTERM raise (KeyboardInterrupt / :class:`SignalReceived`), so code can unwind."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, raise_signal_received)
+def stop_now(signum: int, frame) -> None:
+    """A signal handler: one line on stderr, then exit 128 + ``signum`` without unwinding."""
+    message = (
+        f"error: stopped by {signal.Signals(signum).name}; rerun the same command to resume "
+        "from the last checkpoint\n"
+    )
+    os.write(2, message.encode())
+    os._exit(128 + signum)
 
 
 def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
@@ -91,15 +85,6 @@ def write_traceback(log_dir: Path) -> Path:
     return Path("<stderr above>")
 
 
-def exit_on_signal(signum: int) -> None:
-    """Ends a process that a signal stopped where it could not save (exit 128 + signal)."""
-    exit_with_error(
-        f"stopped by {signal.Signals(signum).name}; rerun the same command to resume "
-        "from the last checkpoint",
-        128 + signum,
-    )
-
-
 @contextlib.contextmanager
 def reported(log_dir: Path) -> Iterator[None]:
     """Turns every failure inside into one line on stderr and an exit status (see the module)."""
@@ -109,8 +94,6 @@ def reported(log_dir: Path) -> Iterator[None]:
         exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
     except OSError as e:  # disk full, read-only or vanished folder
         exit_with_error(f"cannot write {e.filename or log_dir}: {e.strerror or e}")
-    except KeyboardInterrupt as e:
-        exit_on_signal(getattr(e, "signum", signal.SIGINT))
     except Exception as e:  # a bug or a library failure: one line here, the traceback in a file
         log = write_traceback(log_dir)
         exit_with_error(

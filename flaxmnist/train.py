@@ -7,12 +7,10 @@ with ``--config.FIELD=VALUE``. User errors end with one line on stderr and exit 
 
 from __future__ import annotations
 
-import signal
-
 from flaxmnist import errors
 
 if __name__ == "__main__":
-    # Before the imports below (about 0.5 s): a signal during start-up also ends in one line.
+    # Before the imports below (about 0.5 s): a signal at any moment ends in one line.
     errors.exit_on_signals()
 
 import importlib.util
@@ -28,7 +26,7 @@ from ml_collections import config_flags
 
 from flaxmnist import configs, datasets
 from flaxmnist.config_validation import validate_config, validate_workdir
-from flaxmnist.errors import ConfigError, exit_on_signal, exit_with_error
+from flaxmnist.errors import ConfigError, exit_with_error
 
 DEFAULT_CONFIG_FILE = configs.PRESET_DIR / "default.py"
 CONFIG_ARGUMENT = re.compile(r"^-{1,2}config(=|$)")
@@ -246,11 +244,7 @@ def run() -> None:
         define_flags()
     except ConfigError as e:
         exit_with_error(str(e))
-    errors.unwind_on_signals()  # from here a signal unwinds, so the run can save what it must
-    try:
-        app.run(main, flags_parser=parse_flags)
-    except KeyboardInterrupt as e:  # before main's own handling (flag parsing, imports)
-        exit_on_signal(getattr(e, "signum", signal.SIGINT))
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

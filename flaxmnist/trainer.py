@@ -43,7 +43,7 @@ from flaxmnist import (
     transfer,
 )
 from flaxmnist.config_validation import validate_config
-from flaxmnist.errors import ConfigError, FlaxmnistError, SignalReceived
+from flaxmnist.errors import ConfigError, FlaxmnistError
 from flaxmnist.train_state import TrainState, create_train_state
 
 IMPORTED_AT = time.perf_counter()
@@ -257,7 +257,12 @@ class TrainingInterruptedError(FlaxmnistError):
 
 
 class InterruptFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between chunks; a second signal aborts at once."""
+    """Turns SIGINT/SIGTERM into a flag checked between chunks.
+
+    The handler only sets the flag (it raises nothing, so no signal is lost in a callback that
+    swallows exceptions) and puts the previous handlers back: a second signal does what a signal
+    did before the loop (the CLI: stop at once, :func:`flaxmnist.errors.stop_now`).
+    """
 
     def __init__(self):
         self.signal: int | None = None
@@ -269,17 +274,20 @@ class InterruptFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.signal is not None:
-            raise SignalReceived(signum)
         self.signal = signum
+        self.restore()
         say(
             "stopping after the current step; saving a checkpoint "
             "(signal again to abort without saving)"
         )
 
-    def __exit__(self, *exc_info) -> None:
+    def restore(self) -> None:
+        """Puts back the handlers that were there before."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def __exit__(self, *exc_info) -> None:
+        self.restore()
 
 
 def check_finite(

@@ -428,3 +428,16 @@ def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_fin
     assert code == 0, stderr
     assert "resuming" in stdout + stderr
     assert json.loads((workdir / "metrics.json").read_text())["epochs_completed"] == 2
+
+
+def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_before():
+    before = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: before.append(signum))
+    try:
+        with trainer.InterruptFlag() as interrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert interrupt.signal == signal.SIGTERM and before == []
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert before == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
