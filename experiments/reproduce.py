@@ -173,13 +173,17 @@ def markdown_table(rows: list[dict]) -> str:
             if r["reported_min"] is None
             else ("yes" if r["accuracy_mean"] >= r["reported_min"] else "no")
         )
-        spread = f" ± {r['accuracy_std']:.2f}" if r["seeds"] > 1 else ""
         lines.append(
             f"| `{r['preset']}` | {r['params']:,} | {r['recipe']} | {r['reported']} | "
-            f"{r['accuracy_mean']:.2f} %{spread} | {r['seeds']} | {r['train_time_s']:.0f} s | "
-            f"{r['device']} | {met} |"
+            f"{accuracy(r)} | {r['seeds']} | {r['train_time_s']:.0f} s | {r['device']} | {met} |"
         )
     return "\n".join(lines)
+
+
+def accuracy(row: dict) -> str:
+    """Mean test accuracy, with the spread over seeds when there are several."""
+    spread = f" ± {row['accuracy_std']:.2f}" if row["seeds"] > 1 else ""
+    return f"{row['accuracy_mean']:.2f} %{spread}"
 
 
 def presets_table(rows: list[dict]) -> str:
@@ -189,11 +193,9 @@ def presets_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        spread = f" ± {r['accuracy_std']:.2f}" if r["seeds"] > 1 else ""
         lines.append(
             f"| `{r['preset']}` | {r['params']:,} | {r['recipe'].split(',', 1)[0]} | "
-            f"{r['accuracy_mean']:.2f} %{spread} ({r['seeds']}) | {r['train_time_s']:.0f} s | "
-            f"{r['device']} |"
+            f"{accuracy(r)} ({r['seeds']}) | {r['train_time_s']:.0f} s | {r['device']} |"
         )
     return "\n".join(lines)
 
