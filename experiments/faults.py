@@ -84,6 +84,7 @@ class Row:
     failures: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    run: str = ""  # when, at which commit, full or quick
 
     def record(self, ok: bool, what: str, lost: bool = False) -> None:
         """Counts one trial; ``what`` says which, for the failure list."""
@@ -472,9 +473,11 @@ def signals(drill: Drill, quick: bool) -> Row:
     """SIGINT / SIGTERM at random moments: exit 130 / 143, and the rerun finishes the run."""
     row = Row("SIGINT / SIGTERM at random moments, then resume")
     cache = drill.fresh("cache")
+    # 128 + signal; or killed by the signal itself when it lands while the interpreter shuts
+    # down after a finished run (Python resets its handlers there; shells report the same 130).
     for _ in range(1 if quick else 12):
-        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130})
-        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143})
+        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130, -signal.SIGINT})
+        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143, -signal.SIGTERM})
     summarize_moments(row)
     return row
 
@@ -670,21 +673,21 @@ SCENARIOS: dict[str, Callable[[Drill, bool], Row]] = {
 def table(rows: list[Row]) -> str:
     """The markdown table of ``rows``, with a total."""
     lines = [
-        "| scenario | trials | survived | data lost | seconds | notes |",
-        "|---|---|---|---|---|---|",
+        "| scenario | trials | survived | data lost | seconds | run | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         notes = "; ".join(r.notes)[:300]
         lines.append(
             f"| {r.scenario} | {r.trials} | {r.survived} | {r.data_lost} | {r.seconds:.0f} "
-            f"| {notes} |"
+            f"| {r.run} | {notes} |"
         )
     total = Row(
         "**all**", *(sum(getattr(r, f) for r in rows) for f in ("trials", "survived", "data_lost"))
     )
     lines.append(
         f"| {total.scenario} | {total.trials} | {total.survived} | {total.data_lost} | "
-        f"{sum(r.seconds for r in rows):.0f} | |"
+        f"{sum(r.seconds for r in rows):.0f} | | |"
     )
     return "\n".join(lines)
 
@@ -698,28 +701,37 @@ def machine() -> str:
     return f"{os.cpu_count()} cores"
 
 
-def write_report(rows: list[Row], quick: bool) -> None:
-    """Writes the JSON results and the table between the markers of docs/reliability.md."""
-    header = (
-        f"`python experiments/faults.py{' --quick' if quick else ''}` on {machine()}, "
-        f"{time.strftime('%Y-%m-%d')}:"
+def commit() -> str:
+    """The short commit hash of the code under test ("" outside a git checkout)."""
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
     )
+    return result.stdout.strip()
+
+
+def write_report(rows: list[Row], quick: bool) -> None:
+    """Merges ``rows`` into the JSON results and rewrites the table of docs/reliability.md.
+
+    A scenario not run this time keeps its last row (each row says when and where it ran).
+    """
+    run = f"{time.strftime('%Y-%m-%d')}, {commit()}, {'quick' if quick else 'full'}"
+    for row in rows:
+        row.run = run
+    kept = json.loads(RESULTS_JSON.read_text())["rows"] if RESULTS_JSON.exists() else []
+    by_name = {r["scenario"]: Row(**r) for r in kept} | {r.scenario: r for r in rows}
+    merged = list(by_name.values())
     RESULTS_JSON.write_text(
         json.dumps(
-            {
-                "command_quick": quick,
-                "machine": machine(),
-                "rows": [dataclasses.asdict(r) for r in rows],
-            },
-            indent=2,
+            {"machine": machine(), "rows": [dataclasses.asdict(r) for r in merged]}, indent=2
         )
         + "\n"
     )
     text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
     before, rest = text.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
-    failures = [f"- {r.scenario}: {f}" for r in rows for f in r.failures]
-    block = "\n".join([header, "", table(rows), "", *(failures or ["No trial failed."])])
+    header = f"`python experiments/faults.py` on {machine()}:"
+    failures = [f"- {r.scenario}: {f}" for r in merged for f in r.failures]
+    block = "\n".join([header, "", table(merged), "", *(failures or ["No trial failed."])])
     REPORT.write_text(f"{before}{BEGIN}\n{block}\n{END}{after}")
 
 
