@@ -349,9 +349,10 @@ def start_or_resume(
             raise FlaxmnistError(
                 f"workdir {run.path} holds a finished run without checkpoints; use a new --workdir"
             )
+    step_log = run.read_step_log(int(state.step))  # a damaged log stops the run before any write
     parallel.sync("flaxmnist-run-directory-checked")  # every process looked before the write
     run.write_config(config)
-    return state, progress, run.read_step_log(int(state.step))
+    return state, progress, step_log
 
 
 def should_save(config, epoch: int, improved: bool, stopping: bool) -> bool:

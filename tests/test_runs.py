@@ -441,3 +441,14 @@ def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_befor
             assert before == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_damaged_steps_csv_refuses_the_resume_and_changes_nothing(tiny_config, tmp_path):
+    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    (tmp_path / "run" / "steps.csv").write_text("\x00{garbage")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    tiny_config.num_epochs = 3  # a field that may change on resume: config.json would be rewritten
+    with pytest.raises(FlaxmnistError, match=r"steps\.csv is damaged"):
+        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    assert after == before
