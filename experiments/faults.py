@@ -602,8 +602,8 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
         "empty config.json": (lambda w: (w / "config.json").write_text(""), "refuse"),
     }
     if quick:
-        quick = ("truncated checkpoint array file", "corrupt config.json", "corrupt steps.csv")
-        cases = {k: cases[k] for k in quick}
+        chosen = ("truncated checkpoint array file", "corrupt config.json", "corrupt steps.csv")
+        cases = {k: cases[k] for k in chosen}
     for name, (damage, expected) in cases.items():
         workdir = half_run()
         damage(workdir)
