@@ -445,7 +445,8 @@ def interrupt_and_resume(
     if not sent:
         first_ok = outcome.code == 0
     else:
-        first_ok = outcome.code in expected_codes and (signum == signal.SIGKILL or outcome.clean)
+        # Killed by the signal itself (kill -9, or at interpreter shutdown): nothing to print.
+        first_ok = outcome.code in expected_codes and (outcome.code == -signum or outcome.clean)
     rerun = drill.run(RESUMABLE, workdir, cache)
     ok = first_ok and rerun.code == 0 and rerun.clean and drill.matches(workdir, RESUMABLE)
     row.notes.append(where)
