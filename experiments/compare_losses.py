@@ -32,9 +32,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from flaxmnist import files, losses, metrics, plugins, visualize
+from flaxmnist import losses, plugins
 from flaxmnist.errors import ConfigError
 from flaxmnist.evaluate import predict_test
+from flaxmnist.evaluation import figures, metrics
+from flaxmnist.storage import files
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = EXPERIMENTS_DIR / "results"
@@ -242,7 +244,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     files.write_text_atomic(args.out / "loss_comparison.md", header + markdown_table(rows) + "\n")
     record = {"preset": args.preset, "epochs": args.epochs, "overrides": args.set, "rows": rows}
     files.write_json_atomic(args.out / "loss_comparison.json", record)
-    visualize.save_figure(comparison_figure(rows, title), args.out / "loss_comparison.png")
+    figures.save_figure(comparison_figure(rows, title), args.out / "loss_comparison.png")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

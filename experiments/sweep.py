@@ -20,7 +20,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from flaxmnist import files, trainer
+from flaxmnist.storage import files
+from flaxmnist.training import loop
 
 
 def parse_values(text: str) -> tuple[str, list[Any]]:
@@ -55,7 +56,7 @@ def run_sweep(preset: str, out: Path, points: list[dict], fixed: dict[str, Any])
     for point in points:
         config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
         config.update({**fixed, **point})
-        metrics = trainer.train_and_evaluate(config, out / run_name(point))
+        metrics = loop.train_and_evaluate(config, out / run_name(point))
         rows.append(
             {
                 **point,

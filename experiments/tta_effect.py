@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import flaxmnist
-from flaxmnist import datasets, files
+from flaxmnist.data import datasets
+from flaxmnist.storage import files
 
 
 def tta_accuracies(workdir: Path, shifts: list[int]) -> dict:

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy, so `import flaxmnist` (and `python -m flaxmnist.train --help`) stays light.
     if name == "load_run":
-        from flaxmnist.runs import load_run
+        from flaxmnist.evaluation.loading import load_run
 
         return load_run
     raise AttributeError(f"module 'flaxmnist' has no attribute {name!r}")

@@ -71,7 +71,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def compare(workdirs: list[Path], out: Path) -> list[dict[str, Any]]:
     """Writes the comparison files and figures; returns the table rows."""
-    from flaxmnist import files, visualize
+    from flaxmnist.evaluation import figures
+    from flaxmnist.storage import files
 
     summaries = [load_summary(w) for w in workdirs]
     rows = [s[0] for s in summaries]
@@ -79,19 +80,19 @@ def compare(workdirs: list[Path], out: Path) -> list[dict[str, Any]]:
     files.write_csv_atomic(out / "comparison.csv", rows)
     files.write_text_atomic(out / "comparison.md", markdown(rows))
     names = [r["run"] for r in rows]
-    visualize.save_figure(
-        visualize.model_comparison(
+    figures.save_figure(
+        figures.model_comparison(
             names, [r["test_accuracy"] for r in rows], [r["test_loss"] for r in rows]
         ),
         out / "model_comparison.png",
     )
     curves = {r["run"]: history for r, (_, history, _) in zip(rows, summaries, strict=True)}
     for metric in ("val_accuracy", "val_loss"):
-        visualize.save_figure(
-            visualize.overlaid_curves(curves, metric=metric), out / f"{metric}_curves.png"
+        figures.save_figure(
+            figures.overlaid_curves(curves, metric=metric), out / f"{metric}_curves.png"
         )
     per_class = {r["run"]: s[2] for r, s in zip(rows, summaries, strict=True)}
-    visualize.save_figure(visualize.per_class_comparison(per_class), out / "per_class.png")
+    figures.save_figure(figures.per_class_comparison(per_class), out / "per_class.png")
     return rows
 
 

@@ -3,7 +3,7 @@
 :func:`validate_config` rejects any value no run can use with a one-line :class:`ConfigError`
 naming the field. ``python -m flaxmnist.train`` calls it right after flag parsing (a bad flag
 fails in a fraction of a second, before the heavy imports and before the run directory exists);
-:func:`flaxmnist.trainer.build_experiment` calls it again for library users.
+:func:`flaxmnist.training.loop.build_experiment` calls it again for library users.
 
 Names that plugins may register (``model``, ``loss``, ``optimizer``, ``schedule``) are resolved
 later by their registries; here they only have to be non-empty strings. The fixed vocabularies
@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flaxmnist.early_stopping import MONITORS
 from flaxmnist.errors import ConfigError, FlaxmnistError
 
 # A batch larger than this cannot fit anywhere sensible (and a padded eval batch of 10**9 images
@@ -38,6 +37,8 @@ ACTIVATIONS = ("elu", "gelu", "leaky_relu", "relu", "selu", "sigmoid", "swish", 
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "im2col")
 POOL_IMPLS = ("auto", "xla", "fast")
+# Early stopping's monitored values and whether lower or higher is better.
+MONITORS = {"val_loss": "min", "val_accuracy": "max", "train_loss": "min", "train_accuracy": "max"}
 MULTIHOST_MODES = ("auto", "on", "off")
 
 

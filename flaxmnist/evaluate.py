@@ -65,10 +65,12 @@ def reload_check(workdir: Path, loaded_step: int, dataset: str, accuracy: float)
 
 def conv_feature_maps(run, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """Activation maps of every conv layer for one uint8 image [H, W, C]."""
-    from flaxmnist import layers, models, steps
+    from flaxmnist import models
+    from flaxmnist.models import layers
+    from flaxmnist.training import step_functions
 
     activation = models.ACTIVATIONS[run.config.activation]
-    x = steps.normalize_images(image[None], **run.normalization)
+    x = step_functions.normalize_images(image[None], **run.normalization)
     _, captured = run.model.apply(
         run.state.variables(),
         x,
@@ -93,7 +95,7 @@ def augmented_samples(run, images: np.ndarray) -> np.ndarray | None:
     """``images`` as the run's training augmentation saw them, or None when it had none."""
     import jax
 
-    from flaxmnist import augment
+    from flaxmnist.data import augment
 
     if "augment" not in run.config:
         return None
@@ -109,58 +111,56 @@ def make_figures(
     run, dataset, logits, summary, history, best_epoch: int | None, image_index: int
 ) -> dict[str, Any]:
     """Every evaluation figure, keyed by file stem (conv figures only for conv models)."""
-    from flaxmnist import metrics, visualize
+    from flaxmnist.evaluation import figures, metrics
 
     names = list(run.class_names)
     test = dataset.test
     probabilities = metrics.softmax(logits)
     matrix = np.array(summary["confusion_matrix"])
     confidence, accuracy, counts = metrics.calibration_bins(probabilities, test.labels)
-    figures = {
-        "samples": visualize.sample_grid(
+    made = {
+        "samples": figures.sample_grid(
             test.images, test.labels, names, title="Random test samples"
         ),
-        "class_distribution": visualize.class_distribution(
-            dataset.train.labels, test.labels, names
-        ),
-        "confusion_matrix": visualize.confusion_matrix_heatmap(matrix, names),
-        "confusion_matrix_normalized": visualize.confusion_matrix_heatmap(
+        "class_distribution": figures.class_distribution(dataset.train.labels, test.labels, names),
+        "confusion_matrix": figures.confusion_matrix_heatmap(matrix, names),
+        "confusion_matrix_normalized": figures.confusion_matrix_heatmap(
             matrix, names, normalize=True
         ),
-        "per_class_accuracy": visualize.per_class_accuracy(matrix, names),
-        "predictions": visualize.prediction_grid(test.images, test.labels, probabilities, names),
-        "confident_mistakes": visualize.confident_mistakes(
+        "per_class_accuracy": figures.per_class_accuracy(matrix, names),
+        "predictions": figures.prediction_grid(test.images, test.labels, probabilities, names),
+        "confident_mistakes": figures.confident_mistakes(
             test.images, test.labels, probabilities, names
         ),
-        "ambiguous": visualize.ambiguous_images(test.images, test.labels, probabilities, names),
-        "reliability": visualize.reliability_diagram(
+        "ambiguous": figures.ambiguous_images(test.images, test.labels, probabilities, names),
+        "reliability": figures.reliability_diagram(
             confidence, accuracy, counts, ece=summary["expected_calibration_error"]
         ),
     }
     if history:
-        figures["training_curves"] = visualize.training_curves(history, best_epoch=best_epoch)
+        made["training_curves"] = figures.training_curves(history, best_epoch=best_epoch)
     augmented = augmented_samples(run, test.images[:25])
     if augmented is not None:
-        figures["augmented_samples"] = visualize.sample_grid(
+        made["augmented_samples"] = figures.sample_grid(
             augmented, test.labels[:25], names, title="Training augmentation (test images)"
         )
     kernel = first_conv_kernel(run.state.params)
     if kernel is not None:
-        figures["conv_kernels"] = visualize.conv_kernels(kernel)
+        made["conv_kernels"] = figures.conv_kernels(kernel)
         image = test.images[image_index]
-        figures["feature_maps"] = visualize.feature_maps(image, conv_feature_maps(run, image))
-    return figures
+        made["feature_maps"] = figures.feature_maps(image, conv_feature_maps(run, image))
+    return made
 
 
 def step_loss_figure(workdir: Path):
     """The custom-loop loss curve from ``steps.csv``, or None when there is none."""
-    from flaxmnist import visualize
+    from flaxmnist.evaluation import figures
 
     path = workdir / "steps.csv"
     if not path.exists() or not path.read_text().strip():
         return None
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    return visualize.step_loss_curve(
+    return figures.step_loss_curve(
         np.array([int(r["step"]) for r in rows]),
         np.array([float(r["loss"]) for r in rows]),
         epochs=np.array([int(r["epoch"]) for r in rows]),
@@ -169,7 +169,8 @@ def step_loss_figure(workdir: Path):
 
 def write_tables(eval_dir: Path, summary: dict, names: Sequence[str], logits, labels) -> str:
     """metrics.json, classification_report.txt, confusion_matrix.csv, predictions.npz."""
-    from flaxmnist import files, metrics
+    from flaxmnist.evaluation import metrics
+    from flaxmnist.storage import files
 
     matrix = np.array(summary["confusion_matrix"])
     report_text = metrics.classification_report(matrix, names)
@@ -195,7 +196,8 @@ def predict_test(
 ):
     """Loads a run and scores the test split: (run, data, logits, summary, warnings)."""
     import flaxmnist
-    from flaxmnist import datasets, metrics
+    from flaxmnist.data import datasets
+    from flaxmnist.evaluation import metrics
 
     which = tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
     run = flaxmnist.load_run(workdir, which)
@@ -226,7 +228,7 @@ def evaluate_run(
     """Evaluates a run and writes ``workdir/eval``; returns the metrics written there."""
     import jax
 
-    from flaxmnist import report, visualize
+    from flaxmnist.evaluation import figures, report
 
     workdir = Path(workdir)
     run, data, logits, summary, notes = predict_test(
@@ -244,13 +246,13 @@ def evaluate_run(
     report_text = write_tables(eval_dir, summary, run.class_names, logits, data.test.labels)
     history = _read_json(workdir / "history.json", [])
     best_epoch = _read_json(workdir / "metrics.json", {}).get("best_epoch") or None
-    figures = make_figures(run, data, logits, summary, history, best_epoch, image_index)
+    made = make_figures(run, data, logits, summary, history, best_epoch, image_index)
     step_curve = step_loss_figure(workdir)
     if step_curve is not None:
-        figures["step_loss"] = step_curve
-    paths = {stem.replace("_", " "): eval_dir / "figures" / f"{stem}.png" for stem in figures}
-    for figure, path in zip(figures.values(), paths.values(), strict=True):
-        visualize.save_figure(figure, path)
+        made["step_loss"] = step_curve
+    paths = {stem.replace("_", " "): eval_dir / "figures" / f"{stem}.png" for stem in made}
+    for figure, path in zip(made.values(), paths.values(), strict=True):
+        figures.save_figure(figure, path)
     model_summary = run.model.tabulate(
         jax.random.key(0), np.zeros((1, *data.image_shape), np.float32), train=False, depth=1
     )

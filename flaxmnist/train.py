@@ -24,8 +24,9 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flaxmnist import configs, datasets
+from flaxmnist import configs
 from flaxmnist.config_validation import validate_config, validate_workdir
+from flaxmnist.data import datasets
 from flaxmnist.errors import ConfigError, exit_with_error
 
 DEFAULT_CONFIG_FILE = configs.PRESET_DIR / "default.py"
@@ -218,7 +219,7 @@ def main(argv: Sequence[str]) -> None:
         validate_config(config)  # before the heavy imports: a bad value fails at once
         validate_workdir(workdir)
         metrics = train(config, workdir)
-    from flaxmnist import parallel
+    from flaxmnist.training import parallel
 
     if parallel.is_primary():
         print(format_summary(metrics, workdir))
@@ -229,12 +230,13 @@ def train(config, workdir: Path) -> dict:
     # The IDX files are read while JAX is imported below (0.3 s less start-up).
     load_dataset = datasets.load_dataset_in_background(config.dataset, config.data_dir or None)
     # Heavy imports after flag parsing: a quick --help.
-    from flaxmnist import compilation_cache, parallel, trainer
+    from flaxmnist.storage import compilation_cache
+    from flaxmnist.training import loop, parallel
 
     logging.set_verbosity(logging.WARNING)
     compilation_cache.enable(config.compilation_cache_dir)
     parallel.initialize_multihost(config.multihost)
-    return trainer.train_and_evaluate(config, workdir, load_dataset)
+    return loop.train_and_evaluate(config, workdir, load_dataset)
 
 
 def run() -> None:

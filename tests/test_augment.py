@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from flaxmnist import augment
 from flaxmnist.configs import default
+from flaxmnist.data import augment
 from flaxmnist.errors import ConfigError
 
 IMAGES = jax.random.uniform(jax.random.key(0), (6, 12, 10, 1))
@@ -102,11 +102,11 @@ def test_config_validation():
 
 
 def test_training_with_augmentation_runs_and_learns(tiny_config, tmp_path):
-    from flaxmnist import trainer
+    from flaxmnist.training import loop
 
     tiny_config.augment.update(rotation=10.0, translate=0.1, cutout=6)
     tiny_config.num_epochs = 3
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert metrics["test_accuracy"] >= 0.8
 
 
@@ -122,13 +122,13 @@ class _PixelDot(nn.Module):
 
 def _images_seen_by_train_steps(config, num_steps=1, mean=0.5, std=0.25):
     """What the model saw in each of ``num_steps`` train steps on one all-white 12x12 image."""
-    from flaxmnist import steps, trainer
-    from flaxmnist.train_state import create_train_state
+    from flaxmnist.training import loop, step_functions
+    from flaxmnist.training.train_state import create_train_state
 
-    fns = steps.make_step_functions(
+    fns = step_functions.make_step_functions(
         lambda logits, labels, *, step=0: logits[:, 0],  # d loss / d w = the image
-        functools.partial(steps.normalize_images, mean=mean, std=std),
-        trainer.make_augment(config, mean, std),
+        functools.partial(step_functions.normalize_images, mean=mean, std=std),
+        loop.make_augment(config, mean, std),
     )
     state = create_train_state(_PixelDot(), (12, 12, 1), optax.sgd(1.0), jax.random.key(0))
     batch = {"image": np.full((1, 12, 12, 1), 255, np.uint8), "label": np.zeros(1, np.int32)}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import load_experiment
 
-from flaxmnist import config_validation, datasets, train
+from flaxmnist import config_validation, train
 from flaxmnist.configs import default, preset_names
+from flaxmnist.data import datasets
 from flaxmnist.errors import ConfigError, DataError, FlaxmnistError
 from flaxmnist.testing import idx_bytes, write_idx_dataset
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from flaxmnist import compilation_cache
-from flaxmnist.compilation_cache import CheckedFileCache
+from flaxmnist.storage import compilation_cache
+from flaxmnist.storage.compilation_cache import CheckedFileCache
 from flaxmnist.testing import write_idx_dataset
 
 
@@ -80,7 +80,7 @@ JAX_CHILD = textwrap.dedent(
     """
     import sys
     import jax, jax.numpy as jnp
-    from flaxmnist import compilation_cache
+    from flaxmnist.storage import compilation_cache
     assert compilation_cache.enable(sys.argv[1])
     hits = []
     get = compilation_cache.CheckedFileCache.get

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from flaxmnist import datasets
+from flaxmnist.data import datasets
 from flaxmnist.errors import DataError
 from flaxmnist.testing import idx_bytes, synthetic_split, write_idx_dataset
 

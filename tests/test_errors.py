@@ -24,18 +24,14 @@ def _exit_of(failure: BaseException, log_dir, capsys) -> tuple[int, list[str]]:
         (OSError(28, "No space left on device", "/d/ckpt"), 2, "error: cannot write /d/ckpt: No"),
     ],
 )
-def test_user_errors_end_in_one_line_and_exit_2(
-    failure, status, line, tmp_path, capsys
-):
+def test_user_errors_end_in_one_line_and_exit_2(failure, status, line, tmp_path, capsys):
     code, lines = _exit_of(failure, tmp_path, capsys)
     assert code == status
     assert len(lines) == 1 and lines[0].startswith(line)
     assert not (tmp_path / "error.log").exists()
 
 
-def test_an_internal_error_ends_in_one_line_and_keeps_its_traceback_in_error_log(
-    tmp_path, capsys
-):
+def test_an_internal_error_ends_in_one_line_and_keeps_its_traceback_in_error_log(tmp_path, capsys):
     code, lines = _exit_of(RuntimeError("boom\nsecond line"), tmp_path / "run", capsys)
     log = tmp_path / "run" / "error.log"
     assert code == 1

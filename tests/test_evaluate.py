@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from flaxmnist import compare, evaluate, trainer
+from flaxmnist import compare, evaluate
+from flaxmnist.training import loop
 
 FIGURES = {
     "samples",
@@ -46,7 +47,7 @@ def trained_runs(tmp_path_factory):
             num_epochs=2,
             compilation_cache_dir="",
         )
-        trainer.train_and_evaluate(config, root / model)
+        loop.train_and_evaluate(config, root / model)
         runs[model] = root / model
     return runs
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from flaxmnist import datasets, input_pipeline
+from flaxmnist.data import datasets, input_pipeline
 
 
 def _split(n: int) -> datasets.ArraySplit:

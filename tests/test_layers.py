@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxmnist import layers
+from flaxmnist.models import layers
 
 
 def _reference_conv(x, kernel, padding):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from flaxmnist import metrics
+from flaxmnist.evaluation import metrics
 
 LABELS = np.array([0, 0, 1, 1, 1, 2])
 PREDICTIONS = np.array([0, 1, 1, 1, 0, 1])

@@ -12,14 +12,15 @@ import pytest
 from conftest import REPO_ROOT
 
 import flaxmnist
-from flaxmnist import datasets, parallel
 from flaxmnist.configs import default
+from flaxmnist.data import datasets
 from flaxmnist.errors import ConfigError, FlaxmnistError
+from flaxmnist.training import parallel
 
 # Runs in a subprocess: the device count must be set before jax is imported.
 SCRIPT = """
 import json, shutil, sys
-from flaxmnist import trainer
+from flaxmnist.training import loop
 from flaxmnist.configs import default
 
 data_dir, out, pipeline = sys.argv[1:4]
@@ -29,7 +30,7 @@ for devices in (1, 8):
     config.update(model="cnn_deep", data_dir=data_dir, batch_size=32, eval_batch_size=64,
                   num_epochs=2, num_devices=devices, input_pipeline=pipeline,
                   compilation_cache_dir="")
-    metrics = trainer.train_and_evaluate(config, f"{out}/{pipeline}-{devices}")
+    metrics = loop.train_and_evaluate(config, f"{out}/{pipeline}-{devices}")
     with open(f"{out}/{pipeline}-{devices}/steps.csv") as f:
         losses = [float(line.split(",")[2]) for line in f.read().splitlines()[1:]]
     with open(f"{out}/{pipeline}-{devices}/history.json") as f:
@@ -38,7 +39,7 @@ for devices in (1, 8):
 # A copy of the 1-device run resumes from its checkpoint on 8 devices for a third epoch.
 shutil.copytree(f"{out}/{pipeline}-1", f"{out}/{pipeline}-1-to-8")
 config.update(num_epochs=3, num_devices=8)
-results["resumed"] = trainer.train_and_evaluate(config, f"{out}/{pipeline}-1-to-8")
+results["resumed"] = loop.train_and_evaluate(config, f"{out}/{pipeline}-1-to-8")
 print("RESULTS " + json.dumps(results))
 """
 

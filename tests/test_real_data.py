@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from flaxmnist import trainer
 from flaxmnist.configs import cnn_simple
+from flaxmnist.training import loop
 
 
 @pytest.mark.real_data
@@ -14,7 +14,7 @@ def test_one_epoch_of_cnn_simple_on_real_mnist_reaches_95_percent(tmp_path):
     config = cnn_simple.get_config()
     config.num_epochs = 1
     config.compilation_cache_dir = ""
-    metrics = trainer.train_and_evaluate(config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(config, tmp_path / "run")
     assert metrics["num_test_examples"] == 10_000
     assert metrics["test_accuracy"] >= 0.95
     history = json.loads((tmp_path / "run" / "history.json").read_text())

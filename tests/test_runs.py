@@ -15,8 +15,10 @@ import pytest
 from conftest import REPO_ROOT
 
 import flaxmnist
-from flaxmnist import checkpointing, datasets, early_stopping, files, rundir, trainer
+from flaxmnist.data import datasets
 from flaxmnist.errors import FlaxmnistError
+from flaxmnist.storage import checkpointing, files, run_directory
+from flaxmnist.training import early_stopping, loop
 
 
 def _launch(
@@ -122,43 +124,43 @@ def test_a_signal_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_o
 
 
 def test_rerunning_a_finished_run_reports_the_same_metrics(tiny_config, tmp_path):
-    first = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
-    again = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    first = loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    again = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     for key in ("test_loss", "test_accuracy", "steps", "epochs_completed"):
         assert again[key] == first[key]
 
 
 def test_more_epochs_continue_the_epoch_count(tiny_config, tmp_path):
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     tiny_config.num_epochs = 3
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert metrics["epochs_completed"] == 3
 
 
 def test_resume_off_refuses_an_existing_run(tiny_config, tmp_path):
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     before = (tmp_path / "run" / "metrics.json").read_text()
     tiny_config.resume = False
     with pytest.raises(FlaxmnistError, match="already holds a run and resume is off"):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").read_text() == before
 
 
 def test_a_different_config_in_the_workdir_is_refused(tiny_config, tmp_path):
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     steps_before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
     tiny_config.model = "dense"
     with pytest.raises(FlaxmnistError, match="different config \\(model: 'cnn_simple' -> 'dense'"):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == steps_before
 
 
 def test_a_restored_state_has_the_fresh_state_types_so_steps_need_no_new_program(
     tiny_config, tmp_path
 ):
-    exp = trainer.build_experiment(tiny_config)
+    exp = loop.build_experiment(tiny_config)
     checkpoints = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
     checkpoints.save(exp.state, {"fingerprint": checkpointing.fingerprint(exp.state)}, best_order=1)
     restored, _ = checkpoints.restore_latest(exp.state)
@@ -169,14 +171,14 @@ def test_a_restored_state_has_the_fresh_state_types_so_steps_need_no_new_program
 
 
 def test_checkpoint_of_another_model_is_incompatible(tiny_config, tmp_path):
-    exp = trainer.build_experiment(tiny_config)
+    exp = loop.build_experiment(tiny_config)
     saver = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
     saver.save(
         exp.state, {"fingerprint": checkpointing.fingerprint(exp.state), "model": "x"}, best_order=1
     )
     saver.close()
     tiny_config.model = "dense"
-    other = trainer.build_experiment(tiny_config)
+    other = loop.build_experiment(tiny_config)
     reader = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="different model"):
         reader.restore_latest(other.state)
@@ -185,12 +187,12 @@ def test_checkpoint_of_another_model_is_incompatible(tiny_config, tmp_path):
 
 
 def test_checkpoint_with_another_state_layout_is_incompatible_not_damaged(tiny_config, tmp_path):
-    exp = trainer.build_experiment(tiny_config)  # no EMA: the saved state has no ema_params
+    exp = loop.build_experiment(tiny_config)  # no EMA: the saved state has no ema_params
     saver = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
     saver.save(exp.state, {"fingerprint": checkpointing.fingerprint(exp.state)}, best_order=1)
     saver.close()
     tiny_config.ema_decay = 0.9  # same parameters, one more state field
-    other = trainer.build_experiment(tiny_config)
+    other = loop.build_experiment(tiny_config)
     reader = checkpointing.RunCheckpoints(tmp_path / "ckpt", keep_latest=2)
     with pytest.raises(checkpointing.IncompatibleCheckpointError, match="laid out differently"):
         reader.restore_latest(other.state)
@@ -205,13 +207,13 @@ def _truncate_every_file(folder: Path) -> None:
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_path, capsys):
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints"
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2
     _truncate_every_file(ckpt / str(steps[-1]))
     tiny_config.num_epochs = 3
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert "damaged" in capsys.readouterr().out
     assert (ckpt / f"{steps[-1]}.corrupt").is_dir()  # set aside, not deleted
     assert metrics["epochs_completed"] == 3
@@ -221,15 +223,15 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp
 
 def test_a_second_run_on_a_locked_workdir_refuses(tiny_config, tmp_path):
     with (
-        rundir.RunDirectory(tmp_path / "run"),
+        run_directory.RunDirectory(tmp_path / "run"),
         pytest.raises(FlaxmnistError, match="in use by another run"),
     ):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
 
 
 @pytest.mark.slow
 def test_cli_refuses_a_locked_workdir(synthetic_data_dir, tmp_path):
-    with rundir.RunDirectory(tmp_path / "run"):
+    with run_directory.RunDirectory(tmp_path / "run"):
         code, _, stderr = _finish(_launch([], tmp_path / "run", synthetic_data_dir))
     assert code == 2 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: workdir")
@@ -248,7 +250,7 @@ def test_nan_loss_stops_naming_epoch_and_step(synthetic_data_dir, tmp_path):
 
 def test_skip_step_policy_keeps_parameters_finite(tiny_config, tmp_path):
     tiny_config.update(optimizer="sgd", learning_rate=1e12, nan_policy="skip_step", num_epochs=1)
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     state = _final_state(tmp_path / "run")
     assert all(bool(np.isfinite(x).all()) for x in jax.tree_util.tree_leaves(state.params))
     assert metrics["epochs_completed"] == 1
@@ -272,7 +274,7 @@ def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_
     # val_accuracy reaches 1.0 at once on the easy synthetic data and cannot improve after.
     tiny_config.num_epochs = 8
     tiny_config.early_stopping.update(monitor="val_accuracy", patience=2, restore_best=True)
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     best = max(range(len(history)), key=lambda i: (history[i]["val_accuracy"], -i)) + 1
     assert metrics["stopped_early"] and metrics["epochs_completed"] == best + 2
@@ -282,7 +284,7 @@ def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_
 
 @pytest.mark.slow
 def test_reloaded_run_gives_identical_test_predictions_in_a_fresh_process(tiny_config, tmp_path):
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     script = (
         "import json, numpy as np, flaxmnist\n"
         "from flaxmnist import datasets\n"
@@ -321,7 +323,7 @@ def test_tensorboard_events_hold_the_history(tiny_config, tmp_path):
     import tensorflow as tf
 
     tiny_config.log_every_steps = 5
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     scalars: dict[str, dict[int, float]] = {}
     for event_file in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
@@ -408,10 +410,10 @@ def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_fin
     # A library failing after training (as a bug would): patched in through import_modules.
     plugin = tmp_path / "fails_after_training.py"
     plugin.write_text(
-        "from flaxmnist import trainer\n"
+        "from flaxmnist.training import loop\n"
         "def fail(*args):\n"
         "    raise RuntimeError('simulated library failure')\n"
-        "trainer.throughput = fail\n"
+        "loop.throughput = fail\n"
     )
     workdir = tmp_path / "run"
     args = ["--config.num_epochs=2", f"--config.import_modules={plugin}"]
@@ -434,7 +436,7 @@ def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_befor
     before = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: before.append(signum))
     try:
-        with trainer.InterruptFlag() as interrupt:
+        with loop.InterruptFlag() as interrupt:
             os.kill(os.getpid(), signal.SIGTERM)
             assert interrupt.signal == signal.SIGTERM and before == []
             os.kill(os.getpid(), signal.SIGTERM)
@@ -444,11 +446,11 @@ def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_befor
 
 
 def test_a_damaged_steps_csv_refuses_the_resume_and_changes_nothing(tiny_config, tmp_path):
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     (tmp_path / "run" / "steps.csv").write_text("\x00{garbage")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     tiny_config.num_epochs = 3  # a field that may change on resume: config.json would be rewritten
     with pytest.raises(FlaxmnistError, match=r"steps\.csv is damaged"):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert after == before

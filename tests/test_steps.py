@@ -9,9 +9,11 @@ import optax
 import pytest
 
 import flaxmnist
-from flaxmnist import datasets, losses, models, steps, trainer
+from flaxmnist import losses, models
 from flaxmnist.configs import default
-from flaxmnist.train_state import create_train_state
+from flaxmnist.data import datasets
+from flaxmnist.training import loop, step_functions
+from flaxmnist.training.train_state import create_train_state
 
 IMAGE_SHAPE = (16, 16, 1)
 CROSS_ENTROPY = losses.get_loss("cross_entropy")  # the steps take get_loss's signature
@@ -35,16 +37,18 @@ def _batch(n=16, seed=0):
 def _train_step():
     return jax.jit(
         functools.partial(
-            steps.train_step, loss_fn=CROSS_ENTROPY, preprocess=steps.normalize_images
+            step_functions.train_step,
+            loss_fn=CROSS_ENTROPY,
+            preprocess=step_functions.normalize_images,
         )
     )
 
 
 def test_normalize_images():
     images = jnp.array([0, 51, 255], jnp.uint8)
-    chex.assert_trees_all_close(steps.normalize_images(images), jnp.array([0.0, 0.2, 1.0]))
+    chex.assert_trees_all_close(step_functions.normalize_images(images), jnp.array([0.0, 0.2, 1.0]))
     chex.assert_trees_all_close(
-        steps.normalize_images(images, mean=0.2, std=0.5),
+        step_functions.normalize_images(images, mean=0.2, std=0.5),
         jnp.array([-0.4, 0.0, 1.6]),
         atol=1e-6,
     )
@@ -54,7 +58,7 @@ def test_metric_sums_respect_the_mask():
     logits = jnp.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     labels = jnp.array([0, 0, 1])
     per_example = jnp.array([0.5, 1.5, 4.0])
-    sums = steps.metric_sums(logits, labels, per_example, mask=jnp.array([1.0, 1.0, 0.0]))
+    sums = step_functions.metric_sums(logits, labels, per_example, mask=jnp.array([1.0, 1.0, 0.0]))
     chex.assert_trees_all_close(sums, {"loss": 2.0, "correct": 1.0, "count": 2.0})
 
 
@@ -67,7 +71,7 @@ def test_package_steps_reduce_the_loss_and_compile_once_over_fresh_batches(model
         traces.append(step)  # a Python side effect: runs only while jax traces the step
         return CROSS_ENTROPY(logits, labels, step=step)
 
-    fns = steps.make_step_functions(counting_loss, steps.normalize_images)
+    fns = step_functions.make_step_functions(counting_loss, step_functions.normalize_images)
     state, batch, rng = _state(model_name), _batch(), jax.random.key(1)
     first = None
     for _ in range(15):
@@ -111,7 +115,7 @@ def _copy(tree):
 def test_train_step_draws_a_new_dropout_mask_each_step_and_the_same_one_for_the_same_step():
     model = _DropoutOfOnes()
     start = create_train_state(model, IMAGE_SHAPE, optax.sgd(1.0), jax.random.key(0))
-    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    fns = step_functions.make_step_functions(_sum_of_logits, step_functions.normalize_images)
     batch, rng = _batch(n=1), jax.random.key(1)
 
     def mask_of_one_step(state):
@@ -139,7 +143,7 @@ def test_train_step_draws_a_new_dropout_mask_each_step_and_the_same_one_for_the_
 
 
 def test_scanned_training_equals_sequential_train_steps():
-    fns = steps.make_step_functions(CROSS_ENTROPY, steps.normalize_images)
+    fns = step_functions.make_step_functions(CROSS_ENTROPY, step_functions.normalize_images)
     data = _batch(n=24, seed=3)
     indices = jnp.array([[0, 1, 2, 3], [7, 6, 5, 4], [20, 21, 22, 23]])
     rng = jax.random.key(5)
@@ -157,7 +161,7 @@ def test_scanned_training_equals_sequential_train_steps():
 
 
 def test_evaluation_of_padded_batches_counts_every_example_once():
-    fns = steps.make_step_functions(CROSS_ENTROPY, steps.normalize_images)
+    fns = step_functions.make_step_functions(CROSS_ENTROPY, step_functions.normalize_images)
     state, data = _state(), _batch(n=10, seed=4)
     padded = {
         "image": np.concatenate([data["image"], np.zeros((2, *IMAGE_SHAPE), np.uint8)]),
@@ -181,7 +185,9 @@ def _step_echo(logits, labels, *, step):
 
 
 def test_train_and_eval_steps_pass_the_optimizer_step_to_a_step_taking_loss():
-    fns = steps.make_step_functions(losses.get_loss("test_step_echo"), steps.normalize_images)
+    fns = step_functions.make_step_functions(
+        losses.get_loss("test_step_echo"), step_functions.normalize_images
+    )
     state, batch, rng = _state(), _batch(n=4), jax.random.key(0)
     loss_sums = []
     for _ in range(3):
@@ -219,7 +225,7 @@ def test_update_ema_is_decay_times_ema_plus_one_minus_decay_times_params():
 
 def test_train_step_updates_the_ema_by_hand_computed_numbers_and_trains_the_live_params():
     # Loss sum(w) per example: the gradient is [1, 1]; SGD at 0.5 moves w by -0.5 each step.
-    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    fns = step_functions.make_step_functions(_sum_of_logits, step_functions.normalize_images)
     state, batch, rng = _ema_state(), _batch(n=4), jax.random.key(1)
     chex.assert_trees_all_close(state.ema_params, {"w": jnp.array([1.0, 2.0])})  # starts at w
     state, first = fns.train_step(state, batch, rng)
@@ -236,7 +242,7 @@ def test_train_step_updates_the_ema_by_hand_computed_numbers_and_trains_the_live
 
 
 def test_eval_and_predict_steps_use_the_ema_params_when_kept():
-    fns = steps.make_step_functions(_sum_of_logits, steps.normalize_images)
+    fns = step_functions.make_step_functions(_sum_of_logits, step_functions.normalize_images)
     batch = {**_batch(n=4), "label": np.zeros(4, np.int32)}
     live = {"w": jnp.array([1.0, 2.0])}  # predicts class 1, loss 3 per example
     ema = {"w": jnp.array([3.0, -1.0])}  # predicts class 0, loss 2 per example
@@ -258,13 +264,15 @@ def test_eval_and_predict_steps_use_the_ema_params_when_kept():
 
 def test_ema_run_reports_test_metrics_of_the_average(tiny_config, tmp_path):
     tiny_config.ema_decay = 0.9
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     run = flaxmnist.load_run(tmp_path / "run")
     test = datasets.load_dataset("mnist", tiny_config.data_dir).test
     assert metrics["test_accuracy"] >= 0.8
 
     def test_loss(state):
-        logits = steps.predict_step(state, test.images, preprocess=steps.normalize_images)
+        logits = step_functions.predict_step(
+            state, test.images, preprocess=step_functions.normalize_images
+        )
         return float(losses.cross_entropy(logits, test.labels).mean())
 
     ema_loss, live_loss = test_loss(run.state), test_loss(run.state.replace(ema_params=None))
@@ -274,7 +282,7 @@ def test_ema_run_reports_test_metrics_of_the_average(tiny_config, tmp_path):
 
 def test_shifted_views_move_pixels_and_fill_with_black():
     image = np.arange(1, 10, dtype=np.uint8).reshape(1, 3, 3, 1)
-    views = np.asarray(steps.shifted_views(jnp.asarray(image), 1))[:, 0, :, :, 0]
+    views = np.asarray(step_functions.shifted_views(jnp.asarray(image), 1))[:, 0, :, :, 0]
     expected = [
         [[1, 2, 3], [4, 5, 6], [7, 8, 9]],  # unchanged
         [[0, 0, 0], [1, 2, 3], [4, 5, 6]],  # down
@@ -287,15 +295,22 @@ def test_shifted_views_move_pixels_and_fill_with_black():
 
 def test_tta_averages_the_softmax_over_the_shifted_views():
     state, images = _state("cnn_simple"), _batch(4)["image"]
-    plain = steps.predict_step(state, images, preprocess=steps.normalize_images)
+    plain = step_functions.predict_step(state, images, preprocess=step_functions.normalize_images)
     chex.assert_trees_all_close(
-        steps.predict_step(state, images, preprocess=steps.normalize_images, tta_shift=0), plain
+        step_functions.predict_step(
+            state, images, preprocess=step_functions.normalize_images, tta_shift=0
+        ),
+        plain,
     )
-    tta = steps.predict_step(state, images, preprocess=steps.normalize_images, tta_shift=2)
-    views = steps.shifted_views(jnp.asarray(images), 2)
+    tta = step_functions.predict_step(
+        state, images, preprocess=step_functions.normalize_images, tta_shift=2
+    )
+    views = step_functions.shifted_views(jnp.asarray(images), 2)
     probabilities = np.mean(
         [
-            jax.nn.softmax(steps.predict_step(state, view, preprocess=steps.normalize_images))
+            jax.nn.softmax(
+                step_functions.predict_step(state, view, preprocess=step_functions.normalize_images)
+            )
             for view in views
         ],
         axis=0,
@@ -306,7 +321,7 @@ def test_tta_averages_the_softmax_over_the_shifted_views():
 
 def test_tta_run_predicts_with_tta(tiny_config, tmp_path):
     tiny_config.tta_shift = 1
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     run = flaxmnist.load_run(tmp_path / "run")
     test = datasets.load_dataset("mnist", tiny_config.data_dir).test
     log_probs = run.predict(test.images)

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import pytest
 from conftest import REPO_ROOT, run_cli
 
-from flaxmnist import losses, models, optimizers, train, trainer
+from flaxmnist import losses, models, optimizers, train
 from flaxmnist.configs import preset_names
 from flaxmnist.errors import ConfigError, FlaxmnistError
+from flaxmnist.training import loop
 
 HISTORY_FIELDS = {
     "epoch",
@@ -26,7 +27,7 @@ METRICS_FIELDS = {"test_loss", "test_accuracy", "num_test_examples", "num_params
 @pytest.mark.parametrize("pipeline", ["device", "tfds"])
 def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipeline):
     tiny_config.input_pipeline = pipeline
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     run = tmp_path / "run"
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
@@ -45,12 +46,12 @@ def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipel
     for record in history:
         examples = steps_per_epoch * 32
         assert record["examples_per_s"] == pytest.approx(examples / record["epoch_time_s"])
-    assert 0 < metrics["time_to_first_chunk_s"] < trainer.process_age_s()
+    assert 0 < metrics["time_to_first_chunk_s"] < loop.process_age_s()
 
 
 def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
     tiny_config.num_epochs = 0
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "history.json").read_text()) == []
     assert metrics["steps"] == 0 and metrics["num_test_examples"] == 100
     assert metrics["test_accuracy"] < 0.5
@@ -58,10 +59,10 @@ def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
 
 def test_a_finished_run_without_checkpoints_is_not_overwritten(tiny_config, tmp_path):
     tiny_config.num_epochs = 0
-    trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
     before = (tmp_path / "run" / "metrics.json").read_text()
     with pytest.raises(FlaxmnistError, match="holds a finished run without checkpoints"):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").read_text() == before
 
 
@@ -81,7 +82,7 @@ def test_bad_config_values_are_rejected_before_training(
 ):
     tiny_config[field] = value
     with pytest.raises(ConfigError, match=message):
-        trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -166,7 +167,7 @@ def test_cli_user_errors_end_with_one_line_and_status_2(
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_is_a_valid_config(preset):
     config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
-    trainer.validate_config(config)
+    loop.validate_config(config)
     model = models.create_model(config, num_classes=10)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     assert models.count_params(variables["params"]) > 0

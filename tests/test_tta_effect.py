@@ -1,6 +1,6 @@
 from conftest import load_experiment
 
-from flaxmnist import trainer
+from flaxmnist.training import loop
 
 tta_effect = load_experiment("tta_effect")
 
@@ -21,7 +21,7 @@ def test_markdown_table_shows_each_shift_and_its_change():
 
 
 def test_tta_accuracies_of_a_run(tiny_config, tmp_path):
-    metrics = trainer.train_and_evaluate(tiny_config, tmp_path / "run")
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     row = tta_effect.tta_accuracies(tmp_path / "run", [0, 1])
     assert row["accuracy_shift0"] == metrics["test_accuracy"]
     assert 0.0 <= row["accuracy_shift1"] <= 1.0 and row["model"] == "cnn_simple"

@@ -1,4 +1,4 @@
-"""Tests of flaxmnist.visualize: the numbers behind each figure, not just that it renders."""
+"""Tests of flaxmnist.evaluation.figures: the numbers behind each figure."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from flaxmnist import visualize
+from flaxmnist.evaluation import figures
 
 NAMES = ("zero", "one", "two", "three")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,26 +86,26 @@ def history(num_epochs: int = 4, with_val: bool = True) -> list[dict]:
 def test_sample_grid_titles_name_the_label_of_each_shown_image():
     images = indexed_images(40)
     labels = np.arange(40) % 4
-    fig = visualize.sample_grid(images, labels, NAMES, n=9, seed=3)
+    fig = figures.sample_grid(images, labels, NAMES, n=9, seed=3)
     shown = image_indices(fig)
     assert len(shown) == 9 and len(set(shown)) == 9  # without replacement
     assert titles(fig) == [NAMES[labels[i]] for i in shown]
-    assert image_indices(visualize.sample_grid(images, labels, NAMES, n=9, seed=3)) == shown
-    assert image_indices(visualize.sample_grid(images, labels, NAMES, n=9, seed=4)) != shown
+    assert image_indices(figures.sample_grid(images, labels, NAMES, n=9, seed=3)) == shown
+    assert image_indices(figures.sample_grid(images, labels, NAMES, n=9, seed=4)) != shown
     assert image_axes(fig)[0].images[0].get_clim() == (0, 255)  # faint stays faint
     assert suptitle(fig) == "Random training samples"
 
 
 def test_sample_grid_accepts_fewer_images_than_n_and_3d_images():
     images = indexed_images(5)[..., 0]  # [N, H, W]
-    fig = visualize.sample_grid(images, [0, 1, 2, 3, 0], NAMES, n=25, title="tiny")
+    fig = figures.sample_grid(images, [0, 1, 2, 3, 0], NAMES, n=25, title="tiny")
     assert sorted(image_indices(fig)) == [0, 1, 2, 3, 4]
     assert suptitle(fig) == "tiny"
 
 
 def test_grids_of_no_images_say_so():
     empty = np.zeros((0, 6, 6, 1), np.uint8)
-    fig = visualize.prediction_grid(empty, [], np.zeros((0, 3)), CLASSES3)
+    fig = figures.prediction_grid(empty, [], np.zeros((0, 3)), CLASSES3)
     assert image_axes(fig) == []
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["No images to show."]
     assert suptitle(fig) == "Predictions"
@@ -113,13 +113,13 @@ def test_grids_of_no_images_say_so():
 
 def test_sample_grid_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="length mismatch"):
-        visualize.sample_grid(indexed_images(5), [0, 1], NAMES)
+        figures.sample_grid(indexed_images(5), [0, 1], NAMES)
 
 
 def test_class_distribution_bar_heights_are_the_counts_per_class():
     rng = np.random.default_rng(0)
     train, test = rng.integers(0, 4, 101), rng.integers(0, 3, 17)  # class 3 absent from test
-    fig = visualize.class_distribution(train, test, NAMES)
+    fig = figures.class_distribution(train, test, NAMES)
     ax = fig.axes[0]
     train_bars = bars(ax, "train (101 images)")
     test_bars = bars(ax, "test (17 images)")
@@ -133,7 +133,7 @@ def test_class_distribution_bar_heights_are_the_counts_per_class():
 
 def test_training_curves_plot_the_history_and_mark_the_best_epoch():
     records = history()
-    fig = visualize.training_curves(records, best_epoch=3)
+    fig = figures.training_curves(records, best_epoch=3)
     loss_ax, acc_ax = fig.axes
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         lines = {line.get_label(): line for line in ax.get_lines()}
@@ -149,12 +149,12 @@ def test_training_curves_plot_the_history_and_mark_the_best_epoch():
 
 
 def test_training_curves_without_validation_or_best_epoch():
-    fig = visualize.training_curves(history(3, with_val=False))
+    fig = figures.training_curves(history(3, with_val=False))
     for ax in fig.axes:
         assert [line.get_label() for line in ax.get_lines()] == ["train"]
         assert vertical_lines(ax) == []
     with pytest.raises(ValueError, match="empty"):
-        visualize.training_curves([])
+        figures.training_curves([])
 
 
 def reference_centred_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -171,7 +171,7 @@ def test_step_loss_curve_raw_average_and_epoch_boundaries():
     losses = np.linspace(2.0, 0.5, 30) + np.tile([0.2, -0.2], 15)
     losses[7] = np.nan  # a skipped step does not poison the average
     epochs = np.repeat([1, 2, 3], 10)
-    fig = visualize.step_loss_curve(steps, losses, epochs=epochs, smoothing=5)
+    fig = figures.step_loss_curve(steps, losses, epochs=epochs, smoothing=5)
     ax = fig.axes[0]
     raw, smooth = (line for line in ax.get_lines() if not line.get_label().startswith("_"))
     np.testing.assert_array_equal(raw.get_ydata(), losses)
@@ -183,7 +183,7 @@ def test_step_loss_curve_raw_average_and_epoch_boundaries():
 
 
 def test_step_loss_curve_default_window_and_no_epochs():
-    fig = visualize.step_loss_curve(np.arange(500), np.ones(500))
+    fig = figures.step_loss_curve(np.arange(500), np.ones(500))
     ax = fig.axes[0]
     assert vertical_lines(ax) == []
     assert "moving average (10 steps)" in [line.get_label() for line in ax.get_lines()]
@@ -191,20 +191,20 @@ def test_step_loss_curve_default_window_and_no_epochs():
 
 def test_overlaid_curves_one_line_per_run_with_the_metric():
     runs = {"a": history(4), "b": history(2), "no-val": history(3, with_val=False)}
-    fig = visualize.overlaid_curves(runs, metric="val_accuracy")
+    fig = figures.overlaid_curves(runs, metric="val_accuracy")
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines() if line.get_label()[0] != "_"}
     assert set(lines) == {"a", "b"}
     np.testing.assert_allclose(lines["b"].get_ydata(), [r["val_accuracy"] for r in history(2)])
     assert "no-val" in ax.get_legend().get_title().get_text()
     with pytest.raises(ValueError, match="val_loss"):
-        visualize.overlaid_curves({"x": history(2, with_val=False)}, metric="val_loss")
+        figures.overlaid_curves({"x": history(2, with_val=False)}, metric="val_loss")
 
 
 def test_model_comparison_bar_lengths_and_best_runs():
     names = ["small", "medium", "large"]
     accuracies, losses = [0.97, 0.99, 0.98], [0.10, 0.05, 0.04]
-    fig = visualize.model_comparison(names, accuracies, losses)
+    fig = figures.model_comparison(names, accuracies, losses)
     acc_ax, loss_ax = fig.axes
     np.testing.assert_allclose([b.get_width() for b in bars(acc_ax)], accuracies)
     np.testing.assert_allclose([b.get_width() for b in bars(loss_ax)], losses)
@@ -227,7 +227,7 @@ def cell_texts(ax) -> dict[tuple[int, int], str]:
 
 
 def test_confusion_heatmap_annotates_the_counts():
-    fig = visualize.confusion_matrix_heatmap(MATRIX, NAMES)
+    fig = figures.confusion_matrix_heatmap(MATRIX, NAMES)
     ax = fig.axes[0]
     texts = cell_texts(ax)
     assert len(texts) == MATRIX.size
@@ -240,7 +240,7 @@ def test_confusion_heatmap_annotates_the_counts():
 
 
 def test_confusion_heatmap_normalizes_rows():
-    fig = visualize.confusion_matrix_heatmap(MATRIX, NAMES, normalize=True)
+    fig = figures.confusion_matrix_heatmap(MATRIX, NAMES, normalize=True)
     ax = fig.axes[0]
     row_sums = MATRIX.sum(axis=1, keepdims=True)
     expected = np.divide(MATRIX, row_sums, out=np.zeros(MATRIX.shape), where=row_sums > 0)
@@ -252,12 +252,12 @@ def test_confusion_heatmap_normalizes_rows():
 
 def test_confusion_heatmap_skips_annotations_for_many_classes():
     matrix = np.eye(40, dtype=int)
-    fig = visualize.confusion_matrix_heatmap(matrix, [str(i) for i in range(40)])
+    fig = figures.confusion_matrix_heatmap(matrix, [str(i) for i in range(40)])
     assert len(fig.axes[0].texts) == 0
 
 
 def test_per_class_accuracy_bars_are_diagonal_over_row_sum():
-    fig = visualize.per_class_accuracy(MATRIX, NAMES)
+    fig = figures.per_class_accuracy(MATRIX, NAMES)
     ax = fig.axes[0]
     heights = [b.get_height() for b in bars(ax)]
     np.testing.assert_allclose(heights[:3], [5 / 6, 7 / 10, 9 / 12])
@@ -275,7 +275,7 @@ CLASSES3 = ("A", "B", "C")  # short: one-line titles
 
 
 def test_prediction_grid_titles_and_colors():
-    fig = visualize.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    fig = figures.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
     assert titles(fig) == [
         "pred A (90%) / true A",
         "pred A (80%) / true C",
@@ -284,13 +284,13 @@ def test_prediction_grid_titles_and_colors():
     ]
     colors = [to_rgba(ax.title.get_color()) for ax in image_axes(fig)]
     correct = PRED_PROBS.argmax(axis=1) == PRED_LABELS
-    assert [c == to_rgba(visualize.CORRECT_COLOR) for c in colors] == correct.tolist()
-    assert [c == to_rgba(visualize.WRONG_COLOR) for c in colors] == (~correct).tolist()
+    assert [c == to_rgba(figures.CORRECT_COLOR) for c in colors] == correct.tolist()
+    assert [c == to_rgba(figures.WRONG_COLOR) for c in colors] == (~correct).tolist()
 
 
 def test_prediction_grid_limits_to_n_and_wraps_long_names():
     names = ("T-shirt/top", "Ankle boot", "Bag")
-    fig = visualize.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, names, n=2)
+    fig = figures.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, names, n=2)
     assert image_indices(fig) == [0, 1]
     assert titles(fig) == [
         "pred T-shirt/top (90%) /\ntrue T-shirt/top",
@@ -303,7 +303,7 @@ def test_confident_mistakes_picks_the_most_confident_wrong_predictions():
     num = 30
     labels = rng.integers(0, 3, num)
     probs = rng.dirichlet(np.ones(3), num)
-    fig = visualize.confident_mistakes(indexed_images(num), labels, probs, CLASSES3, n=4)
+    fig = figures.confident_mistakes(indexed_images(num), labels, probs, CLASSES3, n=4)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     expected = wrong[np.argsort(-confidence[wrong])][:4]
@@ -312,16 +312,16 @@ def test_confident_mistakes_picks_the_most_confident_wrong_predictions():
         f"pred {CLASSES3[predicted[i]]} ({confidence[i]:.0%}) / true {CLASSES3[labels[i]]}"
         for i in expected
     ]
-    red = to_rgba(visualize.WRONG_COLOR)
+    red = to_rgba(figures.WRONG_COLOR)
     assert all(to_rgba(ax.title.get_color()) == red for ax in image_axes(fig))
     assert f"of {len(wrong)} errors in {num} images" in suptitle(fig)
 
 
 def test_confident_mistakes_small_example_and_no_mistakes():
-    fig = visualize.confident_mistakes(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    fig = figures.confident_mistakes(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
     assert image_indices(fig) == [1, 3]  # 80 % before 60 %; the right ones are left out
     labels = PRED_PROBS.argmax(axis=1)
-    fig = visualize.confident_mistakes(indexed_images(4), labels, PRED_PROBS, CLASSES3)
+    fig = figures.confident_mistakes(indexed_images(4), labels, PRED_PROBS, CLASSES3)
     assert image_axes(fig) == []
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["No mistakes among 4 images."]
 
@@ -337,7 +337,7 @@ def test_ambiguous_images_picks_the_highest_entropy_with_top2_titles():
         ]
     )
     labels = np.array([0, 2, 2, 2, 2])
-    fig = visualize.ambiguous_images(indexed_images(5), labels, probs, CLASSES3, n=3)
+    fig = figures.ambiguous_images(indexed_images(5), labels, probs, CLASSES3, n=3)
     entropy = -(probs * np.log(probs)).sum(axis=1)
     assert image_indices(fig) == np.argsort(-entropy)[:3].tolist() == [1, 4, 2]
     assert titles(fig) == [
@@ -346,14 +346,14 @@ def test_ambiguous_images_picks_the_highest_entropy_with_top2_titles():
         "B 50% · C 40%\ntrue C",
     ]
     colors = [to_rgba(ax.title.get_color()) for ax in image_axes(fig)]
-    assert colors == [to_rgba(visualize.WRONG_COLOR)] * 3
+    assert colors == [to_rgba(figures.WRONG_COLOR)] * 3
 
 
 def test_reliability_diagram_omits_empty_bins():
     confidence = [0.0, 0.35, 0.0, 0.72, 0.95]
     accuracy = [0.0, 0.30, 0.0, 0.80, 0.90]
     counts = [0, 12, 0, 40, 300]
-    fig = visualize.reliability_diagram(confidence, accuracy, counts, ece=0.0421)
+    fig = figures.reliability_diagram(confidence, accuracy, counts, ece=0.0421)
     ax, count_ax = fig.axes
     accuracy_bars = bars(ax, "accuracy")
     assert [b.get_x() for b in accuracy_bars] == pytest.approx([0.2, 0.6, 0.8])
@@ -368,12 +368,12 @@ def test_reliability_diagram_omits_empty_bins():
 
 
 def test_reliability_diagram_without_ece_and_with_edges():
-    fig = visualize.reliability_diagram([0.6, 0.9], [0.5, 0.95], [3, 4], bin_edges=[0.5, 0.8, 1.0])
+    fig = figures.reliability_diagram([0.6, 0.9], [0.5, 0.95], [3, 4], bin_edges=[0.5, 0.8, 1.0])
     ax = fig.axes[0]
     assert ax.get_title() == "Reliability diagram"
     assert [b.get_x() for b in bars(ax, "accuracy")] == pytest.approx([0.5, 0.8])
     with pytest.raises(ValueError, match="edges"):
-        visualize.reliability_diagram([0.5], [0.5], [1], bin_edges=[0, 0.5, 1])
+        figures.reliability_diagram([0.5], [0.5], [1], bin_edges=[0, 0.5, 1])
 
 
 # ----------------------------------------------------------------------------- model internals
@@ -382,14 +382,14 @@ def test_reliability_diagram_without_ece_and_with_edges():
 def test_conv_kernels_one_image_per_filter_on_a_symmetric_scale():
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 2, 10))
-    fig = visualize.conv_kernels(kernel)
+    fig = figures.conv_kernels(kernel)
     axes = image_axes(fig)
     assert len(axes) == 10
     for i, ax in enumerate(axes):
         np.testing.assert_allclose(ax.images[0].get_array(), kernel[:, :, 0, i])
     limit = np.abs(kernel[:, :, 0]).max()
     assert axes[0].images[0].get_clim() == pytest.approx((-limit, limit))
-    fig = visualize.conv_kernels(kernel, max_filters=4, input_channel=None)
+    fig = figures.conv_kernels(kernel, max_filters=4, input_channel=None)
     axes = image_axes(fig)
     assert len(axes) == 4
     np.testing.assert_allclose(axes[3].images[0].get_array(), kernel[:, :, :, 3].mean(axis=2))
@@ -401,7 +401,7 @@ def test_feature_maps_one_row_per_layer_plus_the_input():
         ("conv1", np.ones((6, 6, 5))),
         ("conv2", np.arange(2 * 2 * 30.0).reshape(2, 2, 30)),
     ]
-    fig = visualize.feature_maps(image, activations, max_channels=8)
+    fig = figures.feature_maps(image, activations, max_channels=8)
     assert len(fig.subfigs) == 3
     counts = [sum(bool(ax.images) for ax in subfig.axes) for subfig in fig.subfigs]
     assert counts == [1, 5, 8]
@@ -418,19 +418,19 @@ def test_feature_maps_one_row_per_layer_plus_the_input():
 
 
 def test_save_figure_writes_a_png_and_creates_folders(tmp_path):
-    fig = visualize.training_curves(history(2), best_epoch=1)
-    path = visualize.save_figure(fig, tmp_path / "a" / "b" / "curves.png")
+    fig = figures.training_curves(history(2), best_epoch=1)
+    path = figures.save_figure(fig, tmp_path / "a" / "b" / "curves.png")
     data = path.read_bytes()
     assert path == tmp_path / "a" / "b" / "curves.png"
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     # The figure stays usable; a path without a suffix still gets a PNG.
-    again = visualize.save_figure(fig, tmp_path / "no_suffix")
+    again = figures.save_figure(fig, tmp_path / "no_suffix")
     assert again.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_module_builds_figures_without_importing_pyplot():
     code = (
-        "import sys, numpy as np; from flaxmnist import visualize as v\n"
+        "import sys, numpy as np; from flaxmnist.evaluation import figures as v\n"
         "fig = v.class_distribution([0, 1], [1], ['a', 'b'])\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
         "print(type(fig).__name__)\n"
@@ -443,7 +443,7 @@ def test_module_builds_figures_without_importing_pyplot():
 
 def test_per_class_comparison_bar_heights_match_the_input():
     per_class = {"a": {"cat": 0.9, "dog": 0.8}, "b": {"cat": 0.95, "dog": 0.7}}
-    fig = visualize.per_class_comparison(per_class)
+    fig = figures.per_class_comparison(per_class)
     ax = fig.axes[0]
     heights = [patch.get_height() for patch in ax.patches]
     assert heights == pytest.approx([0.9, 0.8, 0.95, 0.7])

@@ -60,7 +60,7 @@ WORKER_TIMEOUT_S = 1800
 
 def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A vendored MNIST split: uint8 images [N, 28, 28, 1] and int32 labels, repeated ``tile``×."""
-    from flaxmnist import datasets
+    from flaxmnist.data import datasets
 
     arrays = getattr(datasets.load_dataset("mnist"), split)
     return np.tile(arrays.images, (tile, 1, 1, 1)), np.tile(arrays.labels, tile)
@@ -78,8 +78,8 @@ def flax_worker(
     """
     import jax
 
-    from flaxmnist import input_pipeline
-    from flaxmnist.datasets import ArraySplit
+    from flaxmnist.data import input_pipeline
+    from flaxmnist.data.datasets import ArraySplit
 
     images, labels = mnist_arrays(tile=tile)
     state, fns = flax_state_and_steps(model_name)
@@ -114,9 +114,9 @@ def flax_state_and_steps(model_name: str, **overrides):
     import optax
 
     from flaxmnist import losses, models
-    from flaxmnist import steps as steps_lib
     from flaxmnist.configs import default
-    from flaxmnist.train_state import create_train_state
+    from flaxmnist.training import step_functions as steps_lib
+    from flaxmnist.training.train_state import create_train_state
 
     config = default.get_config()
     config.update(model=model_name, **overrides)

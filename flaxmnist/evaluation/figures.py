@@ -11,11 +11,12 @@ range so that a faint digit stays faint. Accuracies are fractions in [0, 1], sho
 
 Example::
 
-    from flaxmnist import datasets, visualize
+    from flaxmnist.data import datasets
+    from flaxmnist.evaluation import figures
 
     data = datasets.load_dataset("fashion_mnist")
-    fig = visualize.sample_grid(data.train.images, data.train.labels, data.class_names)
-    visualize.save_figure(fig, "plots/samples.png")
+    fig = figures.sample_grid(data.train.images, data.train.labels, data.class_names)
+    figures.save_figure(fig, "plots/samples.png")
 """
 
 from __future__ import annotations

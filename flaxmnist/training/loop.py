@@ -1,7 +1,7 @@
 """The outer training loop: data, model, epochs, validation, test, and the run directory's files.
 
 Everything with side effects lives here (progress bars, files); the numerical work is in the pure,
-jitted functions of :mod:`flaxmnist.steps`. The run directory receives:
+jitted functions of :mod:`flaxmnist.training.step_functions`. The run directory gets:
 
 * ``config.json`` — the resolved config;
 * ``history.json`` / ``history.csv`` — one record per epoch (train / val loss and accuracy, time);
@@ -26,25 +26,13 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from flaxmnist import (
-    augment,
-    checkpointing,
-    datasets,
-    early_stopping,
-    losses,
-    models,
-    optimizers,
-    parallel,
-    plugins,
-    rundir,
-    runners,
-    steps,
-    tensorboard,
-    transfer,
-)
+from flaxmnist import losses, models, optimizers, plugins
 from flaxmnist.config_validation import validate_config
+from flaxmnist.data import augment, datasets
 from flaxmnist.errors import ConfigError, FlaxmnistError
-from flaxmnist.train_state import TrainState, create_train_state
+from flaxmnist.storage import checkpointing, run_directory, scalar_log
+from flaxmnist.training import early_stopping, feeders, parallel, step_functions, warm_start
+from flaxmnist.training.train_state import TrainState, create_train_state
 
 IMPORTED_AT = time.perf_counter()
 
@@ -82,7 +70,7 @@ class Experiment:
     validation: datasets.ArraySplit | None
     model: Any
     state: TrainState
-    fns: steps.StepFunctions
+    fns: step_functions.StepFunctions
     schedule: Any
     dropout_rng: jax.Array
     data_rng: jax.Array
@@ -153,11 +141,11 @@ def build_experiment(
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = create_train_state(model, dataset.image_shape, tx, init_rng, config.ema_decay)
     if config.init_from:
-        state = transfer.warm_start(state, config.init_from, dataset.class_names)
+        state = warm_start.warm_start(state, config.init_from, dataset.class_names)
     state = parallel.put_replicated(state, mesh)
     mean, std = pixel_normalization(config, dataset)
-    preprocess = functools.partial(steps.normalize_images, mean=mean, std=std)
-    fns = steps.make_step_functions(
+    preprocess = functools.partial(step_functions.normalize_images, mean=mean, std=std)
+    fns = step_functions.make_step_functions(
         loss_fn, preprocess, make_augment(config, mean, std), tta_shift=config.tta_shift
     )
     return Experiment(
@@ -329,7 +317,7 @@ def format_record(record: dict[str, Any]) -> str:
 
 
 def start_or_resume(
-    run: rundir.RunDirectory, checkpoints: checkpointing.RunCheckpoints, exp: Experiment
+    run: run_directory.RunDirectory, checkpoints: checkpointing.RunCheckpoints, exp: Experiment
 ) -> tuple[TrainState, Progress, list[dict]]:
     """The state, progress and step log to start from: the latest checkpoint, or scratch."""
     config, state, progress = exp.config, exp.state, Progress()
@@ -429,9 +417,9 @@ def interrupted_message(epoch: int, step: int) -> str:
 class RunOutputs:
     """Where a run's results go: its directory, checkpoints and TensorBoard log."""
 
-    run: rundir.RunDirectory
+    run: run_directory.RunDirectory
     checkpoints: checkpointing.RunCheckpoints
-    scalars: tensorboard.ScalarLog
+    scalars: scalar_log.ScalarLog
 
 
 def train_epochs(
@@ -529,9 +517,9 @@ def train_and_evaluate(
     start_time = time.perf_counter()
     exp = build_experiment(config, load_dataset)
     primary = parallel.is_primary()
-    with rundir.RunDirectory(workdir, writer=primary) as run:
+    with run_directory.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
-        scalars = tensorboard.ScalarLog(
+        scalars = scalar_log.ScalarLog(
             run.path / "tensorboard", config.log_every_steps, enabled=primary
         )
         try:
@@ -539,8 +527,8 @@ def train_and_evaluate(
             eval_splits = {"test": exp.dataset.test}
             if exp.validation is not None:
                 eval_splits["validation"] = exp.validation
-            runner = runners.RUNNERS[config.input_pipeline](
-                runners.RunnerInputs(
+            runner = feeders.RUNNERS[config.input_pipeline](
+                feeders.RunnerInputs(
                     exp.fns,
                     config,
                     exp.train,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jax
 
-from flaxmnist import files
+from flaxmnist.storage import files
 
 SUFFIX = ".checked"  # never JAX's own "-cache": the two formats do not mix in one folder
 DIGEST_BYTES = 32

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from flaxmnist import config_validation
-from flaxmnist.datasets import ArraySplit
+from flaxmnist.data.datasets import ArraySplit
 
 PIPELINES = config_validation.INPUT_PIPELINES
 

@@ -16,7 +16,7 @@ import tqdm
 from flax import traverse_util
 
 from flaxmnist.errors import FlaxmnistError
-from flaxmnist.train_state import TrainState
+from flaxmnist.training.train_state import TrainState
 
 HEAD = "head"
 
@@ -41,7 +41,7 @@ def merge_matching(target: dict, source: dict, skip_prefix: str | None) -> tuple
 
 def warm_start(state: TrainState, run_dir: str, class_names: Sequence[str]) -> TrainState:
     """``state`` with the weights of run ``run_dir`` copied in where they fit."""
-    from flaxmnist.runs import load_run
+    from flaxmnist.evaluation.loading import load_run
 
     source = load_run(run_dir)
     same_classes = tuple(source.class_names) == tuple(class_names)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxmnist.losses import BoundLoss
-from flaxmnist.train_state import TrainState
+from flaxmnist.training.train_state import TrainState
 
 Batch = dict[str, jax.Array]  # image uint8 [B, H, W, C], label int32 [B], optional mask [B]
 Metrics = dict[str, jax.Array]  # loss / correct / count sums

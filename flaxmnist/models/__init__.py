@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flaxmnist import layers
 from flaxmnist.errors import ConfigError
+from flaxmnist.models import layers
 from flaxmnist.registry import Registry
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {

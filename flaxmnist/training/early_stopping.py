@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from flaxmnist.config_validation import MONITORS
 from flaxmnist.errors import ConfigError
-
-MONITORS = {"val_loss": "min", "val_accuracy": "max", "train_loss": "min", "train_accuracy": "max"}
 
 
 @dataclasses.dataclass(frozen=True)

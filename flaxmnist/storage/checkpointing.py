@@ -22,8 +22,8 @@ from typing import Any
 
 import jax
 
-from flaxmnist import parallel
 from flaxmnist.errors import FlaxmnistError
+from flaxmnist.training import parallel
 
 BEST_METRIC = "best_order"  # epoch at which a checkpoint became the best so far; -1 otherwise
 CORRUPT_SUFFIX = ".corrupt"

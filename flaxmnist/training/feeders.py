@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from flaxmnist import input_pipeline, parallel, steps
-from flaxmnist.datasets import ArraySplit
-from flaxmnist.train_state import TrainState
+from flaxmnist.data import input_pipeline
+from flaxmnist.data.datasets import ArraySplit
+from flaxmnist.training import parallel, step_functions
+from flaxmnist.training.train_state import TrainState
 
 Chunk = tuple[TrainState, dict[str, np.ndarray]]
 
@@ -29,7 +30,7 @@ Chunk = tuple[TrainState, dict[str, np.ndarray]]
 class RunnerInputs:
     """What a runner is built from: the jitted steps, the config, the splits and the mesh."""
 
-    fns: steps.StepFunctions
+    fns: step_functions.StepFunctions
     config: Any
     train: ArraySplit
     eval_splits: dict[str, ArraySplit]

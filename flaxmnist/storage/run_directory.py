@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from flaxmnist.errors import FlaxmnistError
-from flaxmnist.files import write_csv_atomic, write_json_atomic
+from flaxmnist.storage.files import write_csv_atomic, write_json_atomic
 
 # Fields that may change when a run is resumed: they do not change what is computed.
 RESUMABLE_FIELDS = {

@@ -16,9 +16,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from flaxmnist import checkpointing, models, optimizers, plugins, steps
+from flaxmnist import models, optimizers, plugins
 from flaxmnist.errors import FlaxmnistError
-from flaxmnist.train_state import TrainState, create_train_state
+from flaxmnist.storage import checkpointing
+from flaxmnist.training import step_functions
+from flaxmnist.training.train_state import TrainState, create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +37,12 @@ class LoadedRun:
 
     @functools.cached_property
     def _predict(self):
-        preprocess = functools.partial(steps.normalize_images, **self.normalization)
+        preprocess = functools.partial(step_functions.normalize_images, **self.normalization)
         tta_shift = self.config.get("tta_shift", 0)
         return jax.jit(
-            functools.partial(steps.predict_step, preprocess=preprocess, tta_shift=tta_shift)
+            functools.partial(
+                step_functions.predict_step, preprocess=preprocess, tta_shift=tta_shift
+            )
         )
 
     def with_tta(self, shift: int) -> LoadedRun:

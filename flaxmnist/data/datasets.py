@@ -26,7 +26,7 @@ import numpy as np
 from flaxmnist.errors import DataError
 
 DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
-VENDORED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+VENDORED_DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # the repository's data/ folder
 CHECKSUM_FILE = "SHA256SUMS"
 IDX_IMAGE_SIZE = (28, 28)  # every IDX dataset here (mnist, fashion_mnist) has 28x28 images
 IDX_FILES = {

@@ -1,0 +1,1 @@
+"""Evaluation: reloading a run, numpy metrics, matplotlib figures and the HTML report."""

@@ -1,0 +1,1 @@
+"""Training: the train state, the pure jitted steps, the ways batches reach them, the epoch loop."""
