@@ -62,6 +62,11 @@ def exit_with_error(message: str, status: int = EXIT_USER_ERROR) -> None:
     sys.exit(status)
 
 
+def one_line(error: BaseException | str) -> str:
+    """``error``'s message with its lines joined (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of ``error``'s message, cut to ``limit`` characters."""
     lines = str(error).strip().splitlines()

@@ -14,67 +14,74 @@ if __name__ == "__main__":
     errors.exit_on_signals()
 
 import importlib.util
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from flaxmnist import configs
+from flaxmnist import cli, configs
 from flaxmnist.config_validation import validate_config, validate_workdir
 from flaxmnist.data import datasets
-from flaxmnist.errors import ConfigError, exit_with_error
+from flaxmnist.errors import ConfigError, exit_with_error, one_line
 
-DEFAULT_CONFIG_FILE = configs.PRESET_DIR / "default.py"
-CONFIG_ARGUMENT = re.compile(r"^-{1,2}config(=|$)")
-OVERRIDE_ARGUMENT = re.compile(r"^-{1,2}(?:no)?config\.([^=]+)")
-FLAG_VALUE_ERROR = re.compile(r"^flag --(?P<name>[^=\s]+)=")
-EXPECTED_VALUES = (
-    (flags.IntegerParser, "an integer"),
-    (flags.FloatParser, "a number"),
-    (flags.BooleanParser, "true or false"),
-)
+DEFAULT_CONFIG = "default"
+OVERRIDE_PREFIXES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
 
 
-def define_flags(argv: Sequence[str] | None = None) -> None:
-    """Defines --config and --workdir.
+def define_flags(argv: Sequence[str]) -> list[str]:
+    """Defines --config (the loaded config, its overrides as flags) and --workdir.
 
-    Call it after ``sys.argv`` holds the final arguments: ml_collections reads the
-    ``--config.FIELD`` overrides from it at definition time. The config file is loaded and every
-    override's field looked up first, so that a broken file or an unknown field is a one-line
-    ConfigError rather than a traceback from inside ml_collections.
+    The config file named by ``--config`` is run once, here, and every override's field looked
+    up first, so that a broken file or an unknown field is a one-line ConfigError rather than a
+    traceback from inside ml_collections.
+
+    Args:
+      argv: the command line, program name first.
+
+    Returns:
+      ``argv`` without its ``--config`` argument, for absl to parse (the overrides stay).
     """
-    argv = sys.argv if argv is None else argv
-    config = load_config_file(config_argument(argv))
-    check_override_fields(config, argv)
-    try:
-        config_flags.DEFINE_config_file(
-            "config",
-            str(DEFAULT_CONFIG_FILE),
-            "Preset name or path to a config file with get_config().",
-            lock_config=True,
-        )
-    except flags.Error as e:  # e.g. --config=FILE given after a --config.FIELD override
-        raise ConfigError(one_line(e)) from None
-    except (KeyError, AttributeError, TypeError) as e:  # ml_collections on an unknown field
-        field = str(e).strip("\"'")
-        raise ConfigError(f"unknown config field in --config overrides: {field}") from None
+    spec, rest = split_config_argument(argv)
+    config = load_config_file(resolve_config_argument(spec))
+    check_override_fields(config, rest)
+    config_flags.DEFINE_config_dict("config", config, lock_config=True, sys_argv=rest)
     flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model>-<dataset>-<time>).")
+    return rest
 
 
-def config_argument(argv: Sequence[str]) -> str:
-    """The value of ``argv``'s first ``--config`` (the one ml_collections reads), or the default."""
-    for i, arg in enumerate(argv):
-        if CONFIG_ARGUMENT.match(arg):
-            if "=" in arg:
-                return arg.split("=", 1)[1]
-            if i + 1 < len(argv):
-                return argv[i + 1]
-    return str(DEFAULT_CONFIG_FILE)
+def split_config_argument(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """(the value of ``--config``, or the default preset; ``argv`` without that argument)."""
+    values, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 1
+        elif arg.startswith(("--config=", "-config=")):
+            values.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    if len(values) > 1:
+        raise ConfigError(f"--config given {len(values)} times ({', '.join(values)}); give it once")
+    return (values[0] if values else DEFAULT_CONFIG), rest
+
+
+def resolve_config_argument(value: str) -> str:
+    """Maps a preset name to its file; leaves paths alone; rejects names that are neither."""
+    path_part, sep, arg = value.partition(":")
+    if path_part in configs.preset_names():
+        return str(configs.PRESET_DIR / f"{path_part}.py") + sep + arg
+    if path_part.endswith(".py") and Path(path_part).is_file():
+        return value
+    raise ConfigError(
+        f"unknown config {value!r}: not a file and not a preset "
+        f"({', '.join(configs.preset_names())})"
+    )
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -83,7 +90,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        module_spec = importlib.util.spec_from_file_location("flaxmnist_config_check", path)
+        module_spec = importlib.util.spec_from_file_location("flaxmnist_user_config", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     except Exception as e:  # the user's file: a syntax error or a failing import is bad input
@@ -110,74 +117,14 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 def check_override_fields(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:
     """Every ``--config.FIELD`` in ``argv`` must name an existing field of ``config``."""
     for arg in argv:
-        match = OVERRIDE_ARGUMENT.match(arg)
-        if not match:
+        if not arg.startswith(OVERRIDE_PREFIXES):
             continue
+        field = arg.split("config.", 1)[1].split("=", 1)[0]
         node = config
-        for part in match.group(1).split("."):
+        for part in field.split("."):
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                raise ConfigError(f"unknown config field in --config overrides: {match.group(1)}")
+                raise ConfigError(f"unknown config field in --config overrides: {field}")
             node = node[part]
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses the flags as absl does; errors are one line naming the flag (exit 2)."""
-    try:
-        remaining = flags.FLAGS(argv)
-    except flags.Error as e:
-        exit_with_error(describe_flag_error(e, argv))
-    if len(remaining) > 1:
-        exit_with_error(
-            f"unexpected arguments: {' '.join(remaining[1:])} "
-            "(fields are set with --config.FIELD=VALUE)"
-        )
-    return remaining
-
-
-def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
-    """``--config.batch_size: expected an integer, got 'abc'`` for absl's parsing ``error``."""
-    message = str(error)
-    match = FLAG_VALUE_ERROR.match(message)
-    if not match:
-        return one_line(error)
-    name = match.group("name")
-    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
-    value = given[-1] if given else message[match.end() :].split(": ", 1)[0]
-    parser = flags.FLAGS[name].parser if name in flags.FLAGS else None
-    for parser_type, expected in EXPECTED_VALUES:
-        if isinstance(parser, parser_type):
-            return f"--{name}: expected {expected}, got {value!r}"
-    reason = message[match.end() + len(value) :].removeprefix(": ")
-    return f"--{name}: {one_line(reason) if reason else 'invalid value ' + repr(value)}"
-
-
-def one_line(error: BaseException | str) -> str:
-    """``error``'s message with its lines joined, for a one-line error."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def resolve_config_argument(value: str) -> str:
-    """Maps a preset name to its file; leaves paths alone; rejects names that are neither."""
-    path_part, sep, arg = value.partition(":")
-    if path_part in configs.preset_names():
-        return str(configs.PRESET_DIR / f"{path_part}.py") + sep + arg
-    if path_part.endswith(".py") and Path(path_part).is_file():
-        return value
-    raise ConfigError(
-        f"unknown config {value!r}: not a file and not a preset "
-        f"({', '.join(configs.preset_names())})"
-    )
-
-
-def rewrite_config_flag(argv: Sequence[str]) -> list[str]:
-    """Rewrites ``--config=NAME`` / ``--config NAME`` in ``argv`` to the preset's file path."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg.startswith("--config="):
-            out[i] = "--config=" + resolve_config_argument(arg.split("=", 1)[1])
-        elif arg == "--config" and i + 1 < len(out):
-            out[i + 1] = resolve_config_argument(out[i + 1])
-    return out
 
 
 def default_workdir(config) -> Path:
@@ -211,8 +158,7 @@ def _percent(value: float | None) -> str:
 
 def main(argv: Sequence[str]) -> None:
     """Trains and evaluates one run from the parsed flags."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.parse_flags refuses positional arguments
     config = flags.FLAGS.config
     workdir = Path(flags.FLAGS.workdir) if flags.FLAGS.workdir else default_workdir(config)
     with errors.reported(workdir):
@@ -240,13 +186,12 @@ def train(config, workdir: Path) -> dict:
 
 
 def run() -> None:
-    """Entry point: resolves preset names, checks the config and flags, then hands over to absl."""
+    """Entry point: loads the config named by --config, then parses the flags under absl."""
     try:
-        sys.argv = rewrite_config_flag(sys.argv)
-        define_flags()
+        sys.argv = define_flags(sys.argv)
     except ConfigError as e:
         exit_with_error(str(e))
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 from flaxmnist import config_validation, train
 from flaxmnist.configs import default, preset_names

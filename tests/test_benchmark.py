@@ -4,7 +4,7 @@ import importlib
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from flaxmnist.configs import default
 

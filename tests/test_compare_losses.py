@@ -2,7 +2,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 compare_losses = load_experiment("compare_losses")
 

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from flaxmnist.storage import compilation_cache
 from flaxmnist.storage.compilation_cache import CheckedFileCache

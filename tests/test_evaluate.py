@@ -3,12 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 
-from flaxmnist import compare, evaluate
+from flaxmnist.evaluation import comparison, evaluator
 from flaxmnist.training import loop
 
 FIGURES = {
@@ -54,7 +54,7 @@ def trained_runs(tmp_path_factory):
 
 def test_evaluate_writes_every_file_with_consistent_numbers(trained_runs):
     run = trained_runs["cnn_simple"]
-    summary = evaluate.evaluate_run(run)
+    summary = evaluator.evaluate_run(run)
     eval_dir = run / "eval"
     written = json.loads((eval_dir / "metrics.json").read_text())
     assert written["accuracy"] == summary["accuracy"]
@@ -80,7 +80,7 @@ def test_evaluate_writes_every_file_with_consistent_numbers(trained_runs):
 
 
 def test_dense_models_skip_the_conv_figures(trained_runs):
-    evaluate.evaluate_run(trained_runs["dense"])
+    evaluator.evaluate_run(trained_runs["dense"])
     stems = {p.stem for p in (trained_runs["dense"] / "eval" / "figures").glob("*.png")}
     assert stems == FIGURES - {"conv_kernels", "feature_maps"}
 
@@ -89,13 +89,13 @@ def test_feature_maps_have_one_entry_per_conv_layer(trained_runs):
     import flaxmnist
 
     run = flaxmnist.load_run(trained_runs["cnn_simple"])
-    maps = evaluate.conv_feature_maps(run, np.zeros((28, 28, 1), np.uint8))
+    maps = evaluator.conv_feature_maps(run, np.zeros((28, 28, 1), np.uint8))
     assert [name for name, _ in maps] == ["Conv_0"]
     assert maps[0][1].shape == (26, 26, 32) and (maps[0][1] >= 0).all()  # after ReLU
 
 
 def test_compare_writes_a_table_and_figures(trained_runs, tmp_path):
-    rows = compare.compare([trained_runs["cnn_simple"], trained_runs["dense"]], tmp_path / "cmp")
+    rows = comparison.compare([trained_runs["cnn_simple"], trained_runs["dense"]], tmp_path / "cmp")
     assert [r["model"] for r in rows] == ["cnn_simple", "dense"]
     assert rows[0]["params"] == 54_410 and rows[1]["params"] == 101_770
     table = (tmp_path / "cmp" / "comparison.md").read_text()
@@ -108,15 +108,44 @@ def test_compare_writes_a_table_and_figures(trained_runs, tmp_path):
     }
 
 
-@pytest.mark.slow
-def test_evaluate_cli_on_a_missing_run_fails_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "flaxmnist.evaluate", f"--workdir={tmp_path / 'nope'}"],
-        cwd=REPO_ROOT,
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        ("flaxmnist.evaluate", ["--workdir=nope"], "not a run directory"),
+        (
+            "flaxmnist.evaluate",
+            ["--workdir=nope", "--image_index=x"],
+            "--image_index: expected an integer",
+        ),
+        ("flaxmnist.evaluate", ["--workdir=nope", "extra"], "unexpected arguments: extra"),
+        ("flaxmnist.compare", ["nope"], "nope has no metrics.json"),
+        ("flaxmnist.compare", [], "name at least one run directory"),
+        ("flaxmnist.compare", ["--no_such_flag", "nope"], "no_such_flag"),
+    ],
+)
+def test_evaluate_and_compare_clis_fail_in_one_line(module, args, message, tmp_path):
+    result = _cli(module, *args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "not a run directory" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert not (tmp_path / "comparison").exists()
+
+
+@pytest.mark.slow
+def test_compare_cli_prints_the_table_and_writes_the_files(trained_runs, tmp_path):
+    runs = [str(trained_runs["cnn_simple"]), str(trained_runs["dense"])]
+    result = _cli("flaxmnist.compare", *runs, f"--out={tmp_path / 'cmp'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| cnn_simple | cnn_simple | mnist | 54410 |" in result.stdout
+    assert (tmp_path / "cmp" / "comparison.csv").exists()

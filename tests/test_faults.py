@@ -1,7 +1,7 @@
 """The fault matrix's quick trials (``experiments/faults.py --quick``), one test per scenario."""
 
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 faults = load_experiment("faults")
 

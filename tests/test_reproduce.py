@@ -2,7 +2,7 @@ import argparse
 import json
 
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 reproduce = load_experiment("reproduce")
 

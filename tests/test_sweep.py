@@ -1,5 +1,5 @@
 import pytest
-from conftest import load_experiment
+from helpers import load_experiment
 
 sweep = load_experiment("sweep")
 

@@ -1,11 +1,13 @@
 import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, run_cli
 
 from flaxmnist import losses, models, optimizers, train
 from flaxmnist.configs import preset_names
@@ -86,15 +88,45 @@ def test_bad_config_values_are_rejected_before_training(
     assert not (tmp_path / "run").exists()
 
 
-def test_preset_names_resolve_to_files():
-    assert train.rewrite_config_flag(["prog", "--config=dense", "--config.seed=1"]) == [
-        "prog",
-        f"--config={REPO_ROOT}/flaxmnist/configs/dense.py",
-        "--config.seed=1",
-    ]
-    assert train.rewrite_config_flag(["prog", "--config", "cnn3"])[2].endswith("configs/cnn3.py")
+def test_preset_names_resolve_to_files_and_the_config_argument_is_taken_out():
+    spec, rest = train.split_config_argument(["prog", "--config=dense", "--config.seed=1"])
+    assert (spec, rest) == ("dense", ["prog", "--config.seed=1"])
+    spec, rest = train.split_config_argument(["prog", "--config", "cnn3", "-x"])
+    assert (spec, rest) == ("cnn3", ["prog", "-x"])
+    assert train.split_config_argument(["prog"]) == ("default", ["prog"])
+    assert train.resolve_config_argument("dense") == f"{REPO_ROOT}/flaxmnist/configs/dense.py"
+    assert train.resolve_config_argument("dense:abc").endswith("configs/dense.py:abc")
     with pytest.raises(ConfigError, match="unknown config 'resnet'"):
-        train.rewrite_config_flag(["prog", "--config=resnet"])
+        train.resolve_config_argument("resnet")
+    with pytest.raises(ConfigError, match="--config given 2 times"):
+        train.split_config_argument(["prog", "--config=dense", "--config=fast"])
+
+
+@pytest.mark.slow
+def test_the_config_file_runs_once_and_its_overrides_apply(tmp_path):
+    counter = tmp_path / "calls"
+    config_file = tmp_path / "counting.py"
+    config_file.write_text(
+        "from pathlib import Path\n"
+        "from flaxmnist.configs import default\n"
+        "def get_config():\n"
+        f"    path = Path({str(counter)!r})\n"
+        "    path.write_text(path.read_text() + 'x' if path.exists() else 'x')\n"
+        "    return default.get_config()\n"
+    )
+    code = (
+        "import sys\n"
+        "from absl import flags\n"
+        "from flaxmnist import train\n"
+        f"rest = train.define_flags(['prog', '--config={config_file}', '--config.seed=7'])\n"
+        "flags.FLAGS(rest)\n"
+        "print(flags.FLAGS.config.seed)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert result.stdout.split() == ["7"]
+    assert counter.read_text() == "x"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-from conftest import load_experiment
+from helpers import load_experiment
 
 from flaxmnist.training import loop
 

@@ -12,7 +12,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 import flaxmnist
 from flaxmnist.data import datasets

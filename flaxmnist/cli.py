@@ -1,0 +1,66 @@
+"""What every command line shares: absl flag parsing whose errors are one line, and ``run``.
+
+Every command (``flaxmnist.train``, ``flaxmnist.evaluate``, ``flaxmnist.compare``,
+``flaxmnist.data``) is ``cli.run(main)`` over absl flags; ``main`` does its work inside
+:func:`flaxmnist.errors.reported`, so a bad flag, a user error and an internal error all end in
+one line on stderr and an exit status (2, 2 and 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+
+from flaxmnist.errors import exit_with_error, one_line
+
+FLAG_VALUE_ERROR = re.compile(r"^flag --(?P<name>[^=\s]+)=")
+EXPECTED_VALUES = (
+    (flags.IntegerParser, "an integer"),
+    (flags.FloatParser, "a number"),
+    (flags.BooleanParser, "true or false"),
+)
+
+
+def parse_flags(argv: list[str], *, positional: str | None = None) -> list[str]:
+    """Parses ``argv`` as absl does; a bad flag is one line naming it (exit 2).
+
+    Args:
+      argv: the command line, program name first.
+      positional: what the positional arguments are (for the error message), or None when the
+        command takes none.
+
+    Returns:
+      The program name followed by the positional arguments.
+    """
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        exit_with_error(describe_flag_error(e, argv))
+    if positional is None and len(remaining) > 1:
+        exit_with_error(f"unexpected arguments: {' '.join(remaining[1:])}")
+    return remaining
+
+
+def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
+    """``--config.batch_size: expected an integer, got 'abc'`` for absl's parsing ``error``."""
+    message = str(error)
+    match = FLAG_VALUE_ERROR.match(message)
+    if not match:
+        return one_line(error)
+    name = match.group("name")
+    given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
+    value = given[-1] if given else message[match.end() :].split(": ", 1)[0]
+    parser = flags.FLAGS[name].parser if name in flags.FLAGS else None
+    for parser_type, expected in EXPECTED_VALUES:
+        if isinstance(parser, parser_type):
+            return f"--{name}: expected {expected}, got {value!r}"
+    reason = message[match.end() + len(value) :].removeprefix(": ")
+    return f"--{name}: {one_line(reason) if reason else 'invalid value ' + repr(value)}"
+
+
+def run(main: Callable[[list[str]], None], *, positional: str | None = None) -> None:
+    """Runs ``main(argv)`` under absl with one-line flag errors (see :func:`parse_flags`)."""
+    app.run(main, flags_parser=functools.partial(parse_flags, positional=positional))

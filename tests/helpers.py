@@ -1,0 +1,34 @@
+"""Helpers the tests share: the repository root, experiment scripts as modules, the train CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_experiment(name: str) -> ModuleType:
+    """Imports the script ``experiments/<name>.py`` as a module (experiments/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs ``python -m flaxmnist.train ARGS`` in ``cwd`` and returns its captured output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "flaxmnist.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
