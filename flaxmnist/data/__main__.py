@@ -1,0 +1,83 @@
+"""Command line: ``python -m flaxmnist.data prepare [--data_dir=DIR] [--datasets=NAME,...]``.
+
+Writes ``mnist`` and ``fashion_mnist`` from the vendored IDX files into a tfds data dir, offline,
+so that ``tfds.load("mnist", data_dir=DIR)`` reads them anywhere (see ``docs/data.md``). One line
+per dataset: prepared or already prepared, its path, the seconds it took. Bad input ends in one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+from flaxmnist import cli, errors
+from flaxmnist.data import tfds_prepare
+from flaxmnist.errors import DataError
+
+USAGE = "python -m flaxmnist.data prepare [--data_dir=DIR] [--datasets=mnist,fashion_mnist]"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "data_dir", None, "tfds data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)."
+)
+flags.DEFINE_list("datasets", list(tfds_prepare.PREPARABLE), "Comma-separated datasets to prepare.")
+
+
+def main(argv: list[str]) -> None:
+    """Runs the command named by the positional argument."""
+    if argv[1:] != ["prepare"]:
+        given = " ".join(argv[1:]) or "no command"
+        errors.exit_with_error(f"expected the command 'prepare', got {given!r}; usage: {USAGE}")
+    logging.set_verbosity(logging.WARNING)
+    root = tfds_prepare.resolve_tfds_data_dir(FLAGS.data_dir)
+    with errors.reported(root):
+        prepare_all(dataset_names(FLAGS.datasets), root)
+
+
+def dataset_names(given: list[str]) -> list[str]:
+    """The ``--datasets`` names, checked and without repeats.
+
+    Args:
+      given: the flag's comma-separated items.
+
+    Returns:
+      The names in the order given.
+
+    Raises:
+      DataError: when none is given or one cannot be prepared.
+    """
+    names = list(dict.fromkeys(name.strip() for name in given if name.strip()))
+    if not names:
+        raise DataError(
+            f"--datasets: no dataset given (choose from {', '.join(tfds_prepare.PREPARABLE)})"
+        )
+    unknown = [name for name in names if name not in tfds_prepare.PREPARABLE]
+    if unknown:
+        raise DataError(
+            f"--datasets: cannot prepare {', '.join(unknown)}; "
+            f"choose from {', '.join(tfds_prepare.PREPARABLE)}"
+        )
+    return names
+
+
+def prepare_all(names: list[str], root: os.PathLike) -> None:
+    """Prepares each dataset in ``root``, printing one line per dataset.
+
+    Args:
+      names: datasets to prepare.
+      root: the tfds data dir.
+    """
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    for name in names:
+        result = tfds_prepare.prepare(name, root)
+        state = "prepared" if result.built else "already prepared"
+        print(f"{name}: {state} in {result.builder.data_path} ({result.seconds:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    errors.exit_on_signals()
+    cli.run(main, positional="prepare")
