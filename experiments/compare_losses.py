@@ -34,8 +34,8 @@ from matplotlib.ticker import PercentFormatter
 
 from flaxmnist import losses, plugins
 from flaxmnist.errors import ConfigError
-from flaxmnist.evaluate import predict_test
 from flaxmnist.evaluation import figures, metrics
+from flaxmnist.evaluation.evaluator import predict_test
 from flaxmnist.storage import files
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic IDX datasets and small configs."""
+"""Shared fixtures: one compilation cache for the session, synthetic IDX datasets, small configs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,21 @@ from pathlib import Path
 import pytest
 
 from flaxmnist.configs import default
+from flaxmnist.storage import compilation_cache
 from flaxmnist.testing import write_idx_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package's checked compilation cache, on for the whole session, in a fresh folder.
+
+    Tests train many small runs of the same shapes: each program is compiled once per session
+    (the suite runs about 3x faster), and the cache is exercised by a long sequence of different
+    runs in one process. Tests of the cache itself use folders of their own.
+    """
+    path = tmp_path_factory.mktemp("compilation-cache")
+    assert compilation_cache.enable(str(path))
+    return path
 
 
 @pytest.fixture

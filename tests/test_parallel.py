@@ -106,7 +106,7 @@ def test_mesh_and_batch_checks():
 def test_batch_size_must_split_over_devices(synthetic_data_dir, tmp_path):
     script = (
         "import sys\n"
-        "from flaxmnist import parallel\n"
+        "from flaxmnist.training import parallel\n"
         "from flaxmnist.errors import ConfigError\n"
         "mesh = parallel.create_mesh(8)\n"
         "try:\n"

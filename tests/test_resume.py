@@ -287,7 +287,7 @@ def test_reloaded_run_gives_identical_test_predictions_in_a_fresh_process(tiny_c
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     script = (
         "import json, numpy as np, flaxmnist\n"
-        "from flaxmnist import datasets\n"
+        "from flaxmnist.data import datasets\n"
         f"run = flaxmnist.load_run({str(tmp_path / 'run')!r})\n"
         f"test = datasets.load_dataset('mnist', {tiny_config.data_dir!r}).test\n"
         "logits = run.predict(test.images, batch_size=7)\n"
