@@ -1,6 +1,7 @@
 """flaxmnist: pure-functional JAX/Flax training of MNIST-family classifiers.
 
-``flaxmnist.load_run(workdir)`` reloads a trained run; the CLI is ``python -m flaxmnist.train``.
+``flaxmnist.train_and_evaluate(config, workdir)`` trains a run, ``flaxmnist.load_run(workdir)``
+reloads one; the CLI is ``python -m flaxmnist.train``.
 """
 
 __version__ = "0.1.0"
@@ -12,4 +13,8 @@ def __getattr__(name: str):
         from flaxmnist.evaluation.loading import load_run
 
         return load_run
+    if name == "train_and_evaluate":
+        from flaxmnist.training.loop import train_and_evaluate
+
+        return train_and_evaluate
     raise AttributeError(f"module 'flaxmnist' has no attribute {name!r}")

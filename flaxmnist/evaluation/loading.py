@@ -79,9 +79,32 @@ def _select_step(checkpoints: checkpointing.RunCheckpoints, which: str | int) ->
 
 
 def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun:
-    """Rebuilds the model of run ``workdir`` and restores checkpoint ``checkpoint``.
+    """Rebuilds the model of run ``workdir`` and restores one of its checkpoints.
 
-    ``checkpoint`` is ``"latest"``, ``"best"`` (by the run's monitored metric) or a step number.
+    Works in a fresh process: the model comes from the run's ``config.json`` (and the modules in
+    its ``import_modules``), the state from its Orbax checkpoints. Also ``flaxmnist.load_run``.
+
+    Args:
+      workdir: a run directory written by ``python -m flaxmnist.train`` or
+        :func:`flaxmnist.training.loop.train_and_evaluate`.
+      checkpoint: ``"latest"``, ``"best"`` (by the run's monitored metric) or a step number.
+
+    Returns:
+      A :class:`LoadedRun`: ``config``, ``model``, ``state``, ``step``, ``epoch``,
+      ``class_names`` and ``predict(images, batch_size=...) -> logits`` for uint8 images.
+
+    Raises:
+      FlaxmnistError: when ``workdir`` is no run directory or the checkpoint does not exist,
+        is damaged, or belongs to another model.
+
+    Example::
+
+        import flaxmnist
+        from flaxmnist.data import datasets
+
+        run = flaxmnist.load_run("runs/convnet", "best")
+        test = datasets.load_dataset("mnist").test
+        accuracy = (run.predict(test.images).argmax(-1) == test.labels).mean()
     """
     workdir = Path(workdir)
     config_file = workdir / "config.json"

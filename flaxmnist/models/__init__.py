@@ -227,7 +227,31 @@ _register(
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """Builds the model named ``config.model`` with the config's activation, dtype and layers."""
+    """Builds the Linen model named ``config.model`` with the config's activation and dtype.
+
+    Args:
+      config: a run config (``flaxmnist.configs.default.get_config()``); reads ``model``,
+        ``activation``, ``dtype``, ``conv_impl`` and ``pool_impl``.
+      num_classes: the size of the output layer.
+
+    Returns:
+      An unbound ``flax.linen.Module``; ``model.apply(variables, images, train=False)`` maps
+      float images [N, H, W, C] to logits [N, num_classes].
+
+    Raises:
+      ConfigError: for an unknown model, activation, dtype or layer implementation.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flaxmnist import models
+      >>> from flaxmnist.configs import default
+      >>> config = default.get_config()
+      >>> config.model = "dense"
+      >>> model = models.create_model(config, num_classes=10)
+      >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+      >>> models.count_params(variables["params"])
+      101770
+    """
     factory = MODELS.get(config.model)
     if config.activation not in ACTIVATIONS:
         raise ConfigError(

@@ -509,10 +509,38 @@ def train_and_evaluate(
     workdir: str | Path,
     load_dataset: Callable[[], datasets.Dataset] | None = None,
 ) -> dict[str, Any]:
-    """Trains per ``config`` (resuming from ``workdir``'s checkpoints), then tests.
+    """Trains per ``config``, resuming from ``workdir``'s checkpoints, then tests.
 
-    Writes the run directory's files and returns the contents of ``metrics.json``.
-    ``load_dataset`` is as in :func:`build_experiment`.
+    The library form of ``python -m flaxmnist.train`` (also ``flaxmnist.train_and_evaluate``):
+    it writes ``config.json``, ``history.json`` / ``.csv``, ``steps.csv``, ``metrics.json``,
+    TensorBoard scalars and Orbax checkpoints into ``workdir``. Rerunning it on the same
+    ``workdir`` continues the run (bitwise as if uninterrupted); a finished run is reported again.
+
+    Args:
+      config: a run config (``flaxmnist.configs.default.get_config()`` or a preset's), checked
+        before anything is written.
+      workdir: the run directory (created; locked while the run lasts).
+      load_dataset: returns the dataset; by default ``config.dataset`` is loaded from
+        ``config.data_dir`` (as :func:`build_experiment` does).
+
+    Returns:
+      The contents of ``metrics.json``: ``test_accuracy``, ``test_loss``, ``epochs_completed``,
+      ``steps``, ``num_params``, ``train_time_s``, ...
+
+    Raises:
+      FlaxmnistError: for a bad config, missing data, a locked or incompatible ``workdir``, a
+        non-finite loss under ``nan_policy="stop"``; ``TrainingInterruptedError`` (exit code
+        128 + signal) after SIGINT / SIGTERM, with a checkpoint saved.
+
+    Example::
+
+        from flaxmnist.configs import fast
+        from flaxmnist.training import loop
+
+        config = fast.get_config()
+        config.num_epochs = 1
+        metrics = loop.train_and_evaluate(config, "runs/fast-1")
+        print(f"{metrics['test_accuracy']:.2%}")
     """
     start_time = time.perf_counter()
     exp = build_experiment(config, load_dataset)

@@ -183,7 +183,29 @@ def make_step_functions(
 ) -> StepFunctions:
     """Binds the loss, preprocessing and augmentation into the steps and jit-compiles them.
 
-    ``tta_shift`` > 0 turns on test-time augmentation in every evaluation and prediction.
+    Args:
+      loss_fn: a per-example loss as :func:`flaxmnist.losses.get_loss` returns it.
+      preprocess: maps uint8 images [N, H, W, C] to the model's float input
+        (e.g. :func:`normalize_images`).
+      augment: ``fn(images, key) -> images`` applied to training batches only, or None.
+      tta_shift: > 0 averages predictions over the image shifted by up to this many pixels in
+        every evaluation and prediction (test-time augmentation).
+
+    Returns:
+      :class:`StepFunctions`: ``train_step(state, batch, key) -> (state, metrics)`` (donates
+      ``state``), ``eval_step(state, batch) -> metric sums``, ``predict_step(state, images) ->
+      logits``, and the ``lax.scan`` loops ``train_on_indices`` and ``evaluate_batches``.
+      A batch is a dict of ``image`` uint8 [B, H, W, C], ``label`` int32 [B] and ``mask``
+      bool [B] (padding examples are masked out of the sums).
+
+    Example:
+      >>> from flaxmnist import losses
+      >>> from flaxmnist.training import step_functions
+      >>> fns = step_functions.make_step_functions(
+      ...     losses.get_loss("cross_entropy"), step_functions.normalize_images
+      ... )
+      >>> sorted(vars(fns))
+      ['eval_step', 'evaluate_batches', 'predict_step', 'train_on_indices', 'train_step']
     """
     train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, augment=augment)
     evaluate = functools.partial(

@@ -36,10 +36,7 @@ class TrainState(train_state.TrainState):
         """``ema = decay * ema + (1 - decay) * params`` (no-op without an EMA)."""
         if self.ema_params is None:
             return self
-        decay = self.ema_decay
-        ema = jax.tree_util.tree_map(
-            lambda e, p: decay * e + (1.0 - decay) * p, self.ema_params, self.params
-        )
+        ema = optax.incremental_update(self.params, self.ema_params, 1.0 - self.ema_decay)
         return self.replace(ema_params=ema)
 
 
