@@ -7,6 +7,7 @@ logs each attempt). One data dir, prepared once by the CLI, is shared by the mod
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import random
 import re
@@ -191,6 +192,19 @@ def test_prepared_dataset_has_the_stock_features_and_splits(prepared, name):
     assert info.features["image"].dtype == np.uint8
     assert tuple(info.features["label"].names) == datasets.IDX_CLASS_NAMES[name]
     assert {s: info.splits[s].num_examples for s in info.splits} == SIZES
+
+
+@pytest.mark.slow
+def test_the_check_after_building_catches_a_single_changed_pixel(prepared):
+    import tensorflow_datasets as tfds
+
+    idx = datasets.load_idx_dataset("mnist")
+    images = idx.test.images.copy()
+    images[1234, 14, 14, 0] ^= 0x80
+    changed = dataclasses.replace(idx, test=datasets.ArraySplit(images, idx.test.labels))
+    builder = tfds.builder("mnist", data_dir=str(prepared[0]))
+    with pytest.raises(DataError, match=r"\(test: the examples differ\); nothing was installed"):
+        tfds_prepare._verify(builder, changed)
 
 
 @pytest.mark.slow
