@@ -8,7 +8,7 @@ line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from absl import flags, logging
 
@@ -62,7 +62,7 @@ def dataset_names(given: list[str]) -> list[str]:
     return names
 
 
-def prepare_all(names: list[str], root: os.PathLike) -> None:
+def prepare_all(names: list[str], root: Path) -> None:
     """Prepares each dataset in ``root``, printing one line per dataset.
 
     Args:

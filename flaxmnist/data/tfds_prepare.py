@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import io
@@ -113,15 +114,14 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Prepared:
     root = resolve_tfds_data_dir(data_dir)
     _make_writable_dir(root)
     tfds = _import_tfds()
-    builder = tfds.builder(name, data_dir=os.fspath(root))
-    built = False
+    open_builder = functools.partial(tfds.builder, name, data_dir=os.fspath(root))
+    builder, built = open_builder(), False
     if not is_complete(builder):
         with _locked(root / LOCK_FILE.format(name=name)):
-            builder = tfds.builder(name, data_dir=os.fspath(root))  # another process may have won
+            builder = open_builder()  # another process may have prepared it meanwhile
             if not is_complete(builder):
                 _build_and_verify(tfds, name, root)
-                builder = tfds.builder(name, data_dir=os.fspath(root))
-                built = True
+                builder, built = open_builder(), True
     return Prepared(builder, built, time.perf_counter() - start)
 
 
