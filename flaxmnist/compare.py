@@ -10,7 +10,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from flaxmnist import cli, errors
+from flaxmnist import cli, console, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "comparison", "Folder for the table and the figures.")
@@ -27,8 +27,8 @@ def main(argv: list[str]) -> None:
         from flaxmnist.evaluation import comparison  # JAX after the flags: a bad flag fails at once
 
         rows = comparison.compare(runs, out)
-    print(comparison.markdown(rows), end="")
-    print(f"wrote {out}/ (comparison.csv, comparison.md, 4 figures)")
+    console.say(comparison.markdown(rows).rstrip("\n"))
+    console.say(f"wrote {out}/ (comparison.csv, comparison.md, 4 figures)")
 
 
 if __name__ == "__main__":

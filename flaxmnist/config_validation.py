@@ -3,7 +3,7 @@
 :func:`validate_config` rejects any value no run can use with a one-line :class:`ConfigError`
 naming the field. ``python -m flaxmnist.train`` calls it right after flag parsing (a bad flag
 fails in a fraction of a second, before the heavy imports and before the run directory exists);
-:func:`flaxmnist.training.loop.build_experiment` calls it again for library users.
+:func:`flaxmnist.training.experiment.build_experiment` calls it again for library users.
 
 Names that plugins may register (``model``, ``loss``, ``optimizer``, ``schedule``) are resolved
 later by their registries; here they only have to be non-empty strings. The fixed vocabularies

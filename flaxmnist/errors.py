@@ -40,7 +40,7 @@ def exit_on_signals() -> None:
     collector callback or a ``__del__``, and the signal is lost. An immediate exit is safe because
     every file of a run is written atomically and checkpoints survive ``kill -9`` (the fault
     matrix checks both). The epoch loop swaps in a handler that saves a checkpoint first
-    (:class:`flaxmnist.training.loop.InterruptFlag`).
+    (:class:`flaxmnist.training.interruption.InterruptFlag`).
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop_now)

@@ -165,10 +165,9 @@ def main(argv: Sequence[str]) -> None:
         validate_config(config)  # before the heavy imports: a bad value fails at once
         validate_workdir(workdir)
         metrics = train(config, workdir)
-    from flaxmnist.training import parallel
+    from flaxmnist import console
 
-    if parallel.is_primary():
-        print(format_summary(metrics, workdir))
+    console.say(format_summary(metrics, workdir))
 
 
 def train(config, workdir: Path) -> dict:

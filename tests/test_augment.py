@@ -12,6 +12,7 @@ import pytest
 from flaxmnist.configs import default
 from flaxmnist.data import augment
 from flaxmnist.errors import ConfigError
+from flaxmnist.training import experiment
 
 IMAGES = jax.random.uniform(jax.random.key(0), (6, 12, 10, 1))
 
@@ -49,6 +50,7 @@ def test_each_op_keeps_shape_and_range_and_is_deterministic(strengths):
     assert not jnp.allclose(out, fn(IMAGES, jax.random.key(4)))
 
 
+@pytest.mark.slow
 def test_translation_moves_an_interior_pixel_and_preserves_its_mass():
     image = jnp.zeros((1, 10, 10, 1)).at[0, 5, 5, 0].set(1.0)
     cfg = augment.AugmentConfig(translate=0.3)
@@ -74,6 +76,7 @@ def test_resampling_shifts_by_the_translation_and_splits_fractions_bilinearly():
     chex.assert_trees_all_close(out, jnp.zeros((10, 10, 1)).at[5, 4, 0].set(1.0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_flip_mirrors_left_and_right():
     image = jnp.zeros((64, 4, 4, 1)).at[:, 1, 0, 0].set(1.0)
     out = augment.augment_batch(image, jax.random.key(2), augment.AugmentConfig(flip=True))
@@ -82,6 +85,7 @@ def test_flip_mirrors_left_and_right():
     assert (flipped ^ kept).all() and 10 < flipped.sum() < 54  # about half flipped
 
 
+@pytest.mark.slow
 def test_cutout_erases_a_square_of_the_given_size():
     out = augment.augment_batch(
         jnp.ones((3, 12, 12, 1)),
@@ -101,6 +105,7 @@ def test_config_validation():
         augment.AugmentConfig.from_config(config)
 
 
+@pytest.mark.slow
 def test_training_with_augmentation_runs_and_learns(tiny_config, tmp_path):
     from flaxmnist.training import loop
 
@@ -122,13 +127,13 @@ class _PixelDot(nn.Module):
 
 def _images_seen_by_train_steps(config, num_steps=1, mean=0.5, std=0.25):
     """What the model saw in each of ``num_steps`` train steps on one all-white 12x12 image."""
-    from flaxmnist.training import loop, step_functions
+    from flaxmnist.training import step_functions
     from flaxmnist.training.train_state import create_train_state
 
     fns = step_functions.make_step_functions(
         lambda logits, labels, *, step=0: logits[:, 0],  # d loss / d w = the image
         functools.partial(step_functions.normalize_images, mean=mean, std=std),
-        loop.make_augment(config, mean, std),
+        experiment.make_augment(config, mean, std),
     )
     state = create_train_state(_PixelDot(), (12, 12, 1), optax.sgd(1.0), jax.random.key(0))
     batch = {"image": np.full((1, 12, 12, 1), 255, np.uint8), "label": np.zeros(1, np.int32)}
@@ -157,6 +162,7 @@ def test_train_step_sees_the_configured_cutout_filled_with_black():
     assert not np.array_equal(first, second)  # a new square each step
 
 
+@pytest.mark.slow
 def test_train_step_sees_rotated_images():
     config = default.get_config()
     config.augment.rotation = 30.0

@@ -94,6 +94,7 @@ JAX_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_jax_compiles_into_the_checked_store_and_a_second_process_loads_from_it(tmp_path):
     """Fails if a JAX upgrade moves the storage layer that :func:`enable` replaces."""
 

@@ -145,6 +145,7 @@ def test_tfds_fails_fast_offline(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 def test_tfds_datasets_load_through_tfds(tmp_path):
     import tensorflow_datasets as tfds
 
@@ -154,6 +155,7 @@ def test_tfds_datasets_load_through_tfds(tmp_path):
     assert len(ds.test) == 12 and ds.num_classes == 10
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_vendored_data_matches_published_facts(name):

@@ -1,4 +1,8 @@
-"""The fault matrix's quick trials (``experiments/faults.py --quick``), one test per scenario."""
+"""The fault matrix's quick trials (``experiments/faults.py --quick``), one test per scenario.
+
+One drill serves every scenario, as in ``faults.py --quick``: the reference runs and the warm
+cache are made once.
+"""
 
 import pytest
 from helpers import load_experiment
@@ -6,10 +10,16 @@ from helpers import load_experiment
 faults = load_experiment("faults")
 
 
+@pytest.fixture(scope="module")
+def drill(tmp_path_factory):
+    return faults.Drill(tmp_path_factory.mktemp("faults"), seed=0)
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("fault-drill")  # one worker, one drill
 @pytest.mark.parametrize("scenario", list(faults.SCENARIOS))
-def test_every_quick_trial_of_the_fault_matrix_survives(scenario, tmp_path):
-    (row,) = faults.run_scenarios([scenario], quick=True, seed=0, root=tmp_path)
+def test_every_quick_trial_of_the_fault_matrix_survives(scenario, drill):
+    row = faults.SCENARIOS[scenario](drill, True)
     if row.trials == 0:
         pytest.skip("; ".join(row.notes))  # disk-full trials need a tmpfs mount (root)
     assert row.failures == []

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from flaxmnist.data import datasets, input_pipeline
 
@@ -36,6 +37,7 @@ def _labels(dataset) -> list[np.ndarray]:
     return [batch["label"] for batch in dataset.as_numpy_iterator()]
 
 
+@pytest.mark.slow
 def test_tf_train_dataset_is_seeded_full_batches_and_reshuffles_per_epoch():
     split = _split(50)
     epoch1 = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1))

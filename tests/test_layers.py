@@ -18,6 +18,7 @@ def _reference_conv(x, kernel, padding):
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 5, 5, 1), (2, 3, 3, 4)])
 # 0: every forward pass is patches @ kernel; 64: every one here is a sum of shifted copies.
+@pytest.mark.slow
 @pytest.mark.parametrize("shifted_sum_max_taps", [0, 64])
 def test_im2col_conv_matches_lax_conv_values_and_gradients(
     padding, shape, kernel_size, shifted_sum_max_taps, monkeypatch
@@ -46,6 +47,7 @@ def test_im2col_conv_matches_lax_conv_values_and_gradients(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 6, 6, 3), (2, 7, 5, 2), (1, 3, 3, 1)])
 def test_fast_max_pool_matches_reduce_window(shape):
     x = jax.random.normal(jax.random.key(1), shape)
@@ -70,6 +72,7 @@ def test_max_pool_drops_trailing_row_and_column():
     chex.assert_trees_all_equal(out[0, :, :, 0], jnp.array([[6.0, 8.0], [16.0, 18.0]]))
 
 
+@pytest.mark.slow
 def test_conv_module_has_flax_conv_parameters():
     x = jnp.ones((1, 8, 8, 3))
     ours = layers.Conv(5).init(jax.random.key(0), x)
@@ -89,6 +92,7 @@ def test_auto_resolves_to_cpu_friendly_implementations_on_cpu():
         layers.resolve_impl("winograd", layers.CONV_IMPLS, "im2col")
 
 
+@pytest.mark.slow
 def test_bfloat16_conv_is_close_to_float32():
     x = jax.random.uniform(jax.random.key(3), (2, 10, 10, 4))
     kernel = jax.random.normal(jax.random.key(4), (3, 3, 4, 8)) * 0.1
@@ -98,6 +102,7 @@ def test_bfloat16_conv_is_close_to_float32():
     np.testing.assert_allclose(np.asarray(low, np.float32), conv(x, kernel), atol=5e-2)
 
 
+@pytest.mark.slow
 def test_chunked_im2col_matches_unchunked(monkeypatch):
     x = jax.random.normal(jax.random.key(5), (7, 9, 9, 2))
     kernel = jax.random.normal(jax.random.key(6), (3, 3, 2, 4))

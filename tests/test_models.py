@@ -110,6 +110,7 @@ def test_only_batch_norm_models_have_batch_stats():
         assert ("batch_stats" in _abstract(name)[1]) == (name in BATCH_NORM_MODELS), name
 
 
+@pytest.mark.slow
 def test_dropout_is_random_in_training_and_off_in_inference():
     model, variables = _init("mlp_dropout")
     no_dropout = models.create_model(
@@ -125,6 +126,7 @@ def test_dropout_is_random_in_training_and_off_in_inference():
     chex.assert_trees_all_close(model.apply(variables, x), without)  # inference: no dropout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn_deep", "resnet"])
 def test_batch_norm_updates_statistics_only_in_training(name):
     model, variables = _init(name)
@@ -144,6 +146,7 @@ def test_batch_norm_updates_statistics_only_in_training(name):
     chex.assert_trees_all_equal(statistics_after(False), variables["batch_stats"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_pooling_first_is_the_same_function_without_batch_norm(activation):
     # max-pool commutes with a monotonic activation: same logits and gradients, fewer values.
@@ -159,6 +162,7 @@ def test_pooling_first_is_the_same_function_without_batch_norm(activation):
     chex.assert_trees_all_close(loss_and_grads(pooled_first), loss_and_grads(plain), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pooling_first_normalises_the_pooled_values():
     # convnet_small's first BatchNorm sees relu(max_pool(conv(x))): 13×13, not 26×26, values.
     x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
@@ -174,6 +178,7 @@ def test_pooling_first_normalises_the_pooled_values():
     )
 
 
+@pytest.mark.slow
 def test_activation_is_configurable():
     x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
     relu_model, variables = _init("dense")
@@ -193,6 +198,7 @@ def test_bfloat16_compute_keeps_float32_params(name):
     assert logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_resnet_in_bfloat16_trains_and_predicts_close_to_float32():
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     model, variables = _init("resnet")

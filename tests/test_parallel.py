@@ -22,12 +22,14 @@ SCRIPT = """
 import json, shutil, sys
 from flaxmnist.training import loop
 from flaxmnist.configs import default
+from flaxmnist.storage import compilation_cache
 
-data_dir, out, pipeline = sys.argv[1:4]
+data_dir, out, pipeline, cache = sys.argv[1:5]
+compilation_cache.enable(cache)
 results = {}
 for devices in (1, 8):
     config = default.get_config()
-    config.update(model="cnn_deep", data_dir=data_dir, batch_size=32, eval_batch_size=64,
+    config.update(model="convnet_small", data_dir=data_dir, batch_size=32, eval_batch_size=64,
                   num_epochs=2, num_devices=devices, input_pipeline=pipeline,
                   compilation_cache_dir="")
     metrics = loop.train_and_evaluate(config, f"{out}/{pipeline}-{devices}")
@@ -60,8 +62,11 @@ def _run_on_8_devices(script: str, *args: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["device", "tfds"])
-def test_one_and_eight_devices_agree(synthetic_data_dir, tmp_path, pipeline):
-    stdout = _run_on_8_devices(SCRIPT, str(synthetic_data_dir), str(tmp_path), pipeline)
+def test_one_and_eight_devices_agree(
+    synthetic_data_dir, tmp_path, pipeline, session_compilation_cache
+):
+    args = (str(synthetic_data_dir), str(tmp_path), pipeline, str(session_compilation_cache))
+    stdout = _run_on_8_devices(SCRIPT, *args)
     results = json.loads(stdout.split("RESULTS ", 1)[1])
     one, eight = results["1"], results["8"]
     assert (one["device_count"], eight["device_count"]) == (1, 8)

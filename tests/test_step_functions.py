@@ -63,6 +63,7 @@ def test_metric_sums_respect_the_mask():
 
 
 # Dropout (an rng per step) and BatchNorm (batch_stats carried through the donated state).
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["mlp_dropout", "convnet_small"])
 def test_package_steps_reduce_the_loss_and_compile_once_over_fresh_batches(model_name):
     traces = []
@@ -142,6 +143,7 @@ def test_train_step_draws_a_new_dropout_mask_each_step_and_the_same_one_for_the_
         np.testing.assert_array_equal(np.asarray(dropped[0]) * 0.5, mask)
 
 
+@pytest.mark.slow
 def test_scanned_training_equals_sequential_train_steps():
     fns = step_functions.make_step_functions(CROSS_ENTROPY, step_functions.normalize_images)
     data = _batch(n=24, seed=3)
@@ -160,6 +162,7 @@ def test_scanned_training_equals_sequential_train_steps():
     chex.assert_trees_all_close(per_step["loss"], jnp.array(expected_losses), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluation_of_padded_batches_counts_every_example_once():
     fns = step_functions.make_step_functions(CROSS_ENTROPY, step_functions.normalize_images)
     state, data = _state(), _batch(n=10, seed=4)
@@ -262,6 +265,7 @@ def test_eval_and_predict_steps_use_the_ema_params_when_kept():
     )
 
 
+@pytest.mark.slow
 def test_ema_run_reports_test_metrics_of_the_average(tiny_config, tmp_path):
     tiny_config.ema_decay = 0.9
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
@@ -293,6 +297,7 @@ def test_shifted_views_move_pixels_and_fill_with_black():
     np.testing.assert_array_equal(views, np.array(expected))
 
 
+@pytest.mark.slow
 def test_tta_averages_the_softmax_over_the_shifted_views():
     state, images = _state("cnn_simple"), _batch(4)["image"]
     plain = step_functions.predict_step(state, images, preprocess=step_functions.normalize_images)
@@ -319,6 +324,7 @@ def test_tta_averages_the_softmax_over_the_shifted_views():
     chex.assert_trees_all_close(np.exp(tta).sum(-1), np.ones(4), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tta_run_predicts_with_tta(tiny_config, tmp_path):
     tiny_config.tta_shift = 1
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")

@@ -10,9 +10,10 @@ import pytest
 from helpers import REPO_ROOT, run_cli
 
 from flaxmnist import losses, models, optimizers, train
+from flaxmnist.config_validation import validate_config
 from flaxmnist.configs import preset_names
 from flaxmnist.errors import ConfigError, FlaxmnistError
-from flaxmnist.training import loop
+from flaxmnist.training import interruption, loop
 
 HISTORY_FIELDS = {
     "epoch",
@@ -26,6 +27,7 @@ HISTORY_FIELDS = {
 METRICS_FIELDS = {"test_loss", "test_accuracy", "num_test_examples", "num_params"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["device", "tfds"])
 def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipeline):
     tiny_config.input_pipeline = pipeline
@@ -48,7 +50,7 @@ def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipel
     for record in history:
         examples = steps_per_epoch * 32
         assert record["examples_per_s"] == pytest.approx(examples / record["epoch_time_s"])
-    assert 0 < metrics["time_to_first_chunk_s"] < loop.process_age_s()
+    assert 0 < metrics["time_to_first_chunk_s"] < interruption.process_age_s()
 
 
 def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
@@ -199,7 +201,7 @@ def test_cli_user_errors_end_with_one_line_and_status_2(
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_is_a_valid_config(preset):
     config = importlib.import_module(f"flaxmnist.configs.{preset}").get_config()
-    loop.validate_config(config)
+    validate_config(config)
     model = models.create_model(config, num_classes=10)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     assert models.count_params(variables["params"]) > 0

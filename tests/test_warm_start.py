@@ -5,7 +5,7 @@ import pytest
 import flaxmnist
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.testing import write_idx_dataset
-from flaxmnist.training import loop, warm_start
+from flaxmnist.training import experiment, loop, warm_start
 
 
 def test_merge_matching_copies_same_path_and_shape_only():
@@ -27,13 +27,13 @@ def test_fine_tuning_on_new_classes_reinitialises_only_the_head(tiny_config, tmp
         data_dir=str(tmp_path / "data"),
         init_from=str(tmp_path / "mnist_run"),
     )
-    params = loop.build_experiment(tiny_config).state.params
+    params = experiment.build_experiment(tiny_config).state.params
     chex.assert_trees_all_equal(params["Conv_0"], source["Conv_0"])
     assert not np.allclose(params["head"]["kernel"], source["head"]["kernel"])
     tiny_config.dataset = "mnist"  # same classes: the head is copied too
     tiny_config.data_dir = str(tmp_path / "data")
     write_idx_dataset(tmp_path / "data" / "mnist", num_train=64, num_test=16)
-    chex.assert_trees_all_equal(loop.build_experiment(tiny_config).state.params, source)
+    chex.assert_trees_all_equal(experiment.build_experiment(tiny_config).state.params, source)
 
 
 def test_init_from_a_run_of_an_unrelated_model_is_refused(tiny_config, tmp_path):
@@ -46,4 +46,4 @@ def test_init_from_a_run_of_an_unrelated_model_is_refused(tiny_config, tmp_path)
         init_from=str(tmp_path / "cnn"),
     )
     with pytest.raises(FlaxmnistError, match="no parameter of that run fits"):
-        loop.build_experiment(tiny_config)
+        experiment.build_experiment(tiny_config)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flaxmnist import models
+from flaxmnist import console, models
 from flaxmnist.data import augment, datasets
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.evaluation import figures, metrics, report
@@ -186,7 +185,7 @@ def predict_test(
     notes = []
     if name != run.config.dataset:
         notes.append(f"warning: evaluating a {run.config.dataset} model on {name}")
-        print(notes[-1], file=sys.stderr)
+        console.warn(f"evaluating a {run.config.dataset} model on {name}")
     data = datasets.load_dataset(name, data_dir or run.config.data_dir or None)
     logits = run.predict(data.test.images)
     summary = {
@@ -251,9 +250,9 @@ def evaluate_run(
         figures=paths,
         notes=[*notes, check],
     )
-    print(headline)
-    print(check)
-    print(
+    console.say(headline)
+    console.say(check)
+    console.say(
         f"wrote {eval_dir}/ (metrics.json, classification_report.txt, confusion_matrix.csv, "
         f"predictions.npz, {len(paths)} figures, report.html)"
     )

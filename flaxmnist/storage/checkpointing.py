@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import jax
 
+from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.training import parallel
 
@@ -170,17 +170,11 @@ class RunCheckpoints:
         """Renames a damaged step folder to ``<step>.corrupt`` so it is neither used nor lost."""
         source = self.directory / str(step)
         target = self.directory / f"{step}{CORRUPT_SUFFIX}"
-        logging.warning(
-            "checkpoint step %d is damaged (%s); falling back to an older one",
-            step,
-            str(error).splitlines()[0][:200],
+        console.warn(
+            f"checkpoint step {step} is damaged ({str(error).splitlines()[0][:200]}); moved it "
+            f"to {target.name} and fell back to the previous checkpoint"
         )
         if jax.process_index() == 0:
-            print(
-                f"warning: checkpoint step {step} is damaged; moved it to {target.name} and "
-                "fell back to the previous checkpoint",
-                flush=True,
-            )
             os.replace(source, target)
         parallel.sync("flaxmnist-damaged-checkpoint-set-aside")
         self.manager.reload()

@@ -1,12 +1,13 @@
 """The two ways an epoch's batches reach ``train_step``: device-resident and tf.data streaming.
 
-A runner's ``train_chunks`` is a generator: it yields ``(state, per_step_metrics)`` after every
+A feeder's ``train_chunks`` is a generator: it yields ``(state, per_step_metrics)`` after every
 chunk of steps, so the outer loop can update the progress bar, check for non-finite losses and
 honour Ctrl-C between chunks. ``start_step`` resumes an epoch part-way through.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import math
@@ -27,8 +28,8 @@ Chunk = tuple[TrainState, dict[str, np.ndarray]]
 
 
 @dataclasses.dataclass(frozen=True)
-class RunnerInputs:
-    """What a runner is built from: the jitted steps, the config, the splits and the mesh."""
+class FeederInputs:
+    """What a feeder is built from: the jitted steps, the config, the splits and the mesh."""
 
     fns: step_functions.StepFunctions
     config: Any
@@ -38,18 +39,28 @@ class RunnerInputs:
     mesh: Mesh
 
 
-class Runner:
-    """What both runners keep: their inputs, and the steps, config and mesh at hand."""
+class Feeder(abc.ABC):
+    """Feeds an epoch's batches to the jitted steps; holds the steps, config and mesh at hand."""
 
-    def __init__(self, inputs: RunnerInputs):
+    def __init__(self, inputs: FeederInputs):
         self.inputs = inputs
         self.fns, self.config, self.mesh = inputs.fns, inputs.config, inputs.mesh
 
+    @abc.abstractmethod
+    def train_chunks(
+        self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
+    ) -> Iterator[Chunk]:
+        """Trains epoch ``epoch`` from its step ``start_step``, yielding after every chunk."""
 
-class DeviceRunner(Runner):
+    @abc.abstractmethod
+    def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
+        """Metric sums (``loss``, ``correct``, ``count``) over a whole evaluation split."""
+
+
+class DeviceFeeder(Feeder):
     """The fast path: data lives on the device; an epoch is a few ``lax.scan`` calls."""
 
-    def __init__(self, inputs: RunnerInputs):
+    def __init__(self, inputs: FeederInputs):
         super().__init__(inputs)
         self.num_train = len(inputs.train)
         # Every device holds the whole (uint8) training set and gathers its share of each batch.
@@ -72,7 +83,9 @@ class DeviceRunner(Runner):
             )
         )
 
-    def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
+    def train_chunks(
+        self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
+    ) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one ``lax.scan`` per chunk."""
         indices = self.batch_indices(self.inputs.data_rng, epoch)
         indices = jax.device_put(indices, parallel.batch_sharding(self.mesh, leading_axes=1))
@@ -83,17 +96,19 @@ class DeviceRunner(Runner):
             )
             yield state, jax.device_get(metrics)
 
-    def evaluate(self, state, split_name: str) -> dict:
+    def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split, with one host sync."""
         return jax.device_get(self.fns.evaluate_batches(state, self.eval_batches[split_name]))
 
 
-class StreamingRunner(Runner):
+class StreamingFeeder(Feeder):
     """The tf.data path: batches stream from a seeded, prefetching tf.data pipeline."""
 
     sync_every = 50  # steps per yielded chunk (each yield waits for the device)
 
-    def train_chunks(self, state, epoch: int, rng, start_step: int = 0) -> Iterator[Chunk]:
+    def train_chunks(
+        self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
+    ) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
         dataset = input_pipeline.tf_train_dataset(
             self.inputs.train,
@@ -113,7 +128,7 @@ class StreamingRunner(Runner):
         if pending:
             yield state, stack_metrics(pending)
 
-    def evaluate(self, state, split_name: str) -> dict:
+    def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split (padded, masked last batch)."""
         totals = None
         split = self.inputs.eval_splits[split_name]
@@ -131,4 +146,4 @@ def stack_metrics(per_step: list[dict]) -> dict[str, np.ndarray]:
     return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step))
 
 
-RUNNERS = {"device": DeviceRunner, "tfds": StreamingRunner}
+FEEDERS = {"device": DeviceFeeder, "tfds": StreamingFeeder}  # by config.input_pipeline

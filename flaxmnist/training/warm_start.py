@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import tqdm
 from flax import traverse_util
 
+from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.training.train_state import TrainState
 
@@ -51,7 +51,7 @@ def warm_start(state: TrainState, run_dir: str, class_names: Sequence[str]) -> T
         raise FlaxmnistError(f"init_from {run_dir}: no parameter of that run fits this model")
     batch_stats, _ = merge_matching(state.batch_stats, source.state.batch_stats or {}, skip)
     total = len(traverse_util.flatten_dict(state.params))
-    tqdm.tqdm.write(
+    console.say(
         f"init_from {run_dir}: copied {len(copied)} of {total} parameter arrays"
         + ("" if same_classes else " (new classes: head re-initialised)")
     )

@@ -1,0 +1,26 @@
+"""The one channel for terminal output: lines above the progress bars, from the primary process.
+
+Progress bars are tqdm's; every other line goes through :func:`say` (tqdm.write, so a line never
+breaks a bar) and only the primary process of a multi-host run prints. Errors go to stderr through
+:mod:`flaxmnist.errors`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import tqdm
+
+from flaxmnist.training import parallel
+
+
+def say(message: str) -> None:
+    """Prints ``message`` above the progress bar, from the primary process only."""
+    if parallel.is_primary():
+        tqdm.tqdm.write(message)
+
+
+def warn(message: str) -> None:
+    """Prints ``warning: message`` on stderr, above the progress bar, from the primary process."""
+    if parallel.is_primary():
+        tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)
