@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from flaxmnist import cli, errors
+from flaxmnist import cli, console, errors
 from flaxmnist.data import tfds_prepare
 from flaxmnist.errors import DataError
 
@@ -75,7 +75,7 @@ def prepare_all(names: list[str], root: Path) -> None:
     for name in names:
         result = tfds_prepare.prepare(name, root)
         state = "prepared" if result.built else "already prepared"
-        print(f"{name}: {state} in {result.builder.data_path} ({result.seconds:.1f} s)", flush=True)
+        console.say(f"{name}: {state} in {result.builder.data_path} ({result.seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -614,6 +614,15 @@ def per_class_accuracy(matrix: ArrayLike, class_names: Sequence[str]) -> Figure:
     return fig
 
 
+def _scored(
+    images: ArrayLike, labels: ArrayLike, probabilities: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, probabilities) as arrays, checked to describe the same examples."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    num = _check_lengths(images=images, labels=labels)
+    return images, labels, _as_probabilities(probabilities, num)
+
+
 def prediction_grid(
     images: ArrayLike,
     labels: ArrayLike,
@@ -631,10 +640,8 @@ def prediction_grid(
       class_names: name of each class index (``None``: show indices).
       n: how many images to show.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    num = _check_lengths(images=images, labels=labels)
-    probs = _as_probabilities(probabilities, num)[:n]
-    labels = labels[:n]
+    images, labels, probs = _scored(images, labels, probabilities)
+    probs, labels = probs[:n], labels[:n]
     predicted = probs.argmax(axis=1)
     titles = _prediction_titles(predicted, probs.max(axis=1), labels, class_names)
     colors = [
@@ -659,16 +666,10 @@ def confident_mistakes(
 
     Titled like :func:`prediction_grid` (all red). With no mistakes, a figure that says so.
 
-    Args:
-      images: uint8 ``[N, H, W, 1]`` or ``[N, H, W]``.
-      labels: true class of each image.
-      probabilities: ``[N, K]`` predicted class probabilities (softmax outputs).
-      class_names: name of each class index (``None``: show indices).
-      n: how many mistakes to show.
+    Args: as :func:`prediction_grid`'s; ``n`` is how many mistakes to show.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    num = _check_lengths(images=images, labels=labels)
-    probs = _as_probabilities(probabilities, num)
+    images, labels, probs = _scored(images, labels, probabilities)
+    num = len(labels)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     title = "Most confident mistakes"
@@ -695,16 +696,9 @@ def ambiguous_images(
     Each is titled with its two most probable classes and their probabilities, and its true class
     (green when the top class is right, red when wrong).
 
-    Args:
-      images: uint8 ``[N, H, W, 1]`` or ``[N, H, W]``.
-      labels: true class of each image.
-      probabilities: ``[N, K]`` predicted class probabilities (softmax outputs).
-      class_names: name of each class index (``None``: show indices).
-      n: how many images to show.
+    Args: as :func:`prediction_grid`'s.
     """
-    images, labels = np.asarray(images), np.asarray(labels)
-    num = _check_lengths(images=images, labels=labels)
-    probs = _as_probabilities(probabilities, num)
+    images, labels, probs = _scored(images, labels, probabilities)
     chosen = np.argsort(-_entropy(probs), kind="stable")[:n]
     top2 = np.argsort(-probs[chosen], axis=1, kind="stable")[:, :2]
     titles, colors = [], []
