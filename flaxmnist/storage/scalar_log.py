@@ -7,7 +7,6 @@ epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: ste
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,6 @@ EPOCH_SCALARS = {
     "learning_rate": "learning_rate",
     "epoch_time_s": "epoch_time_s",
 }
-
-
-def summary_writer_class() -> type:
-    """The ``SummaryWriter`` of tensorboardX, imported without PyTorch.
-
-    tensorboardX imports ``torch`` whenever it is installed (Colab, the ``bench`` extra), only to
-    accept torch tensors; that costs ~3 s of start-up. We log Python floats, so the import is
-    hidden from it (``sys.modules["torch"] = None`` makes ``import torch`` fail) and restored.
-    """
-    hide_torch = "torch" not in sys.modules
-    if hide_torch:
-        sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        if hide_torch:
-            del sys.modules["torch"]
-    return SummaryWriter
 
 
 class ScalarLog:
@@ -51,9 +32,13 @@ class ScalarLog:
         self._writer = None
 
     def writer(self):
-        """The event-file writer, made on first use."""
+        """The event-file writer, made on first use (at the end of the first epoch)."""
         if self._writer is None:
-            self._writer = summary_writer_class()(str(self.logdir))
+            # Here, not at the top: tensorboardX imports PyTorch where it is installed (Colab),
+            # about 3 s that only a run which logs should pay, and not before its first step.
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.logdir))
         return self._writer
 
     def epoch(self, record: dict[str, Any]) -> None:

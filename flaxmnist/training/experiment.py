@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -71,14 +70,8 @@ def make_augment(config: ml_collections.ConfigDict, mean: float, std: float):
     return functools.partial(augment.augment_batch, cfg=augment_config, fill=(0.0 - mean) / std)
 
 
-def build_experiment(
-    config: ml_collections.ConfigDict, load_dataset: Callable[[], datasets.Dataset] | None = None
-) -> Experiment:
-    """Resolves every name, loads the data and initialises the state (no training).
-
-    ``load_dataset`` returns the dataset ``config`` names (one already loading, from
-    :func:`datasets.load_dataset_in_background`); by default it is loaded here.
-    """
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+    """Resolves every name, loads the data and initialises the state (no training)."""
     validate_config(config)
     mesh = parallel.create_mesh(config.num_devices)
     parallel.check_divisible(
@@ -86,11 +79,7 @@ def build_experiment(
     )
     plugins.import_modules(config.import_modules)
     loss_fn = losses.get_loss(config.loss, config.loss_options)
-    if load_dataset is None:
-        load_dataset = functools.partial(
-            datasets.load_dataset, config.dataset, config.data_dir or None
-        )
-    dataset = load_dataset()
+    dataset = datasets.load_dataset(config.dataset, config.data_dir or None)
     model = models.create_model(config, dataset.num_classes)
     train, validation = datasets.split_validation(
         dataset.train, config.validation_fraction, config.seed

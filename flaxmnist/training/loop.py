@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import tqdm
 
 from flaxmnist import models
 from flaxmnist.console import say
-from flaxmnist.data import datasets
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage import checkpointing, run_directory, scalar_log
 from flaxmnist.training import early_stopping, feeders, parallel
@@ -251,11 +249,7 @@ def best_state(
     return restored, best_epoch
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | Path,
-    load_dataset: Callable[[], datasets.Dataset] | None = None,
-) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains per ``config``, resuming from ``workdir``'s checkpoints, then tests.
 
     The library form of ``python -m flaxmnist.train`` (also ``flaxmnist.train_and_evaluate``):
@@ -267,8 +261,6 @@ def train_and_evaluate(
       config: a run config (``flaxmnist.configs.default.get_config()`` or a preset's), checked
         before anything is written.
       workdir: the run directory (created; locked while the run lasts).
-      load_dataset: returns the dataset; by default ``config.dataset`` is loaded from
-        ``config.data_dir`` (as :func:`build_experiment` does).
 
     Returns:
       The contents of ``metrics.json``: ``test_accuracy``, ``test_loss``, ``epochs_completed``,
@@ -290,7 +282,7 @@ def train_and_evaluate(
         print(f"{metrics['test_accuracy']:.2%}")
     """
     start_time = time.perf_counter()
-    exp = build_experiment(config, load_dataset)
+    exp = build_experiment(config)
     primary = parallel.is_primary()
     with run_directory.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)

@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError
+from flaxmnist.evaluation.loading import load_run
 from flaxmnist.training.train_state import TrainState
 
 HEAD = "head"
@@ -41,8 +42,6 @@ def merge_matching(target: dict, source: dict, skip_prefix: str | None) -> tuple
 
 def warm_start(state: TrainState, run_dir: str, class_names: Sequence[str]) -> TrainState:
     """``state`` with the weights of run ``run_dir`` copied in where they fit."""
-    from flaxmnist.evaluation.loading import load_run
-
     source = load_run(run_dir)
     same_classes = tuple(source.class_names) == tuple(class_names)
     skip = None if same_classes else HEAD
