@@ -34,7 +34,14 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
+    """The process umask; on Linux read from /proc, which leaves it untouched for other threads."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)  # elsewhere the only way to read it is to set it and put it back
     os.umask(mask)
     return mask
 
