@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
-from flaxmnist.errors import ConfigError
+from flaxmnist.errors import ConfigError, one_line
 
 
 def import_module_or_file(spec: str) -> ModuleType:
@@ -17,18 +19,35 @@ def import_module_or_file(spec: str) -> ModuleType:
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(f"import_modules: no such file {spec}")
-        name = f"flaxmnist_user_{path.stem}"
+        # One module per file: two plugins with one file name in two folders do not collide.
+        name = f"flaxmnist_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name in sys.modules:
             return sys.modules[name]
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:  # the user's code: a bad module is bad input, and not kept
+            del sys.modules[name]
+            raise ConfigError(f"import_modules: {spec} failed: {describe(e)}") from None
         return module
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as e:
         raise ConfigError(f"import_modules: cannot import {spec!r} ({e})") from None
+    except Exception as e:
+        raise ConfigError(f"import_modules: {spec} failed: {describe(e)}") from None
+
+
+def describe(error: Exception) -> str:
+    """``SyntaxError at file.py:3: ...``: the error and where in the user's code it was raised."""
+    if isinstance(error, SyntaxError):
+        where = f"{error.filename}:{error.lineno}"
+        return f"SyntaxError at {where}: {error.msg}"
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}: {one_line(error)}"
 
 
 def import_modules(specs: str) -> list[ModuleType]:

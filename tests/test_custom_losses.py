@@ -47,6 +47,26 @@ def test_import_modules_reports_missing_files_and_modules():
         plugins.import_modules("no_such_module_xyz")
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def broken(:\n", r"failed: SyntaxError at .*bad_plugin\.py:1: invalid syntax"),
+        ("x = 1\nraise RuntimeError('boom')\n", r"RuntimeError at .*bad_plugin\.py:2: boom"),
+        ("import no_such_module_xyz\n", r"failed: ModuleNotFoundError at .*bad_plugin\.py:1"),
+    ],
+)
+def test_a_plugin_that_fails_to_load_is_a_one_line_config_error_and_is_not_kept(
+    tmp_path, source, message
+):
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text(source)
+    with pytest.raises(ConfigError, match=message):
+        plugins.import_modules(str(plugin))
+    plugin.write_text("LOADED = True\n")  # fixed: the next import runs the file again
+    (module,) = plugins.import_modules(str(plugin))
+    assert module.LOADED
+
+
 def test_hinge_loss_matches_hand_computation(registered):
     logits = jnp.array([[2.0, 1.5, -1.0], [3.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
     labels = jnp.array([0, 0, 2])
@@ -107,3 +127,13 @@ def test_scheduled_smoothing_defaults_and_bad_steps(registered):
     )
     with pytest.raises(ConfigError, match="steps must be positive"):
         registered("scheduled_smoothing", "steps=0")
+
+
+def test_two_plugins_with_one_file_name_in_two_folders_are_two_modules(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "losses_mine.py").write_text(f"FOLDER = {folder!r}\n")
+    first, second = plugins.import_modules(
+        f"{tmp_path / 'a' / 'losses_mine.py'},{tmp_path / 'b' / 'losses_mine.py'}"
+    )
+    assert (first.FOLDER, second.FOLDER) == ("a", "b")
