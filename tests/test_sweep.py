@@ -1,7 +1,18 @@
+import subprocess
+import sys
+
 import pytest
-from helpers import load_experiment
+from absl import flags
+from helpers import REPO_ROOT, load_experiment
 
 sweep = load_experiment("sweep")
+
+
+def parsed(*args: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
+    sweep.define_flags(flag_values)
+    flag_values(["sweep.py", *args])
+    return flag_values
 
 
 def test_parse_values_and_points():
@@ -13,6 +24,38 @@ def test_parse_values_and_points():
     sampled = sweep.sweep_points(grid, 3, seed=1)
     assert len(sampled) == 3 and sampled == sweep.sweep_points(grid, 3, seed=1)
     assert sweep.run_name({"lr": 0.1, "b": 2}) == "b=2,lr=0.1"
+
+
+def test_flags_repeat_per_field_and_bad_fields_fail_before_training(tmp_path, capsys):
+    flag_values = parsed(
+        f"--out={tmp_path}", "--grid=learning_rate=0.001,0.003", "--grid=batch_size=32,128"
+    )
+    assert flag_values.grid == ["learning_rate=0.001,0.003", "batch_size=32,128"]
+    assert (flag_values.config, flag_values.set, flag_values.random) == ("default", [], None)
+    for args, message in [
+        (["--grid=learning_rate"], "error: --grid: expected FIELD=VALUE[,VALUE...]"),
+        (["--grid=learning_rate=1", "--set=num_epochs"], "error: --set: expected FIELD=VALUE"),
+        (["--grid=no_such_field=1"], "error: preset 'default' has no config field no_such_field"),
+        (["--grid=learning_rate=1", "--config=nope"], "error: --config: unknown preset 'nope'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.sweep(parsed(f"--out={tmp_path}", *args))
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.startswith(message)
+    assert list(tmp_path.iterdir()) == []  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_bad_flag_is_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, "experiments/sweep.py", "--out=unused", "--grid=a=1", "--random=x"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: --random: expected an integer, got 'x'\n"
 
 
 @pytest.mark.slow
