@@ -1,23 +1,38 @@
 """Test accuracy of trained runs with and without test-time augmentation (``tta_shift``).
 
-    python experiments/tta_effect.py runs/fast runs/convnet-seed0 --shifts 0 1 2
+    python experiments/tta_effect.py runs/fast runs/convnet-seed0 --shifts=0 --shifts=1 --shifts=2
 
-Reloads each run's latest checkpoint (no training) and scores the test split once per shift:
-0 is the plain model; k > 0 averages the softmax of the image and its four copies shifted by k
-pixels. Writes ``experiments/results/tta_effect.{md,json}`` (or ``--out``) and prints the table.
+Reloads each run's latest checkpoint (no training) and scores the test split once per shift
+(``--shifts`` repeated, default 0, 1 and 2): 0 is the plain model; k > 0 averages the softmax of
+the image and its four copies shifted by k pixels. Writes
+``experiments/results/tta_effect.{md,json}`` (or ``--out``) and prints the table. Bad input ends
+in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
+from absl import flags, logging
 
 import flaxmnist
+from flaxmnist import cli, console, errors
 from flaxmnist.data import datasets
 from flaxmnist.storage import files
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    flags.DEFINE_multi_integer(
+        "shifts", [0, 1, 2], "A tta_shift to score (repeat for several).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "out", str(RESULTS_DIR), "Folder for tta_effect.{md,json}.", flag_values=flag_values
+    )
 
 
 def tta_accuracies(workdir: Path, shifts: list[int]) -> dict:
@@ -46,20 +61,27 @@ def markdown_table(rows: list[dict], shifts: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Scores the runs and writes the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--shifts", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    args = parser.parse_args()
-    rows = [tta_accuracies(run, args.shifts) for run in args.runs]
-    table = markdown_table(rows, args.shifts)
-    args.out.mkdir(parents=True, exist_ok=True)
-    files.write_json_atomic(args.out / "tta_effect.json", rows)
-    files.write_text_atomic(args.out / "tta_effect.md", table + "\n")
-    print(table)
+def tta_effect(runs: list[Path], flag_values: flags.FlagValues) -> None:
+    """Scores ``runs`` for the shifts of the parsed ``flag_values``, writes and prints the table."""
+    out = Path(flag_values.out)
+    with errors.reported(out):
+        if not runs:
+            raise errors.FlaxmnistError("name at least one run directory: tta_effect.py RUN ...")
+        rows = [tta_accuracies(run, flag_values.shifts) for run in runs]
+        table = markdown_table(rows, flag_values.shifts)
+        out.mkdir(parents=True, exist_ok=True)
+        files.write_json_atomic(out / "tta_effect.json", rows)
+        files.write_text_atomic(out / "tta_effect.md", table + "\n")
+    console.say(table)
+
+
+def main(argv: list[str]) -> None:
+    """Scores the run directories named on the command line."""
+    logging.set_verbosity(logging.WARNING)
+    tta_effect([Path(arg) for arg in argv[1:]], flags.FLAGS)
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main, positional="run directories")

@@ -1,8 +1,21 @@
-from helpers import load_experiment
+import json
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from helpers import REPO_ROOT, load_experiment
 
 from flaxmnist.training import loop
 
 tta_effect = load_experiment("tta_effect")
+
+
+def parsed(*args: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
+    tta_effect.define_flags(flag_values)
+    flag_values(["tta_effect.py", *args])
+    return flag_values
 
 
 def test_markdown_table_shows_each_shift_and_its_change():
@@ -20,8 +33,38 @@ def test_markdown_table_shows_each_shift_and_its_change():
     assert table[2] == "| `fast` | `convnet_bn` | 99.18 % | 99.24 % (+0.06) | 99.13 % (-0.05) |"
 
 
-def test_tta_accuracies_of_a_run(tiny_config, tmp_path):
+def test_tta_effect_of_a_run_writes_the_table(tiny_config, tmp_path, capsys):
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    row = tta_effect.tta_accuracies(tmp_path / "run", [0, 1])
+    assert parsed().shifts == [0, 1, 2]
+    capsys.readouterr()  # the training's lines
+    tta_effect.tta_effect(
+        [tmp_path / "run"], parsed(f"--out={tmp_path}", "--shifts=0", "--shifts=1")
+    )
+    (row,) = json.loads((tmp_path / "tta_effect.json").read_text())
     assert row["accuracy_shift0"] == metrics["test_accuracy"]
     assert 0.0 <= row["accuracy_shift1"] <= 1.0 and row["model"] == "cnn_simple"
+    assert capsys.readouterr().out.startswith("| run | model | tta_shift=0 | tta_shift=1 |")
+
+
+def test_no_run_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tta_effect.tta_effect([], parsed(f"--out={tmp_path}"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: name at least one run directory: tta_effect.py RUN ...\n"
+    )
+
+
+@pytest.mark.slow
+def test_a_bad_flag_is_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, "experiments/tta_effect.py", "runs/x", "--shifts=one"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: --shifts: expected an integer, got 'one'\n",
+    )
