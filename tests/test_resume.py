@@ -365,7 +365,7 @@ def test_cli_falls_back_from_a_damaged_checkpoint(synthetic_data_dir, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints"
     newest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     _truncate_every_file(ckpt / str(newest))
-    code, stdout, stderr = _finish(
+    code, _, stderr = _finish(
         _launch(["--config.num_epochs=3"], tmp_path / "run", synthetic_data_dir)
     )
     assert code == 0, stderr

@@ -1,0 +1,49 @@
+"""Command line: ``python -m flaxmnist.predict --workdir=RUN IMAGE... [--top=3] [--json]``.
+
+Classifies your own image files (PNG, JPEG, ... or ``.npy``) with a trained run: each is framed as
+the MNIST files were made (grey, white on black, fitted in 20x20, centred by mass; see
+:mod:`flaxmnist.data.digit_images`) and one line per file gives the most probable classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import flags, logging
+
+from flaxmnist import cli, console, errors
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory of the trained model.", required=True)
+flags.DEFINE_string(
+    "checkpoint",
+    "tested",
+    "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
+)
+flags.DEFINE_integer("top", 3, "How many classes to report per image.")
+flags.DEFINE_bool("json", False, "Print one JSON document instead of one line per image.")
+
+
+def main(argv: list[str]) -> None:
+    """Predicts the image files named on the command line."""
+    logging.set_verbosity(logging.WARNING)
+    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    with errors.reported(Path(FLAGS.workdir)):
+        import flaxmnist  # JAX after the flags: a bad flag fails at once
+        from flaxmnist.evaluation import evaluator, prediction
+
+        workdir = Path(FLAGS.workdir)
+        which = evaluator.tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
+        run = flaxmnist.load_run(workdir, which)
+        predictions = prediction.predict_files(run, argv[1:], top=FLAGS.top)
+    if FLAGS.json:
+        console.say(json.dumps([p.record() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            console.say(p.line())
+
+
+if __name__ == "__main__":
+    errors.exit_on_signals()
+    cli.run(main, positional="image files")
