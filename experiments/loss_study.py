@@ -1,23 +1,25 @@
 r"""Trains one preset once per loss and compares test accuracy, NLL and calibration.
 
-    python experiments/compare_losses.py --preset cnn_simple --epochs 2
-    python experiments/compare_losses.py --losses cross_entropy focal:gamma=1.0 --seeds 0 1 2
+    python experiments/loss_study.py --preset=cnn_simple --epochs=2
+    python experiments/loss_study.py --losses=cross_entropy --losses=focal:gamma=1.0 \
+        --seeds=0 --seeds=1 --seeds=2
 
-A loss is ``NAME`` or ``NAME:OPTIONS`` (``OPTIONS`` as in ``--config.loss_options``); the losses of
+A loss is ``NAME`` or ``NAME:OPTIONS`` (``OPTIONS`` as in ``--config.loss_options``); ``--losses``,
+``--seeds`` and ``--set`` are repeated, one value each. The losses of
 ``experiments/custom_losses.py`` are available. Each (loss, seed) trains in a fresh
 ``python -m flaxmnist.train`` process in ``RUNS/<preset>-<epochs>ep/<loss>-seed<seed>``; a run that
-already has ``metrics.json`` is reused, so an interrupted comparison picks up where it stopped
-(``--set`` overrides are not part of the folder name: use another ``--runs`` when changing them).
+already has ``metrics.json`` is reused, so an interrupted study picks up where it stopped (``--set``
+overrides are not part of the folder name: use another ``--runs`` when changing them).
 
 Every run's test predictions (the checkpoint behind its ``metrics.json``) give the test accuracy,
 the test NLL (cross-entropy of the softmax, whatever the training loss) and the expected
 calibration error over 15 confidence bins. Writes ``OUT/loss_comparison.{md,json,png}``
-(default ``experiments/results``) and prints the table.
+(default ``experiments/results``) and prints the table. Bad input (an unknown preset, loss or loss
+option) ends in one line on stderr and exit status 2 before any training.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags, logging
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from flaxmnist import losses, plugins
+from flaxmnist import cli, configs, console, errors, losses, plugins
 from flaxmnist.errors import ConfigError
 from flaxmnist.evaluation import figures, metrics
 from flaxmnist.evaluation.evaluator import predict_test
@@ -51,6 +54,28 @@ def parse_loss(spec: str) -> tuple[str, str]:
     """``"focal:gamma=1.0"`` → ``("focal", "gamma=1.0")``; ``"hinge"`` → ``("hinge", "")``."""
     name, _, options = spec.partition(":")
     return name, options
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    flags.DEFINE_string("preset", "cnn_simple", "Config preset name.", flag_values=flag_values)
+    flags.DEFINE_integer("epochs", 2, "Training epochs of every run.", flag_values=flag_values)
+    flags.DEFINE_multi_integer(
+        "seeds", [0], "A seed to train (repeat for several).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "runs", "runs/losses", "Root folder of the run directories.", flag_values=flag_values
+    )
+    flags.DEFINE_multi_string(
+        "losses",
+        list(DEFAULT_LOSSES),
+        "NAME[:OPTIONS]: a loss to train (repeat).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_multi_string(
+        "set", [], "FIELD=VALUE: a config override (repeat).", flag_values=flag_values
+    )
+    flags.DEFINE_string("out", str(RESULTS_DIR), "Folder for the results.", flag_values=flag_values)
 
 
 def check_losses(specs: Sequence[str]) -> None:
@@ -214,64 +239,79 @@ def comparison_figure(rows: list[dict[str, Any]], title: str) -> Figure:
     return fig
 
 
-def compare_losses(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Trains (or reuses) and scores every (loss, seed) run of ``args`` (see :func:`parse_args`).
+def check_preset(preset: str) -> None:
+    """Raises ConfigError unless ``preset`` names a shipped config preset."""
+    if preset not in configs.preset_names():
+        raise ConfigError(
+            f"--preset: unknown preset {preset!r} (choose from {', '.join(configs.preset_names())})"
+        )
+
+
+def study_losses(flag_values: flags.FlagValues) -> list[dict[str, Any]]:
+    """Trains (or reuses) and scores every (loss, seed) run the parsed ``flag_values`` name.
 
     Returns:
       One row per loss, as :func:`summarize` makes it.
     """
     rows = []
-    for spec in args.losses:
+    for spec in flag_values.losses:
         workdirs = [
-            train_run(args.preset, spec, seed, args.epochs, args.runs, args.set)
-            for seed in args.seeds
+            train_run(
+                flag_values.preset,
+                spec,
+                seed,
+                flag_values.epochs,
+                Path(flag_values.runs),
+                flag_values.set,
+            )
+            for seed in flag_values.seeds
         ]
-        rows.append(summarize(spec, args.seeds, [score_run(w) for w in workdirs]))
+        rows.append(summarize(spec, flag_values.seeds, [score_run(w) for w in workdirs]))
     return rows
 
 
-def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Writes ``loss_comparison.{md,json,png}`` into ``args.out``."""
+def write_results(rows: list[dict[str, Any]], flag_values: flags.FlagValues) -> None:
+    """Writes ``loss_comparison.{md,json,png}`` into the ``--out`` folder."""
+    out, preset, epochs = Path(flag_values.out), flag_values.preset, flag_values.epochs
     devices = sorted({run["device_kind"] for row in rows for run in row["runs"]})
-    epochs = f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}"
-    title = f"{args.preset}, {epochs}, seeds {', '.join(map(str, args.seeds))}"
+    epochs_text = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    title = f"{preset}, {epochs_text}, seeds {', '.join(map(str, flag_values.seeds))}"
     header = (
         f"Loss comparison: {title}; measured on {', '.join(devices)} "
         f"({len(os.sched_getaffinity(0))} cores). NLL and ECE use the softmax of the logits "
         "for every loss, hinge included.\n\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    files.write_text_atomic(args.out / "loss_comparison.md", header + markdown_table(rows) + "\n")
-    record = {"preset": args.preset, "epochs": args.epochs, "overrides": args.set, "rows": rows}
-    files.write_json_atomic(args.out / "loss_comparison.json", record)
-    figures.save_figure(comparison_figure(rows, title), args.out / "loss_comparison.png")
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out / "loss_comparison.md", header + markdown_table(rows) + "\n")
+    record = {"preset": preset, "epochs": epochs, "overrides": flag_values.set, "rows": rows}
+    files.write_json_atomic(out / "loss_comparison.json", record)
+    figures.save_figure(comparison_figure(rows, title), out / "loss_comparison.png")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command-line arguments; unknown losses or options are an argument error."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cnn_simple", help="config preset name")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/losses"))
-    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), metavar="NAME[:OPTS]")
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=V", help="config overrides")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results")
-    args = parser.parse_args(argv)
-    try:
-        check_losses(args.losses)
-    except ConfigError as e:
-        parser.error(str(e))
-    return args
+def loss_study(flag_values: flags.FlagValues) -> None:
+    """Checks the parsed ``flag_values``, runs the study, writes the results, prints the table."""
+    with errors.reported(Path(flag_values.out)):
+        check_preset(flag_values.preset)
+        check_losses(flag_values.losses)
+        try:
+            rows = study_losses(flag_values)
+        except subprocess.CalledProcessError as error:
+            errors.exit_with_error(
+                f"a training run failed (exit {error.returncode}): {' '.join(error.cmd[3:])}",
+                errors.EXIT_INTERNAL_ERROR,
+            )
+        write_results(rows, flag_values)
+    console.say(markdown_table(rows))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the comparison and prints the table."""
-    args = parse_args(argv)
-    rows = compare_losses(args)
-    write_results(rows, args)
-    print(markdown_table(rows))
+def main(argv: list[str]) -> None:
+    """Runs the study the command-line flags describe."""
+    del argv  # cli.parse_flags refuses positional arguments
+    logging.set_verbosity(logging.WARNING)
+    loss_study(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main)
