@@ -1,21 +1,23 @@
 """Trains reference presets with their reference recipes and writes the reproduction table.
 
-    python experiments/reproduce.py                       # every preset, seed 0
-    python experiments/reproduce.py dense cnn_simple --seeds 0 1 2
-    python experiments/reproduce.py resnet_mnist resnet_fashion --seeds 0 1 2 --jobs 6   # on a GPU
+    python experiments/reproduce.py                  # every reference preset, seed 0
+    python experiments/reproduce.py dense cnn_simple --seeds=0 --seeds=1 --seeds=2
+    python experiments/reproduce.py resnet_mnist resnet_fashion --seeds=0 --seeds=1 --seeds=2 \
+        --jobs=6                                     # on a GPU
+    python experiments/reproduce.py --tables_only    # rewrite the tables from the JSON
 
 Each (preset, seed) trains in its own run directory under ``--runs`` (default
-``runs/reproduce``); a run that already has ``metrics.json`` is reused, so an interrupted
-reproduction picks up where it stopped. ``--jobs N`` trains N runs at once, each logging to
-``RUNS/PRESET-seedS.log`` (useful on an accelerator, which one small model leaves mostly idle; on
-a CPU the runs would only share its cores). Writes ``experiments/results/reproduction.{md,json}``:
-the reference presets against what the notebooks reported, then our own presets against the goals
-they were built for.
+``runs/reproduce``; ``--seeds`` is repeated, one seed each); a run that already has
+``metrics.json`` is reused, so an interrupted reproduction picks up where it stopped.
+``--jobs=N`` trains N runs at once, each logging to ``RUNS/PRESET-seedS.log`` (useful on an
+accelerator, which one small model leaves mostly idle; on a CPU the runs would only share its
+cores). Writes ``experiments/results/reproduction.{md,json}``: the reference presets against what
+the notebooks reported, then our own presets against the goals they were built for. Bad input
+ends in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import importlib
 import json
@@ -25,6 +27,11 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from absl import flags
+
+from flaxmnist import cli, configs, console, errors
+from flaxmnist.errors import ConfigError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -51,9 +58,9 @@ GOALS = {
 }
 TARGETS = {**REPORTED, **GOALS}
 TABLE_NOTE = (
-    "Regenerate with `python experiments/reproduce.py PRESET ... --seeds 0 1 2`. The `on` column "
-    "says where each row trained; train time is the fastest seed's (the others may have shared "
-    "the machine with other jobs).\n\n"
+    "Regenerate with `python experiments/reproduce.py PRESET ... --seeds=0 --seeds=1 --seeds=2`. "
+    "The `on` column says where each row trained; train time is the fastest seed's (the others "
+    "may have shared the machine with other jobs).\n\n"
 )
 AUGMENT_STRENGTHS = ("rotation", "translate", "zoom", "shear", "flip", "cutout")
 
@@ -66,12 +73,33 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def positive_int(text: str) -> int:
-    """The `--jobs` type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    flags.DEFINE_multi_integer(
+        "seeds", [0], "A seed to train (repeat for several).", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "runs", "runs/reproduce", "Root folder of the run directories.", flag_values=flag_values
+    )
+    flags.DEFINE_integer("jobs", 1, "Runs trained at once (accelerators).", flag_values=flag_values)
+    flags.DEFINE_boolean(
+        "tables_only",
+        False,
+        "Rewrite the tables from the JSON; no training.",
+        flag_values=flag_values,
+    )
+
+
+def check_arguments(presets: list[str], jobs: int) -> None:
+    """Raises ConfigError for an unknown preset or a ``jobs`` below 1."""
+    unknown = [preset for preset in presets if preset not in configs.preset_names()]
+    if unknown:
+        raise ConfigError(
+            f"unknown preset {', '.join(map(repr, unknown))} "
+            f"(choose from {', '.join(configs.preset_names())})"
+        )
+    if jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {jobs}")
 
 
 def run_preset(preset: str, seed: int, runs: Path, log_to_file: bool = False) -> dict:
@@ -216,34 +244,43 @@ def write_tables(rows: list[dict]) -> None:
     write_readme_table(presets_table(rows))
 
 
-def main() -> None:
-    """Runs the requested presets and writes the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("presets", nargs="*", default=list(REPORTED))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/reproduce"))
-    parser.add_argument(
-        "--jobs", type=positive_int, default=1, help="runs trained at once (accelerators)"
-    )
-    parser.add_argument(
-        "--tables-only", action="store_true", help="rewrite the tables from the JSON; no training"
-    )
-    args = parser.parse_args()
-    json_file = RESULTS_DIR / "reproduction.json"
-    rows = {r["preset"]: r for r in json.loads(json_file.read_text())} if json_file.exists() else {}
-    presets = [] if args.tables_only else args.presets
-    try:
-        trained = run_all(presets, args.seeds, args.runs, args.jobs)
-    except subprocess.CalledProcessError as error:
-        sys.exit(
-            f"error: a training run failed (exit {error.returncode}): {' '.join(error.cmd[3:])}"
+def reproduce(presets: list[str], flag_values: flags.FlagValues) -> None:
+    """Trains ``presets`` (unless ``--tables_only``), writes the tables and prints the table.
+
+    Args:
+      presets: the presets named on the command line (none: every reference preset).
+      flag_values: the parsed flags.
+    """
+    presets = [] if flag_values.tables_only else presets or list(REPORTED)
+    runs = Path(flag_values.runs)
+    with errors.reported(runs):
+        check_arguments(presets, flag_values.jobs)
+        json_file = RESULTS_DIR / "reproduction.json"
+        rows = (
+            {r["preset"]: r for r in json.loads(json_file.read_text())}
+            if json_file.exists()
+            else {}
         )
-    for preset, results in trained.items():
-        rows[preset] = summarize(preset, results)
-    ordered = [rows[name] for name in TARGETS if name in rows]
-    write_tables(ordered)
-    print(markdown_table(ordered))
+        try:
+            trained = run_all(presets, flag_values.seeds, runs, flag_values.jobs)
+        except subprocess.CalledProcessError as error:
+            errors.exit_with_error(
+                f"a training run failed (exit {error.returncode}): {' '.join(error.cmd[3:])}",
+                errors.EXIT_INTERNAL_ERROR,
+            )
+        for preset, results in trained.items():
+            rows[preset] = summarize(preset, results)
+        ordered = [rows[name] for name in TARGETS if name in rows]
+        write_tables(ordered)
+    console.say(markdown_table(ordered))
+
+
+def main(argv: list[str]) -> None:
+    """Reproduces the presets named on the command line."""
+    reproduce(argv[1:], flags.FLAGS)
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main, positional="presets")

@@ -1,10 +1,19 @@
-import argparse
 import json
+import subprocess
+import sys
 
 import pytest
-from helpers import load_experiment
+from absl import flags
+from helpers import REPO_ROOT, load_experiment
 
 reproduce = load_experiment("reproduce")
+
+
+def parsed(*args: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
+    reproduce.define_flags(flag_values)
+    flag_values(["reproduce.py", *args])
+    return flag_values
 
 
 def _metrics(accuracy: float, train_time: float, backend: str = "cpu") -> dict:
@@ -86,10 +95,49 @@ def test_run_preset_logs_to_a_file_and_reuses_finished_runs(monkeypatch, tmp_pat
     assert reproduce.run_preset("dense", 4, tmp_path)["test_accuracy"] == 0.97
 
 
-def test_jobs_must_be_positive():
-    assert reproduce.positive_int("6") == 6
-    with pytest.raises(argparse.ArgumentTypeError, match="must be >= 1, got 0"):
-        reproduce.positive_int("0")
+@pytest.mark.parametrize(
+    ("presets", "args", "message"),
+    [
+        (["dense", "nope"], [], "error: unknown preset 'nope' (choose from cnn3, "),
+        (["dense"], ["--jobs=0"], "error: --jobs: must be >= 1, got 0\n"),
+    ],
+)
+def test_bad_presets_and_jobs_fail_before_training(presets, args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.reproduce(presets, parsed(f"--runs={tmp_path}", *args))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tables_only_rewrites_the_tables_from_the_json(tmp_path, monkeypatch, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{reproduce.README_BEGIN}\n{reproduce.README_END}\n")
+    row = reproduce.summarize("fast", [_metrics(0.9918, 31.6)])
+    (tmp_path / "reproduction.json").write_text(json.dumps([row]))
+    monkeypatch.setattr(reproduce, "README", readme)
+    monkeypatch.setattr(reproduce, "RESULTS_DIR", tmp_path)
+    flag_values = parsed("--tables_only", "--seeds=0", "--seeds=1")
+    assert flag_values.seeds == [0, 1] and flag_values.jobs == 1
+    reproduce.reproduce(["dense"], flag_values)  # --tables_only: no training
+    assert capsys.readouterr().out.splitlines()[2].startswith("| `fast` | 308,746 |")
+    assert "| `fast` | 308,746 | mnist | 99.18 % (1) |" in readme.read_text()
+    assert (tmp_path / "reproduction.md").read_text().startswith("Regenerate with `python ")
+
+
+@pytest.mark.slow
+def test_a_bad_flag_is_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, "experiments/reproduce.py", "dense", "--jobs=many"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: --jobs: expected an integer, got 'many'\n",
+    )
 
 
 def test_the_readme_presets_table_is_written_between_its_markers(tmp_path, monkeypatch):
