@@ -2,7 +2,7 @@
 
     python experiments/faults.py                     # every scenario (about 25 min on 2 cores)
     python experiments/faults.py --quick             # a few trials of each (what CI runs)
-    python experiments/faults.py --only kill9,cache  # some scenarios
+    python experiments/faults.py --only=kill9,cache  # some scenarios
 
 Every trial runs ``python -m flaxmnist.train`` in a subprocess on small synthetic MNIST files and
 checks what a user would: the exit status, a one-line error (no traceback) when it fails, that a
@@ -11,13 +11,13 @@ rerun finishes, and that the run ends exactly as an uninterrupted, uncached run 
 had already written (a checkpoint, the history, the config) was gone or unreadable afterwards.
 
 Writes ``experiments/results/faults.json`` and the table in ``docs/reliability.md`` (between its
-``faults`` markers); exits 1 if any trial failed. Disk-full and read-only trials mount small
-tmpfs folders and need root; elsewhere they are reported as skipped.
+``faults`` markers; ``--noreport``: neither); exits 1 if any trial failed, 2 on bad input.
+Disk-full and read-only trials mount small tmpfs folders and need root; elsewhere they are
+reported as skipped.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -34,9 +34,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+from flaxmnist import cli, console, errors  # noqa: E402
+from flaxmnist.errors import ConfigError  # noqa: E402
 from flaxmnist.testing import write_idx_dataset  # noqa: E402
 
 RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "faults.json"
@@ -756,44 +759,70 @@ def run_scenarios(names: list[str], quick: bool, seed: int, root: Path) -> list[
     rows = []
     for name in names:
         start = time.monotonic()
-        print(f"[faults] {name} ...", flush=True)
+        console.say(f"[faults] {name} ...")
         row = SCENARIOS[name](drill, quick)
         row.seconds = time.monotonic() - start
         rows.append(row)
-        print(
+        console.say(
             f"[faults] {row.scenario}: {row.survived}/{row.trials} survived, "
-            f"{row.data_lost} data lost ({row.seconds:.0f} s)",
-            flush=True,
+            f"{row.data_lost} data lost ({row.seconds:.0f} s)"
         )
         for failure in row.failures:
-            print(f"[faults]   failed: {failure}", flush=True)
+            console.say(f"[faults]   failed: {failure}")
     return rows
 
 
-def main() -> int:
-    """Command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few trials of each scenario")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random moments")
-    parser.add_argument("--keep", action="store_true", help="keep the drill's folder")
-    parser.add_argument("--no-report", action="store_true", help="print only; write no files")
-    args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n]
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    flags.DEFINE_boolean("quick", False, "A few trials of each scenario.", flag_values=flag_values)
+    flags.DEFINE_list(
+        "only", list(SCENARIOS), "Comma-separated scenarios.", flag_values=flag_values
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the random moments.", flag_values=flag_values)
+    flags.DEFINE_boolean("keep", False, "Keep the drill's folder.", flag_values=flag_values)
+    flags.DEFINE_boolean(
+        "report", True, "Write the JSON results and the docs table.", flag_values=flag_values
+    )
+
+
+def check_scenarios(names: list[str]) -> None:
+    """Raises ConfigError unless every name is a scenario of :data:`SCENARIOS`."""
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
-        parser.error(f"unknown scenarios {unknown}; valid: {', '.join(SCENARIOS)}")
-    root = Path(tempfile.mkdtemp(prefix="flaxmnist-faults-"))
-    try:
-        rows = run_scenarios(names, args.quick, args.seed, root)
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    print(table(rows))
-    if not args.no_report:
-        write_report(rows, args.quick)
-    return 0 if all(r.survived == r.trials and r.data_lost == 0 for r in rows) else 1
+        raise ConfigError(
+            f"--only: unknown scenarios {', '.join(unknown)}; valid: {', '.join(SCENARIOS)}"
+        )
+
+
+def fault_matrix(flag_values: flags.FlagValues) -> None:
+    """Runs the scenarios the parsed ``flag_values`` name, prints the table, writes the report.
+
+    Exits 1 when any trial failed or lost data.
+    """
+    names = [name for name in flag_values.only if name]
+    with errors.reported(RESULTS_JSON.parent):
+        check_scenarios(names)
+        root = Path(tempfile.mkdtemp(prefix="flaxmnist-faults-"))
+        try:
+            rows = run_scenarios(names, flag_values.quick, flag_values.seed, root)
+        finally:
+            if not flag_values.keep:
+                shutil.rmtree(root, ignore_errors=True)
+        console.say(table(rows))
+        if flag_values.report:
+            write_report(rows, flag_values.quick)
+    if not all(r.survived == r.trials and r.data_lost == 0 for r in rows):
+        sys.exit(1)
+
+
+def main(argv: list[str]) -> None:
+    """Runs the fault matrix the command-line flags describe."""
+    del argv  # cli.parse_flags refuses positional arguments
+    sys.stdout.reconfigure(line_buffering=True)  # each row as it lands, even through a pipe
+    fault_matrix(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main)

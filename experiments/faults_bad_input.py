@@ -1,6 +1,6 @@
 """Bad-input fuzz: every case is a real ``python -m flaxmnist.train`` subprocess.
 
-    python experiments/faults_bad_input.py [--quick] [--work DIR]
+    python experiments/faults_bad_input.py [--quick] [--work=DIR]
 
 The project's rule: bad input ends with a one-line error naming the problem (the config field or
 the file) and exit status 2 — never a traceback, never a half-written file. Each case below is
@@ -21,7 +21,6 @@ complete run directory (``metrics.json``, no temp files, no ``error.log``).
 no work.
 """
 
-import argparse
 import concurrent.futures
 import dataclasses
 import gzip
@@ -36,7 +35,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
+from flaxmnist import cli, console, errors
 from flaxmnist.testing import idx_bytes, write_idx_dataset
 
 NUM_TRAIN = 256
@@ -750,29 +751,48 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the fuzz, prints the table and the failures; non-zero when any case failed."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the representative subset only")
-    parser.add_argument("--work", type=Path, help="case folders go here (default: a temp dir)")
-    args = parser.parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="flaxmnist-bad-input-"))
-    cases, skipped = selected_cases(args.quick)
-    start = time.perf_counter()
-    outcomes = run_cases(cases, work)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    flags.DEFINE_boolean(
+        "quick", False, "Run the representative subset only.", flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "work", None, "Case folders go here (default: a temp dir).", flag_values=flag_values
+    )
+
+
+def fuzz(flag_values: flags.FlagValues) -> None:
+    """Runs the fuzz the parsed ``flag_values`` describe and prints the table and the failures.
+
+    Exits 1 when any case failed.
+    """
+    work = Path(flag_values.work or tempfile.mkdtemp(prefix="flaxmnist-bad-input-"))
+    with errors.reported(work):
+        cases, skipped = selected_cases(flag_values.quick)
+        start = time.perf_counter()
+        outcomes = run_cases(cases, work)
     result = summarize(outcomes, skipped)
-    print(format_table(outcomes))
+    console.say(format_table(outcomes))
     for failure in result["failures"]:
-        print(f"FAILED {failure['case']}: {failure['why']}")
-    print(
+        console.say(f"FAILED {failure['case']}: {failure['why']}")
+    console.say(
         f"{result['survived']}/{result['trials']} cases survived, data lost in "
         f"{result['data_lost']}, skipped {', '.join(skipped) or 'none'} "
         f"({time.perf_counter() - start:.0f} s; case folders in {work})"
     )
-    if not result["failures"] and args.work is None:
+    if result["failures"]:
+        sys.exit(1)
+    if flag_values.work is None:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if result["failures"] else 0
+
+
+def main(argv: list[str]) -> None:
+    """Runs the fuzz the command-line flags describe."""
+    del argv  # cli.parse_flags refuses positional arguments
+    fuzz(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main)
