@@ -1,1 +1,1 @@
-"""Evaluation: reloading a run, numpy metrics, matplotlib figures and the HTML report."""
+"""Evaluation and use: reloading a run, metrics, figures, the report, predictions, exports."""

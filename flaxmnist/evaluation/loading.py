@@ -34,6 +34,7 @@ class LoadedRun:
     step: int
     epoch: int
     normalization: dict[str, float]
+    image_shape: tuple[int, ...]  # [H, W, C] of the images the model takes
 
     @functools.cached_property
     def _predict(self):
@@ -125,5 +126,12 @@ def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun
     finally:
         checkpoints.close()
     return LoadedRun(
-        config, model, state, tuple(meta["class_names"]), step, meta["epoch"], meta["normalization"]
+        config,
+        model,
+        state,
+        tuple(meta["class_names"]),
+        step,
+        meta["epoch"],
+        meta["normalization"],
+        tuple(meta["image_shape"]),
     )

@@ -1,0 +1,46 @@
+"""Command line: ``python -m flaxmnist.export --workdir=RUN [--format=stablehlo|saved_model]``.
+
+Writes the trained run into ``RUN/export/`` (or ``--out``) as a file another program serves:
+``model.stablehlo`` (``jax.export``; JAX alone loads it) or ``saved_model/`` (TensorFlow, with a
+``serving_default`` signature), plus ``classes.json``. See :mod:`flaxmnist.evaluation.exporting`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import flags, logging
+
+from flaxmnist import cli, console, errors
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory of the trained model.", required=True)
+flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "saved_model"], "What to write.")
+flags.DEFINE_string("out", None, "Folder to write into (default: RUN/export).")
+flags.DEFINE_string(
+    "checkpoint",
+    "tested",
+    "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
+)
+
+
+def main(argv: list[str]) -> None:
+    """Exports the run named by the flags."""
+    del argv  # cli.parse_flags refuses positional arguments
+    logging.set_verbosity(logging.WARNING)
+    workdir = Path(FLAGS.workdir)
+    out = Path(FLAGS.out) if FLAGS.out else workdir / "export"
+    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
+    with errors.reported(out):
+        import flaxmnist  # JAX after the flags: a bad flag fails at once
+        from flaxmnist.evaluation import evaluator, exporting
+
+        which = evaluator.tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
+        run = flaxmnist.load_run(workdir, which)
+        path = exporting.export_run(run, out, FLAGS.format)
+    console.say(f"wrote {exporting.describe(path)} and {out / 'classes.json'}")
+
+
+if __name__ == "__main__":
+    errors.exit_on_signals()
+    cli.run(main)
