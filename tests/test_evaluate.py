@@ -1,6 +1,8 @@
 """The evaluation CLI, report and comparison on a small trained run."""
 
+import html
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +154,76 @@ def test_compare_cli_prints_the_table_and_writes_the_files(trained_runs, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "| cnn_simple | cnn_simple | mnist | 54410 |" in result.stdout
     assert (tmp_path / "cmp" / "comparison.csv").exists()
+
+
+# Injected into a copy of the report: records failed loads and errors, then what the page shows.
+BROWSER_CHECK = """<script>
+window.__errors = [];
+window.addEventListener("error", e => __errors.push(String(e.message || e.target.src)), true);
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  parent.postMessage(JSON.stringify({
+    images: images.length,
+    unloaded: images.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+    widest: Math.max(...images.map(i => i.getBoundingClientRect().right)),
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    innerWidth: window.innerWidth,
+    viewport: !!document.querySelector('meta[name=viewport]'),
+    errors: window.__errors,
+  }), "*");
+});
+</script>"""
+# Headless Chromium's window is at least 500 px wide: a phone's width is an iframe of that width.
+HARNESS = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{page}" style="width:{width}px;height:900px;border:0"></iframe>
+<script>window.addEventListener("message", e => document.body.setAttribute("data-check", e.data));
+</script></body></html>"""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+
+
+def _chromium() -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return browser
+
+
+def _in_browser(report: Path, width: int, tmp_path: Path) -> dict:
+    page = tmp_path / f"checked-{width}.html"
+    page.write_text(report.read_text().replace("<head>", "<head>" + BROWSER_CHECK, 1))
+    harness = tmp_path / f"harness-{width}.html"
+    harness.write_text(HARNESS.format(page=page.name, width=width))
+    result = subprocess.run(
+        [
+            _chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / f'profile-{width}'}",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            harness.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    marker = 'data-check="'
+    start = dom.index(marker) + len(marker)
+    return json.loads(html.unescape(dom[start : dom.index('"', start)]))
+
+
+@pytest.mark.parametrize("width", [390, 1280])  # a phone, a desktop
+def test_the_report_loads_every_figure_in_a_real_browser_and_fits_the_screen(
+    trained_runs, tmp_path, width
+):
+    run = trained_runs["cnn_simple"]
+    report = run / "eval" / "report.html"
+    if not report.exists():
+        evaluator.evaluate_run(run)
+    check = _in_browser(report, width, tmp_path)
+    assert check["images"] == len(FIGURES) and check["unloaded"] == 0
+    assert check["errors"] == [] and check["viewport"]
+    assert check["innerWidth"] == width
+    assert check["overflow"] <= 0 and check["widest"] <= width

@@ -14,14 +14,16 @@ from typing import Any
 from flaxmnist.storage.files import write_text_atomic
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2rem auto; padding: 0 1rem; max-width: 1100px;
+       color: #222; }
+.scroll { overflow-x: auto; }
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 td, th { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem; }
-figure { display: inline-block; margin: 0.5rem; vertical-align: top; }
-figure img { max-width: 520px; border: 1px solid #eee; }
+figure { display: inline-block; margin: 0.5rem; vertical-align: top; max-width: 100%; }
+figure img { max-width: min(520px, 100%); height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85rem; color: #555; text-align: center; }
 .headline { font-size: 1.2rem; margin: 0.8rem 0; }
 """
@@ -37,7 +39,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
         "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in columns) + "</tr>"
         for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def _format(value: Any) -> str:
@@ -72,7 +74,9 @@ def render(
     )
     notes_html = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in notes)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p class="headline">{html.escape(headline)}</p>
