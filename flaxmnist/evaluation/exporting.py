@@ -88,9 +88,15 @@ def stablehlo_bytes(run: LoadedRun) -> bytes:
 
 def write_saved_model(run: LoadedRun, target: Path) -> None:
     """The run as a TensorFlow SavedModel at ``target``, written beside it and then renamed."""
-    tf = input_pipeline.import_tensorflow()
+    try:
+        tf = input_pipeline.import_tensorflow()
+        from jax.experimental import jax2tf  # needs TensorFlow: imported for a SavedModel only
+    except ImportError:
+        raise FlaxmnistError(
+            "a SavedModel needs TensorFlow: pip install 'flaxmnist[export]' "
+            "(or --format=stablehlo, which needs JAX alone)"
+        ) from None
     image_shape = run.image_shape
-    from jax.experimental import jax2tf  # TensorFlow-only: imported when a SavedModel is asked for
 
     convert = jax2tf.convert(
         probabilities_function(run), polymorphic_shapes=[f"(b, {', '.join(map(str, image_shape))})"]
