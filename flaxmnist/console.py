@@ -15,9 +15,10 @@ from flaxmnist.training import parallel
 
 
 def say(message: str) -> None:
-    """Prints ``message`` above the progress bar, from the primary process only."""
+    """Prints ``message`` above the progress bar, from the primary process only (flushed)."""
     if parallel.is_primary():
-        tqdm.tqdm.write(message)
+        tqdm.tqdm.write(message, file=sys.stdout)
+        sys.stdout.flush()  # a line shows at once, through a pipe too
 
 
 def warn(message: str) -> None:

@@ -8,6 +8,7 @@ appended to ``DIR/error.log``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -33,8 +34,13 @@ class DataError(FlaxmnistError):
     """Dataset files are missing, truncated, corrupt or cannot be downloaded."""
 
 
-def exit_on_signals() -> None:
+RESUME_HINT = "rerun the same command to resume from the last checkpoint"
+
+
+def exit_on_signals(hint: str = "") -> None:
     """From now on SIGINT / SIGTERM end the process at once: one line, exit 128 + signal.
+
+    ``hint`` ends the line (``flaxmnist.train`` passes :data:`RESUME_HINT`).
 
     Never an exception raised from a signal handler: Python swallows one that lands in a garbage
     collector callback or a ``__del__``, and the signal is lost. An immediate exit is safe because
@@ -42,17 +48,15 @@ def exit_on_signals() -> None:
     matrix checks both). The epoch loop swaps in a handler that saves a checkpoint first
     (:class:`flaxmnist.training.interruption.InterruptFlag`).
     """
+    handler = functools.partial(stop_now, hint=hint)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop_now)
+        signal.signal(signum, handler)
 
 
-def stop_now(signum: int, frame) -> None:
+def stop_now(signum: int, frame, hint: str = "") -> None:
     """A signal handler: one line on stderr, then exit 128 + ``signum`` without unwinding."""
-    message = (
-        f"error: stopped by {signal.Signals(signum).name}; rerun the same command to resume "
-        "from the last checkpoint\n"
-    )
-    os.write(2, message.encode())
+    message = f"error: stopped by {signal.Signals(signum).name}" + (f"; {hint}" if hint else "")
+    os.write(2, (message + "\n").encode())
     os._exit(128 + signum)
 
 

@@ -11,7 +11,7 @@ from flaxmnist import errors
 
 if __name__ == "__main__":
     # Before the imports below (about 0.5 s): a signal at any moment ends in one line.
-    errors.exit_on_signals()
+    errors.exit_on_signals(errors.RESUME_HINT)
 
 import importlib.util
 import sys
