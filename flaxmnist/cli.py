@@ -61,6 +61,22 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
     return f"--{name}: {one_line(reason) if reason else 'invalid value ' + repr(value)}"
 
 
+def define_run_flags(workdir_help: str) -> None:
+    """``--workdir`` (required) and ``--checkpoint``: the run a command reads, and which state."""
+    flags.DEFINE_string("workdir", None, workdir_help, required=True)
+    flags.DEFINE_string(
+        "checkpoint",
+        "tested",
+        "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
+    )
+
+
+def checkpoint_flag() -> str | int:
+    """``--checkpoint`` as :func:`flaxmnist.load_run` takes it (a step number as an int)."""
+    value = flags.FLAGS.checkpoint
+    return int(value) if value.isdigit() else value
+
+
 def run(main: Callable[[list[str]], None], *, positional: str | None = None) -> None:
     """Runs ``main(argv)`` under absl with one-line flag errors (see :func:`parse_flags`)."""
     app.run(main, flags_parser=functools.partial(parse_flags, positional=positional))

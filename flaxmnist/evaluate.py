@@ -13,12 +13,7 @@ from absl import flags, logging
 from flaxmnist import cli, errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory to evaluate.", required=True)
-flags.DEFINE_string(
-    "checkpoint",
-    "tested",
-    "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
-)
+cli.define_run_flags("Run directory to evaluate.")
 flags.DEFINE_string("dataset", None, "Evaluate on another dataset (default: the run's).")
 flags.DEFINE_string("data_dir", None, "IDX / tfds data folder (default: the run's).")
 flags.DEFINE_integer("image_index", 0, "Test image whose feature maps are drawn.")
@@ -28,13 +23,12 @@ def main(argv: list[str]) -> None:
     """Evaluates the run named by the flags."""
     del argv  # cli.parse_flags refuses positional arguments
     logging.set_verbosity(logging.WARNING)
-    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     with errors.reported(Path(FLAGS.workdir) / "eval"):
         from flaxmnist.evaluation import evaluator  # JAX after the flags: a bad flag fails at once
 
         evaluator.evaluate_run(
             FLAGS.workdir,
-            checkpoint=checkpoint,
+            checkpoint=cli.checkpoint_flag(),
             dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir,
             image_index=FLAGS.image_index,

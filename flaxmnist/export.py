@@ -14,14 +14,9 @@ from absl import flags, logging
 from flaxmnist import cli, console, errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory of the trained model.", required=True)
+cli.define_run_flags("Run directory of the trained model.")
 flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "saved_model"], "What to write.")
 flags.DEFINE_string("out", None, "Folder to write into (default: RUN/export).")
-flags.DEFINE_string(
-    "checkpoint",
-    "tested",
-    "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
-)
 
 
 def main(argv: list[str]) -> None:
@@ -30,13 +25,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     workdir = Path(FLAGS.workdir)
     out = Path(FLAGS.out) if FLAGS.out else workdir / "export"
-    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     with errors.reported(out):
         import flaxmnist  # JAX after the flags: a bad flag fails at once
-        from flaxmnist.evaluation import evaluator, exporting
+        from flaxmnist.evaluation import exporting
 
-        which = evaluator.tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
-        run = flaxmnist.load_run(workdir, which)
+        run = flaxmnist.load_run(workdir, cli.checkpoint_flag())
         path = exporting.export_run(run, out, FLAGS.format)
     console.say(f"wrote {exporting.describe(path)} and {out / 'classes.json'}")
 

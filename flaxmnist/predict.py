@@ -15,12 +15,7 @@ from absl import flags, logging
 from flaxmnist import cli, console, errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory of the trained model.", required=True)
-flags.DEFINE_string(
-    "checkpoint",
-    "tested",
-    "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
-)
+cli.define_run_flags("Run directory of the trained model.")
 flags.DEFINE_integer("top", 3, "How many classes to report per image.")
 flags.DEFINE_bool("json", False, "Print one JSON document instead of one line per image.")
 
@@ -28,14 +23,11 @@ flags.DEFINE_bool("json", False, "Print one JSON document instead of one line pe
 def main(argv: list[str]) -> None:
     """Predicts the image files named on the command line."""
     logging.set_verbosity(logging.WARNING)
-    checkpoint = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
     with errors.reported(Path(FLAGS.workdir)):
         import flaxmnist  # JAX after the flags: a bad flag fails at once
-        from flaxmnist.evaluation import evaluator, prediction
+        from flaxmnist.evaluation import prediction
 
-        workdir = Path(FLAGS.workdir)
-        which = evaluator.tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
-        run = flaxmnist.load_run(workdir, which)
+        run = flaxmnist.load_run(FLAGS.workdir, cli.checkpoint_flag())
         predictions = prediction.predict_files(run, argv[1:], top=FLAGS.top)
     if FLAGS.json:
         console.say(json.dumps([p.record() for p in predictions], indent=2))

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from absl import flags
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,4 +33,22 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+    )
+
+
+def parsed_flags(script: ModuleType, *args: str) -> flags.FlagValues:
+    """An experiment script's flags parsed from ``args``.
+
+    Into fresh ``FlagValues``, not absl's global ``FLAGS``: the scripts share flag names.
+    """
+    flag_values = flags.FlagValues()
+    script.define_flags(flag_values)
+    flag_values([f"{script.__name__}.py", *args])
+    return flag_values
+
+
+def run_script(path: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``python PATH ARGS`` in the repository root and returns its captured output."""
+    return subprocess.run(
+        [sys.executable, path, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, run_script
 
 from flaxmnist import config_validation, train
 from flaxmnist.configs import default, preset_names
@@ -397,13 +397,7 @@ def test_quick_bad_input_fuzz_has_no_failures(tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_flag_of_the_fuzz_script_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/faults_bad_input.py", "--quick=often"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/faults_bad_input.py", "--quick=often")
     assert (result.returncode, result.stderr) == (
         2,
         "error: --quick: expected true or false, got 'often'\n",

@@ -4,11 +4,8 @@ One drill serves every scenario, as in ``faults.py --quick``: the reference runs
 cache are made once.
 """
 
-import subprocess
-import sys
-
 import pytest
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, run_script
 
 faults = load_experiment("faults")
 
@@ -31,13 +28,7 @@ def test_every_quick_trial_of_the_fault_matrix_survives(scenario, drill):
 
 @pytest.mark.slow
 def test_a_bad_flag_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/faults.py", "--quick", "--only=kill9,nope"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/faults.py", "--quick", "--only=kill9,nope")
     assert result.returncode == 2
     assert result.stderr == (
         f"error: --only: unknown scenarios nope; valid: {', '.join(faults.SCENARIOS)}\n"

@@ -1,19 +1,15 @@
 import json
 import subprocess
-import sys
 
 import pytest
 from absl import flags
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, parsed_flags, run_script
 
 loss_study = load_experiment("loss_study")
 
 
 def parsed(*args: str) -> flags.FlagValues:
-    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
-    loss_study.define_flags(flag_values)
-    flag_values(["loss_study.py", *args])
-    return flag_values
+    return parsed_flags(loss_study, *args)
 
 
 def test_parse_loss_and_up_front_checks(tmp_path, capsys):
@@ -34,13 +30,7 @@ def test_parse_loss_and_up_front_checks(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_bad_flag_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/loss_study.py", "--seeds=0", "--seeds=one"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/loss_study.py", "--seeds=0", "--seeds=one")
     assert (result.returncode, result.stderr) == (
         2,
         "error: --seeds: expected an integer, got 'one'\n",

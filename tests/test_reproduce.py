@@ -1,19 +1,14 @@
 import json
-import subprocess
-import sys
 
 import pytest
 from absl import flags
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, parsed_flags, run_script
 
 reproduce = load_experiment("reproduce")
 
 
 def parsed(*args: str) -> flags.FlagValues:
-    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
-    reproduce.define_flags(flag_values)
-    flag_values(["reproduce.py", *args])
-    return flag_values
+    return parsed_flags(reproduce, *args)
 
 
 def _metrics(accuracy: float, train_time: float, backend: str = "cpu") -> dict:
@@ -127,13 +122,7 @@ def test_tables_only_rewrites_the_tables_from_the_json(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_a_bad_flag_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/reproduce.py", "dense", "--jobs=many"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/reproduce.py", "dense", "--jobs=many")
     assert (result.returncode, result.stderr) == (
         2,
         "error: --jobs: expected an integer, got 'many'\n",

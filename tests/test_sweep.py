@@ -1,18 +1,12 @@
-import subprocess
-import sys
-
 import pytest
 from absl import flags
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, parsed_flags, run_script
 
 sweep = load_experiment("sweep")
 
 
 def parsed(*args: str) -> flags.FlagValues:
-    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
-    sweep.define_flags(flag_values)
-    flag_values(["sweep.py", *args])
-    return flag_values
+    return parsed_flags(sweep, *args)
 
 
 def test_parse_values_and_points():
@@ -47,13 +41,7 @@ def test_flags_repeat_per_field_and_bad_fields_fail_before_training(tmp_path, ca
 
 @pytest.mark.slow
 def test_a_bad_flag_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/sweep.py", "--out=unused", "--grid=a=1", "--random=x"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/sweep.py", "--out=unused", "--grid=a=1", "--random=x")
     assert result.returncode == 2
     assert result.stderr == "error: --random: expected an integer, got 'x'\n"
 

@@ -1,10 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 from absl import flags
-from helpers import REPO_ROOT, load_experiment
+from helpers import load_experiment, parsed_flags, run_script
 
 from flaxmnist.training import loop
 
@@ -12,10 +10,7 @@ tta_effect = load_experiment("tta_effect")
 
 
 def parsed(*args: str) -> flags.FlagValues:
-    flag_values = flags.FlagValues()  # not absl's global FLAGS: other scripts define the same names
-    tta_effect.define_flags(flag_values)
-    flag_values(["tta_effect.py", *args])
-    return flag_values
+    return parsed_flags(tta_effect, *args)
 
 
 def test_markdown_table_shows_each_shift_and_its_change():
@@ -57,13 +52,7 @@ def test_no_run_is_one_line_and_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_bad_flag_is_one_line_and_exit_2():
-    result = subprocess.run(
-        [sys.executable, "experiments/tta_effect.py", "runs/x", "--shifts=one"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script("experiments/tta_effect.py", "runs/x", "--shifts=one")
     assert (result.returncode, result.stderr) == (
         2,
         "error: --shifts: expected an integer, got 'one'\n",

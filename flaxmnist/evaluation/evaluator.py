@@ -23,20 +23,10 @@ from flaxmnist import console, models
 from flaxmnist.data import augment, datasets
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.evaluation import figures, metrics, report
-from flaxmnist.evaluation.loading import LoadedRun, load_run
+from flaxmnist.evaluation.loading import LoadedRun, load_run, tested_checkpoint
 from flaxmnist.models import layers
 from flaxmnist.storage import files
 from flaxmnist.training import step_functions
-
-
-def tested_checkpoint(workdir: Path) -> str | int:
-    """The checkpoint step the training run's test metrics came from (``latest`` if unknown)."""
-    metrics_file, history_file = workdir / "metrics.json", workdir / "history.json"
-    if not (metrics_file.exists() and history_file.exists()):
-        return "latest"
-    epoch = json.loads(metrics_file.read_text()).get("evaluated_epoch", 0)
-    history = json.loads(history_file.read_text())
-    return history[epoch - 1]["step"] if 0 < epoch <= len(history) else "latest"
 
 
 def reload_check(workdir: Path, loaded_step: int, dataset: str, accuracy: float) -> str:
@@ -179,8 +169,7 @@ def predict_test(
     data_dir: str | None = None,
 ):
     """Loads a run and scores the test split: (run, data, logits, summary, warnings)."""
-    which = tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
-    run = load_run(workdir, which)
+    run = load_run(workdir, checkpoint)
     name = dataset or run.config.dataset
     notes = []
     if name != run.config.dataset:

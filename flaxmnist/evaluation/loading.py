@@ -64,6 +64,16 @@ class LoadedRun:
         return np.concatenate(outputs)
 
 
+def tested_checkpoint(workdir: Path) -> str | int:
+    """The checkpoint step the training run's test metrics came from (``latest`` if unknown)."""
+    metrics_file, history_file = workdir / "metrics.json", workdir / "history.json"
+    if not (metrics_file.exists() and history_file.exists()):
+        return "latest"
+    epoch = json.loads(metrics_file.read_text()).get("evaluated_epoch", 0)
+    history = json.loads(history_file.read_text())
+    return history[epoch - 1]["step"] if 0 < epoch <= len(history) else "latest"
+
+
 def _select_step(checkpoints: checkpointing.RunCheckpoints, which: str | int) -> int:
     saved = checkpoints.steps()
     if not saved:
@@ -74,6 +84,10 @@ def _select_step(checkpoints: checkpointing.RunCheckpoints, which: str | int) ->
         meta = checkpoints.read_meta(saved[-1])
         best_epoch = meta["stopper"]["best_epoch"]
         return meta["history"][best_epoch - 1]["step"] if best_epoch else saved[-1]
+    if not str(which).isdigit():
+        raise FlaxmnistError(
+            f"checkpoint must be tested, latest, best or a step number, got {which!r}"
+        )
     if int(which) not in saved:
         raise FlaxmnistError(f"no checkpoint at step {which}; saved steps: {saved}")
     return int(which)
@@ -88,7 +102,8 @@ def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun
     Args:
       workdir: a run directory written by ``python -m flaxmnist.train`` or
         :func:`flaxmnist.training.loop.train_and_evaluate`.
-      checkpoint: ``"latest"``, ``"best"`` (by the run's monitored metric) or a step number.
+      checkpoint: ``"latest"``, ``"best"`` (by the run's monitored metric), ``"tested"`` (the
+        one behind the run's ``metrics.json``) or a step number.
 
     Returns:
       A :class:`LoadedRun`: ``config``, ``model``, ``state``, ``step``, ``epoch``,
@@ -115,7 +130,8 @@ def load_run(workdir: str | Path, checkpoint: str | int = "latest") -> LoadedRun
     plugins.import_modules(config.import_modules)
     checkpoints = checkpointing.RunCheckpoints(workdir / "checkpoints", keep_latest=1, create=False)
     try:
-        step = _select_step(checkpoints, checkpoint)
+        which = tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
+        step = _select_step(checkpoints, which)
         meta = checkpoints.read_meta(step)
         model = models.create_model(config, len(meta["class_names"]))
         tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
