@@ -54,10 +54,12 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
     given = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"--{name}=")]
     value = given[-1] if given else message[match.end() :].split(": ", 1)[0]
     parser = flags.FLAGS[name].parser if name in flags.FLAGS else None
+    reason = message[match.end() + len(value) :].removeprefix(": ")
     for parser_type, expected in EXPECTED_VALUES:
         if isinstance(parser, parser_type):
+            if _parses(parser, value):  # the right type, out of the flag's bounds
+                return f"--{name}: {one_line(reason)}"
             return f"--{name}: expected {expected}, got {value!r}"
-    reason = message[match.end() + len(value) :].removeprefix(": ")
     return f"--{name}: {one_line(reason) if reason else 'invalid value ' + repr(value)}"
 
 
@@ -75,6 +77,15 @@ def checkpoint_flag() -> str | int:
     """``--checkpoint`` as :func:`flaxmnist.load_run` takes it (a step number as an int)."""
     value = flags.FLAGS.checkpoint
     return int(value) if value.isdigit() else value
+
+
+def _parses(parser: flags.ArgumentParser, value: str) -> bool:
+    """Whether ``value`` converts to ``parser``'s type (bounds aside)."""
+    convert = {flags.IntegerParser: int, flags.FloatParser: float}.get(type(parser))
+    try:
+        return convert is not None and convert(value) is not None
+    except ValueError:
+        return False
 
 
 def run(main: Callable[[list[str]], None], *, positional: str | None = None) -> None:

@@ -1,0 +1,35 @@
+"""What every command line shares: flag errors in one line naming the flag and the problem."""
+
+import pytest
+from absl import flags
+
+from flaxmnist import cli
+
+flags.DEFINE_integer("cli_test_jobs", 1, "A bounded integer.", lower_bound=1)
+flags.DEFINE_float("cli_test_rate", 1.0, "A bounded number.", lower_bound=0.0)
+flags.DEFINE_bool("cli_test_quick", False, "A boolean.")
+
+
+@pytest.mark.parametrize(
+    ("argument", "line"),
+    [
+        ("--cli_test_jobs=x", "--cli_test_jobs: expected an integer, got 'x'"),
+        ("--cli_test_jobs=0", "--cli_test_jobs: 0 is not a positive integer"),
+        ("--cli_test_rate=abc", "--cli_test_rate: expected a number, got 'abc'"),
+        ("--cli_test_rate=-1", "--cli_test_rate: -1.0 is not a non-negative number"),
+        ("--cli_test_quick=often", "--cli_test_quick: expected true or false, got 'often'"),
+    ],
+)
+def test_a_bad_flag_value_is_described_in_one_line(argument, line):
+    argv = ["prog", argument]
+    with pytest.raises(flags.Error) as error:
+        flags.FLAGS(argv, known_only=False)
+    assert cli.describe_flag_error(error.value, argv) == line
+
+
+def test_positional_arguments_are_refused_unless_the_command_takes_them(capsys):
+    assert cli.parse_flags(["prog", "a", "b"], positional="files") == ["prog", "a", "b"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_flags(["prog", "a"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: unexpected arguments: a\n"
