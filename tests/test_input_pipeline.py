@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from flaxmnist.data import datasets, input_pipeline
+from flaxmnist.errors import DataError
 
 
 def _split(n: int) -> datasets.ArraySplit:
@@ -33,39 +34,93 @@ def test_epoch_batch_indices_are_a_seeded_permutation():
     assert not np.array_equal(first, np.asarray(other_seed))
 
 
+@pytest.fixture(scope="module")
+def mock_train():
+    """A 37-example mnist train split from ``tfds.testing.mock_data``, read as the pipeline does."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=37):
+        return input_pipeline.stored_split(tfds.builder("mnist"), "train")
+
+
 def _labels(dataset) -> list[np.ndarray]:
     return [batch["label"] for batch in dataset.as_numpy_iterator()]
 
 
-@pytest.mark.slow
-def test_tf_train_dataset_is_seeded_full_batches_and_reshuffles_per_epoch():
-    split = _split(50)
-    epoch1 = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1))
-    again = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1))
-    epoch2 = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=2))
-    assert [len(b) for b in epoch1] == [8] * 6  # 2 left over are dropped
-    assert len(set(np.concatenate(epoch1))) == 48
-    np.testing.assert_array_equal(np.concatenate(epoch1), np.concatenate(again))
-    assert not np.array_equal(np.concatenate(epoch1), np.concatenate(epoch2))
+@pytest.mark.slow  # imports TensorFlow
+def test_stored_split_reads_the_whole_split_decoded(mock_train):
+    split, arrays = mock_train
+    assert split.size == len(arrays) == 37
+    assert arrays.images.dtype == np.uint8 and arrays.images.shape == (37, 28, 28, 1)
+    assert arrays.labels.dtype == np.int32 and set(arrays.labels) <= set(range(10))
+    again = input_pipeline.read_examples(split.dataset)  # from the cache
+    np.testing.assert_array_equal(again.images, arrays.images)
 
 
-def test_tf_eval_dataset_keeps_order_and_masks_padding():
-    batches = list(input_pipeline.tf_eval_dataset(_split(10), 4).as_numpy_iterator())
-    assert [b["image"].shape for b in batches] == [(4, 4, 1, 1)] * 3
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:10], range(10))
-    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1] * 10 + [0] * 2)
+@pytest.mark.slow  # imports TensorFlow
+def test_eval_batches_are_in_order_and_mask_the_padded_last_batch(mock_train):
+    split, arrays = mock_train
+    batches = list(input_pipeline.tf_eval_dataset(split, 16).as_numpy_iterator())
+    assert [b["image"].shape for b in batches] == [(16, 28, 28, 1)] * 3
+    assert batches[0]["image"].dtype == np.uint8 and batches[0]["label"].dtype == np.int32
+    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1] * 37 + [0] * 11)
+    labels = np.concatenate([b["label"] for b in batches])
+    np.testing.assert_array_equal(labels[:37], arrays.labels)
+    rows = list(input_pipeline.tf_eval_dataset(split, 16, rows=slice(8, 16)).as_numpy_iterator())
+    np.testing.assert_array_equal(rows[1]["label"], batches[1]["label"][8:])
 
 
-def test_tf_pipeline_on_tfds_mock_data(tmp_path):
-    import tensorflow_datasets as tfds
+@pytest.mark.slow  # imports TensorFlow
+def test_train_batches_follow_the_epoch_order(mock_train):
+    split, arrays = mock_train
+    batches = list(input_pipeline.tf_train_dataset(split, 8, seed=3, epoch=2).as_numpy_iterator())
+    order = input_pipeline.epoch_order(37, 8, seed=3, epoch=2)
+    assert [len(b["label"]) for b in batches] == [8] * 4  # 5 left over are skipped
+    for batch, indices in zip(batches, order, strict=True):
+        np.testing.assert_array_equal(batch["image"], arrays.images[indices])
+        np.testing.assert_array_equal(batch["label"], arrays.labels[indices])
 
-    with tfds.testing.mock_data(num_examples=37):
-        ds = datasets.load_dataset("mnist_corrupted", str(tmp_path))
-    batches = list(input_pipeline.tf_eval_dataset(ds.test, 16).as_numpy_iterator())
-    assert sum(b["mask"].sum() for b in batches) == 37
-    assert batches[0]["image"].dtype == np.uint8 and batches[0]["image"].shape == (16, 28, 28, 1)
-    train = list(input_pipeline.tf_train_dataset(ds.train, 16, seed=1, epoch=1))
-    assert len(train) == 2
+
+@pytest.mark.slow  # imports TensorFlow
+def test_resumed_epoch_reads_the_remaining_batches_and_rows_keep_a_slice(mock_train):
+    split, _ = mock_train
+    whole = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1))
+    resumed = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, start_step=3))
+    np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[3:]))
+    rows = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, rows=slice(0, 4)))
+    np.testing.assert_array_equal(np.stack(rows), np.stack(whole)[:, :4])
+
+
+def test_epoch_order_is_seeded_per_seed_and_epoch():
+    first = input_pipeline.epoch_order(10, 3, seed=0, epoch=1)
+    assert first.shape == (3, 3) and len(set(first.ravel())) == 9
+    assert set(first.ravel()) <= set(range(10))
+    np.testing.assert_array_equal(first, input_pipeline.epoch_order(10, 3, seed=0, epoch=1))
+    assert not np.array_equal(first, input_pipeline.epoch_order(10, 3, seed=0, epoch=2))
+    assert not np.array_equal(first, input_pipeline.epoch_order(10, 3, seed=1, epoch=1))
+
+
+def test_example_positions_find_a_subset_with_its_duplicates():
+    images = np.array([5, 7, 5, 9, 5, 7], np.uint8).reshape(6, 1, 1, 1)
+    stored = datasets.ArraySplit(images, np.array([1, 1, 1, 2, 3, 1], np.int32))
+    wanted = stored.take(np.array([5, 2, 3, 1]))  # (7, 1) twice, (5, 1), (9, 2)
+    positions = input_pipeline.example_positions(stored, wanted)
+    assert list(positions) == sorted(positions) and len(set(positions)) == 4
+    taken = stored.take(positions)
+    assert sorted(zip(taken.labels, taken.images.ravel(), strict=True)) == sorted(
+        zip(wanted.labels, wanted.images.ravel(), strict=True)
+    )
+    assert list(input_pipeline.example_positions(stored, stored)) == list(range(6))
+
+
+def test_example_positions_reject_examples_the_split_lacks():
+    stored = _split(4)
+    extra = datasets.ArraySplit(np.concatenate([stored.images, stored.images[:1]]), np.arange(5))
+    with pytest.raises(DataError, match="1 of 5 examples are not in the tfds split"):
+        input_pipeline.example_positions(stored, extra)
+    twice = stored.take(np.array([0, 0]))  # one stored copy cannot serve two
+    with pytest.raises(DataError, match="1 of 2"):
+        input_pipeline.example_positions(stored, twice)
 
 
 # (1, 0) and (0, 1) would collide under seed + epoch; (2, 3) and (3, 2) under any symmetric mix.
@@ -79,18 +134,3 @@ def test_epoch_seed_depends_on_seed_and_epoch():
     # Computed again (as a resumed run does, in a new process): the same seeds.
     again = [input_pipeline.epoch_seed(seed, epoch) for seed, epoch in reversed(PAIRS)]
     assert again[::-1] == seeds
-
-
-def test_tf_training_order_differs_between_seed_epoch_pairs_and_repeats_for_equal_ones():
-    split = _split(40)
-
-    def order(seed, epoch):
-        return np.concatenate(
-            _labels(input_pipeline.tf_train_dataset(split, 40, seed=seed, epoch=epoch))
-        )
-
-    orders = {pair: order(*pair) for pair in PAIRS}
-    for pair, labels in orders.items():
-        assert sorted(labels) == list(range(40))  # a permutation of the whole split
-        np.testing.assert_array_equal(order(*pair), labels)  # the same pair: the same order
-    assert len({tuple(labels) for labels in orders.values()}) == len(PAIRS)

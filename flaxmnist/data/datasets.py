@@ -226,10 +226,36 @@ def load_idx_split(folder: Path, split: str) -> ArraySplit:
     return ArraySplit(images[..., None], labels.astype(np.int32))
 
 
+def idx_folder(name: str, data_dir: str | None = None) -> Path:
+    """The folder of ``name``'s IDX files: ``<root>/<name>/`` if it exists, else ``<root>``.
+
+    Args:
+      name: ``mnist`` or ``fashion_mnist``.
+      data_dir: the IDX root (see :func:`resolve_data_dir`).
+
+    Returns:
+      The folder (not checked to exist).
+    """
+    root = resolve_data_dir(data_dir)
+    return root / name if (root / name).is_dir() else root
+
+
+def idx_files(folder: Path) -> list[Path]:
+    """The four IDX files in ``folder`` (``.gz`` or not), train images first.
+
+    Args:
+      folder: a folder holding the four standard IDX files.
+
+    Returns:
+      Their paths, in the order of :data:`IDX_FILES`.
+    """
+    return [find_idx_file(folder, stem) for stems in IDX_FILES.values() for stem in stems]
+
+
 def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Loads ``mnist`` or ``fashion_mnist`` from IDX files (``<root>/<name>/`` or ``<root>/``)."""
     root = resolve_data_dir(data_dir)
-    folder = root / name if (root / name).is_dir() else root
+    folder = idx_folder(name, data_dir)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"data folder {folder} is not a directory")
     if not folder.is_dir():

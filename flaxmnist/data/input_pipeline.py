@@ -1,31 +1,47 @@
-"""Input pipelines: tf.data streaming and the device-resident fast path.
+"""Input pipelines: tfds streaming and the device-resident fast path.
 
 Both produce batches of ``{"image": uint8 [B, H, W, C], "label": int32 [B]}`` (plus ``"mask"`` for
 evaluation, where the last batch is padded to full size and masked so every example counts once).
 The training order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same
 batches as an uninterrupted one.
 
-* tf.data (``input_pipeline="tfds"``): ``from_tensor_slices`` → seeded shuffle → batch →
-  prefetch, streamed to the jitted ``train_step`` one batch at a time.
+* tfds (``input_pipeline="tfds"``): each tfds split is read once through ``builder.as_dataset``,
+  decoded, and cached by tf.data as one element holding the whole split; the examples of the run's
+  train, validation and test splits are found in it by their (label, image bytes). An epoch then
+  gathers batches from the cache in a seeded random order, on TensorFlow's threads, ahead of
+  ``train_step``: only per-batch work, no per-example Python.
 * device-resident (``input_pipeline="device"``): the whole split is copied to the device once; each
   epoch draws an on-device permutation and ``lax.scan`` runs ``train_step`` over it in chunks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
 from flaxmnist import config_validation
 from flaxmnist.data.datasets import ArraySplit
+from flaxmnist.errors import DataError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
 PIPELINES = config_validation.INPUT_PIPELINES
+TFDS_SPLITS = {"train": "train", "validation": "train", "test": "test"}  # run split -> tfds split
+PREFETCH_BATCHES = 2
 
 
-def import_tensorflow():
-    """Imports TensorFlow with accelerators hidden, so it never takes device memory from JAX."""
+def import_tensorflow() -> Any:
+    """Imports TensorFlow with accelerators hidden, so it never takes device memory from JAX.
+
+    Returns:
+      The ``tensorflow`` module.
+    """
     import tensorflow as tf
 
     for kind in ("GPU", "TPU"):
@@ -34,7 +50,15 @@ def import_tensorflow():
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """A 31-bit shuffle seed for ``epoch`` derived from the run's ``seed``."""
+    """A 31-bit shuffle seed for ``epoch`` derived from the run's ``seed``.
+
+    Args:
+      seed: the run's seed.
+      epoch: the epoch (from 1).
+
+    Returns:
+      A seed that differs between ``(seed, epoch)`` pairs and repeats for equal ones.
+    """
     return int(np.random.default_rng([seed, epoch]).integers(2**31 - 1))
 
 
@@ -68,43 +92,253 @@ def epoch_batch_indices(
     return order[: steps * batch_size].reshape(steps, batch_size)
 
 
-def keep_rows(ds, rows: slice | None):
-    """``ds`` with each batch cut to ``rows`` (this process's share of a global batch)."""
-    if rows is None:
-        return ds
-    return ds.map(lambda batch: {key: value[rows] for key, value in batch.items()})
+# --------------------------------------------------------------------------- tfds streaming
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedSplit:
+    """A split held by tf.data as one cached element: ``{"image": [N, ...], "label": [N]}``.
+
+    Attributes:
+      dataset: the one-element ``tf.data.Dataset``; its cache fills on the first full pass.
+      size: N, the number of examples.
+    """
+
+    dataset: tf.data.Dataset
+    size: int
+
+
+def stored_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[CachedSplit, ArraySplit]:
+    """Reads tfds split ``split`` once, in tfds's stored order, decoded and cached.
+
+    Args:
+      builder: a prepared tfds builder with ``image`` and ``label`` features.
+      split: the tfds split's name.
+
+    Returns:
+      The split (its cache filled by this call's pass) and that pass's examples as arrays.
+
+    Raises:
+      DataError: the split is not prepared in the builder's data dir.
+    """
+    tfds = _import_tfds()
+    tf = import_tensorflow()
+
+    def cast(example: dict) -> dict:
+        image = example["image"]
+        image = image[..., None] if len(image.shape) == 2 else image
+        return {"image": tf.cast(image, tf.uint8), "label": tf.cast(example["label"], tf.int32)}
+
+    # tfds would cache a small split itself (autocache); it is cached decoded, once, below.
+    read_config = tfds.ReadConfig(try_autocache=False)
+    try:
+        examples = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    except AssertionError:  # tfds's way of saying "not downloaded and prepared yet"
+        raise DataError(
+            f"tfds dataset {builder.name!r} is not prepared in {builder.data_dir}: "
+            f"run `tfds build {builder.name}` and pass its data dir as --config.data_dir"
+        ) from None
+    size = int(examples.cardinality())  # tfds knows it; batch would allocate a larger guess
+    whole = examples.map(cast, num_parallel_calls=tf.data.AUTOTUNE).batch(size).cache()
+    arrays = read_examples(whole)
+    return CachedSplit(whole, len(arrays)), arrays
+
+
+def read_examples(dataset: tf.data.Dataset) -> ArraySplit:
+    """The examples of a one-element split dataset as numpy arrays (a full pass: fills caches).
+
+    Args:
+      dataset: a ``CachedSplit.dataset``.
+
+    Returns:
+      Its images and labels, in its order.
+    """
+    (whole,) = list(dataset.as_numpy_iterator())
+    return ArraySplit(whole["image"], whole["label"])
+
+
+def example_keys(split: ArraySplit) -> np.ndarray:
+    """One comparable key per example: its label's and image's bytes, as a numpy void scalar.
+
+    Args:
+      split: the examples.
+
+    Returns:
+      A [N] array of void keys; equal keys mean equal (label, image) pairs.
+    """
+    labels = split.labels.astype("<i4").view(np.uint8).reshape(len(split), 4)
+    rows = np.concatenate([labels, split.images.reshape(len(split), -1)], axis=1)
+    return np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").ravel()
+
+
+def example_positions(stored: ArraySplit, wanted: ArraySplit) -> np.ndarray:
+    """Where ``wanted``'s examples are in ``stored``: each stored example used at most once.
+
+    Args:
+      stored: a split in tfds's order.
+      wanted: examples of it (a subset, in any order; equal examples as often as stored holds).
+
+    Returns:
+      Sorted positions ``p`` such that ``stored.take(p)`` holds the examples of ``wanted``.
+
+    Raises:
+      DataError: ``wanted`` holds an example (or copies of one) that ``stored`` does not.
+    """
+    stored_keys, wanted_keys = example_keys(stored), np.sort(example_keys(wanted))
+    order = np.argsort(stored_keys, kind="stable")
+    sorted_keys = stored_keys[order]
+    # Equal wanted keys take consecutive stored copies: their rank within their run of equals.
+    starts = np.flatnonzero(np.r_[True, wanted_keys[1:] != wanted_keys[:-1]])
+    rank = np.arange(len(wanted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(wanted_keys)]))
+    slots = np.searchsorted(sorted_keys, wanted_keys) + rank
+    found = slots < len(sorted_keys)
+    found[found] = sorted_keys[slots[found]] == wanted_keys[found]
+    if not found.all():
+        raise DataError(
+            f"{np.count_nonzero(~found)} of {len(wanted)} examples are not in the tfds split "
+            "(the tfds dataset and the IDX files differ)"
+        )
+    return np.sort(order[slots])
+
+
+def select(split: CachedSplit, positions: np.ndarray) -> CachedSplit:
+    """The examples of ``split`` at ``positions``, gathered in the tf.data graph and cached.
+
+    Args:
+      split: a cached split.
+      positions: example positions in it.
+
+    Returns:
+      ``split`` itself when ``positions`` are all of it in order, else a new cached split.
+    """
+    if np.array_equal(positions, np.arange(split.size)):
+        return split
+    tf = import_tensorflow()
+    indices = tf.constant(positions, tf.int32)
+    taken = split.dataset.map(lambda whole: {k: tf.gather(v, indices) for k, v in whole.items()})
+    return CachedSplit(taken.cache(), len(positions))
+
+
+def open_splits(
+    builder: tfds.core.DatasetBuilder, wanted: dict[str, ArraySplit]
+) -> dict[str, CachedSplit]:
+    """The run's splits, read from tfds: the same examples as ``wanted``'s arrays.
+
+    Args:
+      builder: the prepared tfds builder of the run's dataset.
+      wanted: the run's splits by name (``train``, ``validation``, ``test``), as arrays.
+
+    Returns:
+      Each split's examples from tfds's files, in tfds's order, cached by tf.data.
+    """
+    stored = {name: stored_split(builder, name) for name in {TFDS_SPLITS[w] for w in wanted}}
+    opened = {}
+    for name, arrays in wanted.items():
+        source, source_arrays = stored[TFDS_SPLITS[name]]
+        opened[name] = select(source, example_positions(source_arrays, arrays))
+        read_examples(opened[name].dataset)  # fills its cache now, not in the first epoch
+    return opened
+
+
+def epoch_order(num_examples: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
+    """A seeded random order for ``epoch`` as ``[steps, batch_size]`` example indices.
+
+    Args:
+      num_examples: the split's size.
+      batch_size: the global batch size.
+      seed: the run's seed.
+      epoch: the epoch.
+
+    Returns:
+      Indices of full batches; the ``num_examples % batch_size`` left over (a different random
+      subset each epoch) are skipped.
+    """
+    steps = num_examples // batch_size
+    order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 def tf_train_dataset(
-    split: ArraySplit, batch_size: int, *, seed: int, epoch: int, rows: slice | None = None
-):
-    """The tf.data pipeline for one training epoch: seeded shuffle, full batches, prefetch.
+    split: CachedSplit,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_step: int = 0,
+    rows: slice | None = None,
+) -> tf.data.Dataset:
+    """One training epoch: full batches in the order of :func:`epoch_order`, prefetched.
 
-    ``batch_size`` is the global batch; with ``rows`` each batch keeps only those rows, so every
-    process of a multi-process run reads its own slice of the same global order.
+    Args:
+      split: the cached training split.
+      batch_size: the global batch size.
+      seed: the run's seed.
+      epoch: the epoch.
+      start_step: batches of the epoch already trained (a resumed run): they are not read.
+      rows: this process's rows of each global batch (None: all).
+
+    Returns:
+      A dataset of ``{"image", "label"}`` batches of ``rows`` (or all ``batch_size``) examples.
     """
     tf = import_tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices({"image": split.images, "label": split.labels})
-    ds = ds.shuffle(len(split), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    ds = keep_rows(ds.batch(batch_size, drop_remainder=True), rows)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    order = epoch_order(split.size, batch_size, seed=seed, epoch=epoch)[start_step:]
+    indices = tf.data.Dataset.from_tensor_slices(order if rows is None else order[:, rows])
+
+    def gather(whole: dict, batch_indices: tf.Tensor) -> dict:
+        return {key: tf.gather(value, batch_indices) for key, value in whole.items()}
+
+    batches = tf.data.Dataset.zip(split.dataset.repeat(), indices).map(gather)
+    return lean(batches).prefetch(PREFETCH_BATCHES)
 
 
-def tf_eval_dataset(split: ArraySplit, batch_size: int, rows: slice | None = None):
-    """The tf.data evaluation pipeline: in order, last batch padded to ``batch_size`` and masked.
+def tf_eval_dataset(
+    split: CachedSplit, batch_size: int, rows: slice | None = None
+) -> tf.data.Dataset:
+    """The evaluation batches: in order, the last one padded to ``batch_size`` and masked.
 
-    ``rows`` keeps a slice of each padded batch, as in :func:`tf_train_dataset`.
+    Args:
+      split: a cached evaluation split.
+      batch_size: the global evaluation batch size.
+      rows: this process's rows of each padded global batch (None: all).
+
+    Returns:
+      A dataset of ``{"image", "label", "mask"}`` batches; ``mask`` is 0 on padding.
     """
     tf = import_tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices(
-        {"image": split.images, "label": split.labels, "mask": np.ones(len(split), np.float32)}
-    )
+    num_batches = -(-split.size // batch_size)
+    pad = num_batches * batch_size - split.size
 
-    def pad_batch(batch):
-        missing = batch_size - tf.shape(batch["label"])[0]
-        return {
-            key: tf.pad(value, [[0, missing]] + [[0, 0]] * (len(value.shape) - 1))
-            for key, value in batch.items()
-        }
+    def to_batches(whole: dict) -> dict:
+        whole = {**whole, "mask": tf.ones([split.size], tf.float32)}
+        batches = {}
+        for key, value in whole.items():
+            padded = tf.pad(value, [[0, pad]] + [[0, 0]] * (len(value.shape) - 1))
+            batched = tf.reshape(padded, [num_batches, batch_size, *value.shape[1:]])
+            batches[key] = batched if rows is None else batched[:, rows]
+        return batches
 
-    return keep_rows(ds.batch(batch_size).map(pad_batch), rows).prefetch(tf.data.AUTOTUNE)
+    return lean(split.dataset.map(to_batches).unbatch()).prefetch(PREFETCH_BATCHES)
+
+
+def lean(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` on one TensorFlow thread: the cores stay with XLA, which runs the steps.
+
+    Args:
+      dataset: a tf.data pipeline of per-batch work.
+
+    Returns:
+      The same pipeline with a private one-thread pool.
+    """
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
+
+
+def _import_tfds() -> Any:
+    """Imports tensorflow_datasets (after TensorFlow, with its accelerators hidden)."""
+    import_tensorflow()
+    import tensorflow_datasets as tfds
+
+    return tfds

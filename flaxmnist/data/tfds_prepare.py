@@ -10,6 +10,12 @@ the data dir; the result is read back and compared with the IDX arrays, then ren
 So the dataset's path only ever holds a checked dataset: a killed run leaves a staging dir that
 tfds never reads and the next run deletes. A lock file per dataset serialises concurrent runs; a
 second run finds the dataset prepared and only checks its metadata.
+
+Any other IDX folder (``--config.data_dir`` pointing at one, e.g. synthetic test data) becomes a
+tfds dataset the same way, written by tfds's ``store_as_tfds_dataset`` (the stock builders expect
+exactly 60,000 and 10,000 examples) into ``<folder>/tfds/<digest>/``, where ``<digest>`` is a
+SHA-256 of the folder's IDX files: changed files get a dataset of their own.
+:func:`streaming_builder` picks the builder the ``tfds`` input pipeline reads.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import shutil
 import tempfile
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +52,9 @@ DEFAULT_TFDS_DATA_DIR = "~/tensorflow_datasets"
 LOCK_FILE = ".flaxmnist-prepare-{name}.lock"
 STAGING_PREFIX = ".flaxmnist-staging-{name}-"  # hidden: tfds skips dot-dirs in a data dir
 READ_BATCH = 10_000
+IDX_TFDS_DIR = "tfds"  # in an IDX folder: its tfds datasets, one subfolder per content digest
+IDX_TFDS_VERSION = "1.0.0"
+DIGEST_CHARS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +129,75 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Prepared:
         with _locked(root / LOCK_FILE.format(name=name)):
             builder = open_builder()  # another process may have prepared it meanwhile
             if not is_complete(builder):
-                _build_and_verify(tfds, name, root)
+                idx = datasets.load_idx_dataset(name, str(datasets.VENDORED_DATA_DIR))
+                write = functools.partial(_write_stock, tfds, name)
+                _build_and_verify(root, name, idx, write)
                 builder, built = open_builder(), True
     return Prepared(builder, built, time.perf_counter() - start)
+
+
+def ensure_idx_prepared(name: str, folder: Path) -> tfds.core.DatasetBuilder:
+    """A tfds dataset of the IDX files in ``folder``, written on first use; returns its builder.
+
+    Args:
+      name: ``mnist`` or ``fashion_mnist`` (its class names label the examples).
+      folder: a folder holding the four IDX files, of any example counts.
+
+    Returns:
+      A read-only builder of ``<folder>/tfds/<digest>/<name>/1.0.0``: features and splits as the
+      stock dataset's, the examples those of the IDX files.
+
+    Raises:
+      DataError: unknown name, damaged IDX files, or a folder that cannot be written.
+    """
+    if name not in PREPARABLE:
+        raise DataError(f"cannot prepare {name!r} from IDX files: not one of {PREPARABLE}")
+    tfds = _import_tfds()
+    root = folder / IDX_TFDS_DIR / idx_digest(folder)
+    path = root / name / IDX_TFDS_VERSION
+    if not (path / "dataset_info.json").is_file():  # present only once checked and renamed
+        _make_writable_dir(root)
+        with _locked(root / LOCK_FILE.format(name=name)):
+            if not (path / "dataset_info.json").is_file():
+                idx = datasets.load_idx_dataset(name, str(folder))
+                _build_and_verify(root, name, idx, functools.partial(_write_idx, tfds, name, idx))
+    return tfds.builder_from_directory(os.fspath(path))
+
+
+def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The tfds builder the ``tfds`` input pipeline reads for ``config.dataset`` and ``data_dir``.
+
+    Args:
+      name: the dataset's name.
+      data_dir: ``config.data_dir``: the IDX root for ``mnist`` / ``fashion_mnist``, tfds's data
+        dir for other names (None: the defaults).
+
+    Returns:
+      For the vendored IDX files, the stock dataset in tfds's data dir; for other IDX files, the
+      dataset of :func:`ensure_idx_prepared`; for other names, tfds's builder in ``data_dir``.
+      The first two are prepared here when they are not yet.
+    """
+    if name not in PREPARABLE:
+        return _import_tfds().builder(name, data_dir=data_dir)
+    folder = datasets.idx_folder(name, data_dir)
+    if folder.resolve() == (datasets.VENDORED_DATA_DIR / name).resolve():
+        return ensure_prepared(name)
+    return ensure_idx_prepared(name, folder)
+
+
+def idx_digest(folder: Path) -> str:
+    """The first hex digits of a SHA-256 over the four IDX files in ``folder``, as stored.
+
+    Args:
+      folder: a folder holding the four standard IDX files.
+
+    Returns:
+      16 hex digits naming the folder's current contents.
+    """
+    digest = hashlib.sha256()
+    for path in datasets.idx_files(folder):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def is_complete(builder: tfds.core.DatasetBuilder) -> bool:
@@ -170,9 +245,8 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarra
     """
     import tensorflow_datasets as tfds
 
-    ds = builder.as_dataset(split=split, batch_size=READ_BATCH, as_supervised=True)
-    batches = list(tfds.as_numpy(ds))
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=READ_BATCH)))
+    return tuple(np.concatenate([b[key] for b in batches]) for key in ("image", "label"))
 
 
 # --------------------------------------------------------------------------- building
@@ -208,25 +282,24 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build_and_verify(tfds: types.ModuleType, name: str, root: Path) -> None:
-    """Writes ``name`` into a staging dir, checks it, then renames it into ``root``.
+def _build_and_verify(
+    root: Path,
+    name: str,
+    idx: datasets.Dataset,
+    write: Callable[[Path], tfds.core.DatasetBuilder],
+) -> None:
+    """Writes ``name`` into a staging dir with ``write``, checks it against ``idx``, renames it.
 
     Call it holding the dataset's lock: it removes the staging dirs of killed runs first. The
     rename is atomic, so the dataset's path in ``root`` only ever holds a checked dataset.
+    ``write(staging)`` writes the dataset into ``staging / "data"`` and returns its builder.
     """
-    idx = datasets.load_idx_dataset(name, str(datasets.VENDORED_DATA_DIR))  # checksum-verified
     for stale in root.glob(STAGING_PREFIX.format(name=name) + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX.format(name=name), dir=root))
     try:
-        builder = tfds.builder(name, data_dir=os.fspath(staging / "data"))
-        _stage_downloads(builder, datasets.VENDORED_DATA_DIR / name, staging / "downloads")
-        with contextlib.redirect_stdout(io.StringIO()):  # tfds prints the staging path
-            builder.download_and_prepare(
-                download_dir=os.fspath(staging / "downloads"),
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-            )
-        _verify(tfds.builder(name, data_dir=os.fspath(staging / "data")), idx)
+        builder = write(staging)
+        _verify(builder, idx)
         final = root / builder.data_path.relative_to(staging / "data")
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # damaged: it failed is_complete under the lock
@@ -234,6 +307,44 @@ def _build_and_verify(tfds: types.ModuleType, name: str, root: Path) -> None:
         builder.data_path.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_stock(tfds: types.ModuleType, name: str, staging: Path) -> tfds.core.DatasetBuilder:
+    """Runs tfds's stock builder on the vendored files, into ``staging / "data"``."""
+    builder = tfds.builder(name, data_dir=os.fspath(staging / "data"))
+    _stage_downloads(builder, datasets.VENDORED_DATA_DIR / name, staging / "downloads")
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds prints the staging path
+        builder.download_and_prepare(
+            download_dir=os.fspath(staging / "downloads"),
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+        )
+    return tfds.builder(name, data_dir=os.fspath(staging / "data"))  # reads back what was written
+
+
+def _write_idx(
+    tfds: types.ModuleType, name: str, idx: datasets.Dataset, staging: Path
+) -> tfds.core.DatasetBuilder:
+    """Stores ``idx`` as a tfds dataset with the stock features, into ``staging / "data"``."""
+    import tensorflow as tf
+
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=idx.image_shape),
+            "label": tfds.features.ClassLabel(names=list(idx.class_names)),
+        }
+    )
+    splits = {
+        split: tf.data.Dataset.from_tensor_slices(
+            {"image": arrays.images, "label": arrays.labels.astype(np.int64)}
+        )
+        for split, arrays in (("train", idx.train), ("test", idx.test))
+    }
+    tfds.disable_progress_bar()  # no bars in a training run's terminal
+    with contextlib.redirect_stdout(io.StringIO()):
+        written = tfds.dataset_builders.store_as_tfds_dataset(
+            name, IDX_TFDS_VERSION, features, splits, data_dir=os.fspath(staging / "data")
+        )
+    return tfds.builder_from_directory(os.fspath(written.data_path))
 
 
 def _stage_downloads(

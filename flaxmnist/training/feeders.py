@@ -1,4 +1,4 @@
-"""The two ways an epoch's batches reach ``train_step``: device-resident and tf.data streaming.
+"""The two ways an epoch's batches reach ``train_step``: device-resident and tfds streaming.
 
 A feeder's ``train_chunks`` is a generator: it yields ``(state, per_step_metrics)`` after every
 chunk of steps, so the outer loop can update the progress bar, check for non-finite losses and
@@ -8,10 +8,12 @@ honour Ctrl-C between chunks. ``start_step`` resumes an epoch part-way through.
 from __future__ import annotations
 
 import abc
+import collections
 import dataclasses
 import functools
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from flaxmnist.data import input_pipeline
+from flaxmnist.data import input_pipeline, tfds_prepare
 from flaxmnist.data.datasets import ArraySplit
 from flaxmnist.training import parallel, step_functions
 from flaxmnist.training.train_state import TrainState
@@ -102,24 +104,36 @@ class DeviceFeeder(Feeder):
 
 
 class StreamingFeeder(Feeder):
-    """The tf.data path: batches stream from a seeded, prefetching tf.data pipeline."""
+    """The tfds path: batches stream from tfds's files through tf.data, prefetched to the device.
+
+    The run's splits are found in the dataset's tfds files (prepared on first use for ``mnist`` and
+    ``fashion_mnist``, see :func:`tfds_prepare.streaming_builder`): the same examples as the
+    arrays of ``inputs``, which the device path trains on.
+    """
 
     sync_every = 50  # steps per yielded chunk (each yield waits for the device)
+
+    def __init__(self, inputs: FeederInputs):
+        super().__init__(inputs)
+        builder = tfds_prepare.streaming_builder(self.config.dataset, self.config.data_dir or None)
+        self.splits = input_pipeline.open_splits(
+            builder, {"train": inputs.train, **inputs.eval_splits}
+        )
 
     def train_chunks(
         self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
     ) -> Iterator[Chunk]:
         """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
         dataset = input_pipeline.tf_train_dataset(
-            self.inputs.train,
+            self.splits["train"],
             self.config.batch_size,
             seed=self.config.seed,
             epoch=epoch,
+            start_step=start_step,
             rows=parallel.process_rows(self.mesh, self.config.batch_size),
-        ).skip(start_step)
+        )
         pending = []
-        for batch in dataset.as_numpy_iterator():
-            batch = parallel.put_local_batch(batch, self.mesh)
+        for batch in self.on_device(dataset):
             state, metrics = self.fns.train_step(state, batch, rng)
             pending.append(metrics)
             if len(pending) == self.sync_every:
@@ -130,15 +144,50 @@ class StreamingFeeder(Feeder):
 
     def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split (padded, masked last batch)."""
-        totals = None
-        split = self.inputs.eval_splits[split_name]
         batch_size = self.config.eval_batch_size
-        rows = parallel.process_rows(self.mesh, batch_size)
-        for batch in input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator():
-            batch = parallel.put_local_batch(batch, self.mesh)
+        dataset = input_pipeline.tf_eval_dataset(
+            self.splits[split_name], batch_size, parallel.process_rows(self.mesh, batch_size)
+        )
+        totals = None
+        for batch in self.on_device(dataset):
             metrics = self.fns.eval_step(state, batch)
             totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
         return jax.device_get(totals)
+
+    def on_device(self, dataset: Any) -> Iterator[Any]:
+        """``dataset``'s batches as global device arrays, each placed two batches ahead."""
+        local_batches = dataset.as_numpy_iterator()
+        return prefetch_to_device(
+            local_batches, functools.partial(parallel.put_local_batch, mesh=self.mesh)
+        )
+
+
+def prefetch_to_device(
+    batches: Iterator[Any], put: Callable[[Any], Any], size: int = 2
+) -> Iterator[Any]:
+    """Yields ``put(batch)`` for each batch, with ``size`` batches already placed ahead.
+
+    As flax's ``jax_utils.prefetch_to_device``: the transfer of the next batches overlaps the
+    step running on the current one.
+
+    Args:
+      batches: host batches.
+      put: places one batch on the device(s), asynchronously.
+      size: how many placed batches to keep ready.
+
+    Returns:
+      An iterator over the placed batches, in order.
+    """
+    queue = collections.deque()
+
+    def enqueue(count: int) -> None:
+        for batch in itertools.islice(batches, count):
+            queue.append(put(batch))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def stack_metrics(per_step: list[dict]) -> dict[str, np.ndarray]:

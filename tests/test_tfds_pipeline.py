@@ -1,0 +1,107 @@
+"""The ``tfds`` input pipeline reads tfds's files: the device path's examples, trained alike.
+
+One synthetic IDX data dir (module scope) becomes a tfds dataset on first use; every test reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from flaxmnist.configs import default
+from flaxmnist.data import datasets, input_pipeline, tfds_prepare
+from flaxmnist.testing import write_idx_dataset
+from flaxmnist.training import loop
+
+pytestmark = pytest.mark.slow  # TensorFlow, tfds writing, training
+
+SEED, FRACTION = 7, 0.1
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("tfds-pipeline")
+    write_idx_dataset(root / "mnist")  # 512 train, 100 test images
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def device_splits(data_root) -> dict[str, datasets.ArraySplit]:
+    """The device path's splits: IDX arrays, validation split off as training does."""
+    idx = datasets.load_idx_dataset("mnist", data_root)
+    train, validation = datasets.split_validation(idx.train, FRACTION, SEED)
+    return {"train": train, "validation": validation, "test": idx.test}
+
+
+@pytest.fixture(scope="module")
+def tfds_splits(data_root, device_splits) -> dict[str, input_pipeline.CachedSplit]:
+    builder = tfds_prepare.streaming_builder("mnist", data_root)
+    return input_pipeline.open_splits(builder, device_splits)
+
+
+def multiset(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
+    flat = images.reshape(len(labels), -1)
+    return sorted(bytes([label]) + row.tobytes() for label, row in zip(labels, flat, strict=True))
+
+
+def test_the_idx_folder_becomes_a_tfds_dataset_keyed_by_its_contents(data_root):
+    builder = tfds_prepare.streaming_builder("mnist", data_root)
+    digest = tfds_prepare.idx_digest(datasets.idx_folder("mnist", data_root))
+    assert builder.data_path.parent.parent.name == digest
+    assert builder.data_path.is_relative_to(f"{data_root}/mnist/tfds")
+    assert {s: builder.info.splits[s].num_examples for s in ("train", "test")} == {
+        "train": 512,
+        "test": 100,
+    }
+    assert json.loads((builder.data_path / "dataset_info.json").read_text())["name"] == "mnist"
+    before = os.stat(builder.data_path / "dataset_info.json").st_mtime_ns
+    again = tfds_prepare.streaming_builder("mnist", data_root)  # found, not written again
+    assert os.stat(again.data_path / "dataset_info.json").st_mtime_ns == before
+
+
+@pytest.mark.parametrize("name", ["train", "validation", "test"])
+def test_both_pipelines_see_the_same_examples(device_splits, tfds_splits, name):
+    expected = device_splits[name]
+    batches = list(input_pipeline.tf_eval_dataset(tfds_splits[name], 16).as_numpy_iterator())
+    mask = np.concatenate([b["mask"] for b in batches]).astype(bool)
+    images = np.concatenate([b["image"] for b in batches])[mask]
+    labels = np.concatenate([b["label"] for b in batches])[mask]
+    assert len(labels) == len(expected)
+    assert multiset(images, labels) == multiset(expected.images, expected.labels)
+
+
+def test_an_epoch_trains_on_training_examples_only(device_splits, tfds_splits):
+    dataset = input_pipeline.tf_train_dataset(tfds_splits["train"], 10, seed=SEED, epoch=1)
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == 461 // 10
+    seen = multiset(
+        np.concatenate([b["image"] for b in batches]), np.concatenate([b["label"] for b in batches])
+    )
+    validation = set(
+        multiset(device_splits["validation"].images, device_splits["validation"].labels)
+    )
+    assert len(seen) == 460 and not validation & set(seen)
+
+
+def test_the_tfds_pipeline_trains_as_accurately_as_the_device_pipeline(data_root, tmp_path):
+    accuracy = {}
+    for pipeline in ("device", "tfds"):
+        config = default.get_config()
+        config.update(
+            data_dir=data_root,
+            model="cnn_simple",
+            batch_size=32,
+            eval_batch_size=64,
+            num_epochs=2,
+            validation_fraction=FRACTION,
+            seed=SEED,
+            input_pipeline=pipeline,
+            compilation_cache_dir="",
+        )
+        accuracy[pipeline] = loop.train_and_evaluate(config, tmp_path / pipeline)["test_accuracy"]
+    assert accuracy["tfds"] >= 0.8
+    assert accuracy["device"] >= 0.8
+    assert abs(accuracy["tfds"] - accuracy["device"]) <= 0.05  # 5 of the 100 test images
