@@ -188,3 +188,41 @@ def test_throughput_chart_is_written(tmp_path):
     path = tmp_path / "throughput.png"
     scaling.chart({"machine": "CPU, 2 cores", "rows": [*rows, {"error": "x"}]}, path)
     assert path.stat().st_size > 0
+
+
+def pipeline_run(pipeline, epoch_s, rss, accuracy=0.98):
+    return {
+        "pipeline": pipeline,
+        "setup_s": 1.0,
+        "epoch_s": epoch_s,
+        "eval_s": 0.5,
+        "peak_rss_mb": rss,
+        "test_accuracy": accuracy,
+    }
+
+
+def test_pipelines_summary_takes_medians_of_the_epochs_after_the_first():
+    runs = [
+        pipeline_run("device", [30.0, 10.0, 12.0], 600.0),
+        pipeline_run("tfds", [40.0, 11.0], 900.0),
+        pipeline_run("device", [31.0, 14.0, 16.0], 700.0),
+        pipeline_run("tfds", [42.0, 13.0], 1100.0),
+        {"pipeline": "tfds", "error": "boom"},
+    ]
+    summary = benchmark.pipelines_summary(runs)
+    assert summary["device"]["epoch_s"] == 13.0  # median of 10, 12, 14, 16
+    assert summary["device"]["first_epoch_s"] == 30.5
+    assert (summary["tfds"]["epoch_s"], summary["tfds"]["runs"]) == (12.0, 2)
+    assert summary["epoch_ratio"] == pytest.approx(12.0 / 13.0)
+    assert summary["rss_ratio"] == pytest.approx(1000.0 / 650.0)
+    text = benchmark.pipelines_markdown(
+        {
+            "pipelines": {
+                "machine": {"cpu": "CPU X", "cores": 2, "repeats": 2, "epochs": 2},
+                "summary": summary,
+            }
+        }
+    )
+    assert "CPU X, 2 cores" in text and "| tfds | 12.0 |" in text and "0.92x time per epoch" in text
+    assert benchmark.pipelines_markdown({}) == ""
+    assert "epoch_ratio" not in benchmark.pipelines_summary(runs[:1])

@@ -89,6 +89,25 @@ def test_resumed_epoch_reads_the_remaining_batches_and_rows_keep_a_slice(mock_tr
     np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[3:]))
     rows = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, rows=slice(0, 4)))
     np.testing.assert_array_equal(np.stack(rows), np.stack(whole)[:, :4])
+    stacked = _labels(
+        input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, steps_per_element=3)
+    )
+    assert [s.shape for s in stacked] == [(3, 8), (1, 8)]
+    np.testing.assert_array_equal(np.concatenate(stacked), np.stack(whole))
+
+
+def test_prefetch_to_device_places_two_batches_ahead_in_order():
+    from flaxmnist.training import feeders
+
+    placed = []
+
+    def put(batch):
+        placed.append(batch)
+        return batch * 10
+
+    prefetched = feeders.prefetch_to_device(iter(range(5)), put)
+    assert next(prefetched) == 0 and placed == [0, 1]  # 1 is placed before 0 is handed over
+    assert list(prefetched) == [10, 20, 30, 40] and placed == list(range(5))
 
 
 def test_epoch_order_is_seeded_per_seed_and_epoch():

@@ -20,6 +20,12 @@ Sections (``--sections``, in this order; a full run runs them all, ``--quick`` o
 * ``time99``, ``startup`` (``end_to_end.py``): wall time from process launch to 99 % test
   accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet; process start to the first
   training step with a cold, then a warm compilation cache (``--repeats`` warm runs).
+* ``pipelines``: the two input pipelines side by side on the CNN and recipe of Flax's MNIST example
+  (SGD lr 0.1, momentum 0.9, batch 128, all 60,000 training images): each run is a fresh
+  subprocess that builds its feeder (``device`` or ``tfds``, the tfds dataset prepared first) and
+  trains ``--epochs`` epochs; the runs alternate device / tfds (``--repeats`` of each), and the
+  table gives the median of every epoch after the first (compiled, caches filled), peak RSS and
+  the test accuracy.
 * ``batch``, ``tiling`` (``scaling.py``): flaxmnist throughput vs batch size; epoch time vs
   training-set size (1x, 2x, 4x the 60,000 images). Named together with ``--quick`` they run
   smaller variants (cnn_simple only and shorter runs; 1x and 2x only).
@@ -52,10 +58,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
 FRAMEWORKS = ("flaxmnist", "flaxmnist_tfds", "keras", "torch")
 QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
-SECTIONS = ("models", "time99", "startup", "batch", "tiling")
+SECTIONS = ("models", "pipelines", "time99", "startup", "batch", "tiling")
 QUICK_SECTIONS = ("models",)
 TRAIN_EXAMPLES = 60_000
 WORKER_TIMEOUT_S = 1800
+PIPELINES = ("device", "tfds")
+PIPELINE_BATCH = 128  # the Flax MNIST example's recipe
 
 
 def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -283,10 +291,83 @@ def torch_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
     return time_repeats(run, None, repeats, 0.0)
 
 
+def flax_example_cnn():
+    """The CNN of Flax's MNIST example (two 3x3 convolutions, average pooling, a 256-unit layer).
+
+    Its convolutions are flaxmnist's (``flax.linen.Conv``'s "SAME" 3x3, im2col on CPU: XLA:CPU's
+    own is many times slower inside ``lax.scan``), so both pipelines run the same fast step.
+
+    Returns:
+      The Linen module (its ``train`` argument is unused: no dropout, no BatchNorm).
+    """
+    import flax.linen as nn
+
+    from flaxmnist.models import layers
+
+    class FlaxExampleCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            for features in (32, 64):
+                x = nn.relu(layers.Conv(features, padding="SAME")(x))
+                x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+            x = nn.relu(nn.Dense(features=256)(x.reshape((x.shape[0], -1))))
+            return nn.Dense(features=10)(x)
+
+    return FlaxExampleCNN()
+
+
+def pipeline_worker(pipeline: str, epochs: int) -> dict:
+    """Trains the Flax example's CNN ``epochs`` epochs through ``pipeline``'s feeder.
+
+    Args:
+      pipeline: ``device`` or ``tfds``.
+      epochs: epochs to train (the first one compiles the steps).
+
+    Returns:
+      Seconds to build the feeder and per epoch, the test evaluation's seconds and accuracy.
+    """
+    import jax
+    import optax
+
+    from flaxmnist import losses
+    from flaxmnist.configs import default
+    from flaxmnist.data import datasets
+    from flaxmnist.training import feeders, parallel, records
+    from flaxmnist.training import step_functions as steps_lib
+    from flaxmnist.training.train_state import create_train_state
+
+    config = default.get_config()
+    config.update(input_pipeline=pipeline, batch_size=PIPELINE_BATCH, validation_fraction=0.0)
+    dataset = datasets.load_dataset("mnist")
+    mesh = parallel.create_mesh(1)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = create_train_state(flax_example_cnn(), (28, 28, 1), tx, jax.random.key(0))
+    state = parallel.put_replicated(state, mesh)
+    loss_fn = losses.get_loss("cross_entropy")
+    fns = steps_lib.make_step_functions(loss_fn, steps_lib.normalize_images)
+    inputs = feeders.FeederInputs(
+        fns, config, dataset.train, {"test": dataset.test}, jax.random.key(1), mesh
+    )
+    begin = time.perf_counter()
+    feeder = feeders.FEEDERS[pipeline](inputs)
+    result = {"pipeline": pipeline, "setup_s": time.perf_counter() - begin, "epoch_s": []}
+    for epoch in range(1, epochs + 1):
+        begin = time.perf_counter()
+        chunks = list(feeder.train_chunks(state, epoch, jax.random.key(2)))
+        state = jax.block_until_ready(chunks[-1][0])
+        result["epoch_s"].append(time.perf_counter() - begin)
+    begin = time.perf_counter()
+    result["test_accuracy"] = records.summarize(feeder.evaluate(state, "test"))[1]
+    result["eval_s"] = time.perf_counter() - begin
+    return result
+
+
 def worker_main(framework: str, model: str, args: argparse.Namespace) -> None:
     """Subprocess entry: times one (framework, model) pair and prints its RESULT line."""
-    batch, steps, repeats = args.batch or MODELS[model], args.steps, args.repeats
-    if framework.startswith("flaxmnist"):
+    batch, steps, repeats = args.batch or MODELS.get(model), args.steps, args.repeats
+    if framework == "pipeline":
+        result = pipeline_worker(model, args.epochs)
+    elif framework.startswith("flaxmnist"):
         streaming = framework == "flaxmnist_tfds"
         result = flax_worker(model, batch, steps, repeats, streaming, args.tile)
     elif framework == "keras":
@@ -321,6 +402,16 @@ def _timed(fn) -> float:
 def machine_name() -> str:
     """The CPU model and core count, for titles and tables."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
+
+
+def lscpu_model() -> str:
+    """The CPU's model name as ``lscpu`` gives it (``/proc/cpuinfo``'s when lscpu is missing)."""
+    try:
+        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return cpu_model()
+    names = [line.split(":", 1)[1].strip() for line in listing.splitlines() if "Model name" in line]
+    return names[0] if names else cpu_model()
 
 
 def cpu_model() -> str:
@@ -457,6 +548,101 @@ def models_section(models: list[str], frameworks: list[str], steps: int, repeats
     return {"machine": machine, "rows": rows}
 
 
+def pipeline_runs(repeats: int, epochs: int) -> list[dict]:
+    """``repeats`` runs of each pipeline, alternating (device first, then tfds first, ...).
+
+    Args:
+      repeats: runs per pipeline.
+      epochs: epochs per run.
+
+    Returns:
+      Every run's worker result (or ``{"pipeline", "error"}``), in the order they ran.
+    """
+    from flaxmnist.data import tfds_prepare
+
+    tfds_prepare.ensure_prepared("mnist")  # the tfds runs time training, not preparing
+    runs = []
+    for repeat in range(repeats):
+        for pipeline in PIPELINES if repeat % 2 == 0 else PIPELINES[::-1]:
+            command = [sys.executable, __file__, "--worker", "pipeline", pipeline]
+            raw = run_worker([*command, "--epochs", str(epochs)])
+            runs.append(logged({"pipeline": pipeline, **raw}))
+    return runs
+
+
+def pipelines_summary(runs: list[dict]) -> dict:
+    """Medians per pipeline over the runs, and the tfds / device ratios.
+
+    Args:
+      runs: the results of :func:`pipeline_runs`.
+
+    Returns:
+      ``{pipeline: {epoch_s, first_epoch_s, setup_s, eval_s, peak_rss_mb, test_accuracy,
+      runs}}`` plus ``epoch_ratio`` and ``rss_ratio`` (tfds over device) when both ran.
+    """
+    summary = {}
+    for pipeline in PIPELINES:
+        ok = [r for r in runs if r["pipeline"] == pipeline and "error" not in r]
+        if not ok:
+            continue
+        steady = [s for r in ok for s in (r["epoch_s"][1:] or r["epoch_s"])]
+        summary[pipeline] = {
+            "epoch_s": statistics.median(steady),
+            "first_epoch_s": statistics.median(r["epoch_s"][0] for r in ok),
+            **{
+                key: statistics.median(r[key] for r in ok)
+                for key in ("setup_s", "eval_s", "peak_rss_mb", "test_accuracy")
+            },
+            "runs": len(ok),
+        }
+    if set(PIPELINES) <= set(summary):
+        device, tfds = summary["device"], summary["tfds"]
+        summary["epoch_ratio"] = tfds["epoch_s"] / device["epoch_s"]
+        summary["rss_ratio"] = tfds["peak_rss_mb"] / device["peak_rss_mb"]
+    return summary
+
+
+def pipelines_section(repeats: int, epochs: int) -> dict:
+    """The ``pipelines`` entry of the results: machine, every run, and the summary."""
+    runs = pipeline_runs(repeats, epochs)
+    machine = {"cpu": lscpu_model(), "cores": os.cpu_count(), "repeats": repeats, "epochs": epochs}
+    return {"pipelines": {"machine": machine, "runs": runs, "summary": pipelines_summary(runs)}}
+
+
+def pipelines_markdown(results: dict) -> str:
+    """The ``pipelines`` section as markdown (empty when it has not run)."""
+    if "pipelines" not in results:
+        return ""
+    section = results["pipelines"]
+    machine, summary = section["machine"], section["summary"]
+    lines = [
+        "### Input pipelines: device-resident vs tfds streaming (Flax MNIST example's CNN)",
+        "",
+        f"{machine['cpu']}, {machine['cores']} cores; SGD lr 0.1 momentum 0.9, batch "
+        f"{PIPELINE_BATCH}, 468 steps per epoch; {machine['repeats']} alternating runs of "
+        f"{machine['epochs']} epochs each, medians (s/epoch: the epochs after the first).",
+        "",
+        "| pipeline | s/epoch | first epoch s | feeder set-up s | test eval s | peak RSS MB "
+        "| test accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for pipeline in PIPELINES:
+        if pipeline in summary:
+            r = summary[pipeline]
+            lines.append(
+                f"| {pipeline} | {r['epoch_s']:.1f} | {r['first_epoch_s']:.1f} | "
+                f"{r['setup_s']:.1f} | {r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['test_accuracy']:.2%} |"
+            )
+    if "epoch_ratio" in summary:
+        lines += [
+            "",
+            f"tfds / device: {summary['epoch_ratio']:.2f}x time per epoch, "
+            f"{summary['rss_ratio']:.2f}x peak RSS.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def run_section(name: str, args: argparse.Namespace) -> dict:
     """Runs section ``name``; returns the entries of the results it (re)writes."""
     import end_to_end
@@ -465,6 +651,8 @@ def run_section(name: str, args: argparse.Namespace) -> dict:
     if name == "models":
         models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
         return models_section(models, args.frameworks, args.steps, args.repeats)
+    if name == "pipelines":
+        return pipelines_section(args.repeats, args.epochs)
     if name == "time99":
         return {"time_to_99": end_to_end.time_to_99()}
     if name == "startup":
@@ -480,7 +668,7 @@ def document(results: dict) -> str:
     import scaling
 
     parts = [markdown(results["rows"], results["machine"])] if results.get("rows") else []
-    parts += [end_to_end.markdown(results), scaling.markdown(results)]
+    parts += [pipelines_markdown(results), end_to_end.markdown(results), scaling.markdown(results)]
     return "\n".join(part for part in parts if part)
 
 
@@ -511,6 +699,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
     parser.add_argument("--batch", type=int, default=None, help="worker: batch size")
     parser.add_argument("--tile", type=int, default=1, help="worker: training-set repeats")
+    parser.add_argument("--epochs", type=int, default=2, help="of each pipelines-section run")
     args = parser.parse_args(argv)
     args.steps = args.steps or (30 if args.quick else 200)
     args.repeats = args.repeats or (2 if args.quick else 3)

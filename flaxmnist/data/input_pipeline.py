@@ -266,6 +266,7 @@ def tf_train_dataset(
     epoch: int,
     start_step: int = 0,
     rows: slice | None = None,
+    steps_per_element: int | None = None,
 ) -> tf.data.Dataset:
     """One training epoch: full batches in the order of :func:`epoch_order`, prefetched.
 
@@ -276,6 +277,8 @@ def tf_train_dataset(
       epoch: the epoch.
       start_step: batches of the epoch already trained (a resumed run): they are not read.
       rows: this process's rows of each global batch (None: all).
+      steps_per_element: batches stacked per element into ``[steps, rows, ...]`` arrays (the
+        last element holds the batches left over); None: one batch per element.
 
     Returns:
       A dataset of ``{"image", "label"}`` batches of ``rows`` (or all ``batch_size``) examples.
@@ -288,6 +291,8 @@ def tf_train_dataset(
         return {key: tf.gather(value, batch_indices) for key, value in whole.items()}
 
     batches = tf.data.Dataset.zip(split.dataset.repeat(), indices).map(gather)
+    if steps_per_element is not None:
+        batches = batches.batch(steps_per_element)
     return lean(batches).prefetch(PREFETCH_BATCHES)
 
 

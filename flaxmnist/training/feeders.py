@@ -111,8 +111,6 @@ class StreamingFeeder(Feeder):
     arrays of ``inputs``, which the device path trains on.
     """
 
-    sync_every = 50  # steps per yielded chunk (each yield waits for the device)
-
     def __init__(self, inputs: FeederInputs):
         super().__init__(inputs)
         builder = tfds_prepare.streaming_builder(self.config.dataset, self.config.data_dir or None)
@@ -123,7 +121,12 @@ class StreamingFeeder(Feeder):
     def train_chunks(
         self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
     ) -> Iterator[Chunk]:
-        """Trains epoch ``epoch`` from its step ``start_step``, one batch per ``train_step``."""
+        """Trains epoch ``epoch`` from its step ``start_step``, one ``lax.scan`` per chunk.
+
+        A chunk is as many steps as the device path's (``config.chunks_per_epoch`` per epoch):
+        its batches arrive stacked, and ``train_step`` runs over them in one call.
+        """
+        steps = self.splits["train"].size // self.config.batch_size
         dataset = input_pipeline.tf_train_dataset(
             self.splits["train"],
             self.config.batch_size,
@@ -131,16 +134,11 @@ class StreamingFeeder(Feeder):
             epoch=epoch,
             start_step=start_step,
             rows=parallel.process_rows(self.mesh, self.config.batch_size),
+            steps_per_element=math.ceil(steps / self.config.chunks_per_epoch),
         )
-        pending = []
-        for batch in self.on_device(dataset):
-            state, metrics = self.fns.train_step(state, batch, rng)
-            pending.append(metrics)
-            if len(pending) == self.sync_every:
-                yield state, stack_metrics(pending)
-                pending = []
-        if pending:
-            yield state, stack_metrics(pending)
+        for batches in self.on_device(dataset, leading_axes=1):
+            state, metrics = train_on_batches(state, batches, rng, step_fn=self.fns.train_step)
+            yield state, jax.device_get(metrics)
 
     def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split (padded, masked last batch)."""
@@ -149,17 +147,35 @@ class StreamingFeeder(Feeder):
             self.splits[split_name], batch_size, parallel.process_rows(self.mesh, batch_size)
         )
         totals = None
-        for batch in self.on_device(dataset):
+        for batch in self.on_device(dataset, leading_axes=0):
             metrics = self.fns.eval_step(state, batch)
             totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
         return jax.device_get(totals)
 
-    def on_device(self, dataset: Any) -> Iterator[Any]:
-        """``dataset``'s batches as global device arrays, each placed two batches ahead."""
-        local_batches = dataset.as_numpy_iterator()
-        return prefetch_to_device(
-            local_batches, functools.partial(parallel.put_local_batch, mesh=self.mesh)
-        )
+    def on_device(self, dataset: Any, leading_axes: int) -> Iterator[Any]:
+        """``dataset``'s elements as global device arrays, each placed two elements ahead."""
+        put = functools.partial(parallel.put_local_batch, mesh=self.mesh, leading_axes=leading_axes)
+        return prefetch_to_device(dataset.as_numpy_iterator(), put)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="step_fn")
+def train_on_batches(
+    state: TrainState, batches: dict[str, jax.Array], rng: jax.Array, *, step_fn: Callable
+) -> Chunk:
+    """Runs ``step_fn`` over stacked batches (``[steps, B, ...]`` arrays) in one ``lax.scan``.
+
+    On XLA:CPU a scanned step is much faster than the same step called once per batch.
+
+    Args:
+      state: the train state (donated).
+      batches: the chunk's batches, stacked along a leading axis.
+      rng: the run's dropout key.
+      step_fn: the train step, ``(state, batch, rng) -> (state, metrics)``.
+
+    Returns:
+      The final state and the per-step metrics stacked along a leading axis.
+    """
+    return jax.lax.scan(lambda carry, batch: step_fn(carry, batch, rng), state, batches)
 
 
 def prefetch_to_device(
@@ -188,11 +204,6 @@ def prefetch_to_device(
     while queue:
         yield queue.popleft()
         enqueue(1)
-
-
-def stack_metrics(per_step: list[dict]) -> dict[str, np.ndarray]:
-    """Per-step metric dicts → one dict of numpy arrays (one host transfer)."""
-    return jax.device_get(jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per_step))
 
 
 FEEDERS = {"device": DeviceFeeder, "tfds": StreamingFeeder}  # by config.input_pipeline
