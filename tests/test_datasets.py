@@ -89,28 +89,6 @@ def test_corrupt_gzip_payload_is_reported(tmp_path):
         datasets.load_dataset("mnist", str(tmp_path))
 
 
-def test_background_load_gives_the_same_dataset(tmp_path):
-    write_idx_dataset(tmp_path / "mnist", num_train=30, num_test=7)
-    loaded = datasets.load_dataset_in_background("mnist", str(tmp_path))()
-    direct = datasets.load_dataset("mnist", str(tmp_path))
-    np.testing.assert_array_equal(loaded.train.images, direct.train.images)
-    np.testing.assert_array_equal(loaded.test.labels, direct.test.labels)
-
-
-def test_background_load_raises_its_error_when_waited_for(tmp_path):
-    load = datasets.load_dataset_in_background("mnist", str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match="does not exist"):
-        load()
-
-
-def test_tfds_names_load_only_when_asked(monkeypatch):
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args: calls.append(args) or "loaded")
-    load = datasets.load_dataset_in_background("kmnist", "/some/dir")
-    assert calls == []
-    assert load() == "loaded" and calls == [("kmnist", "/some/dir")]
-
-
 def test_truncated_file_without_checksums_is_reported(tmp_path):
     folder = write_idx_dataset(tmp_path / "mnist", 10, 10, compress=False, checksums=False)
     path = folder / "train-images-idx3-ubyte"

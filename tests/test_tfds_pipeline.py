@@ -16,7 +16,7 @@ from flaxmnist.data import datasets, input_pipeline, tfds_prepare
 from flaxmnist.testing import write_idx_dataset
 from flaxmnist.training import loop
 
-pytestmark = pytest.mark.slow  # TensorFlow, tfds writing, training
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tfds-pipeline")]  # TensorFlow, training
 
 SEED, FRACTION = 7, 0.1
 

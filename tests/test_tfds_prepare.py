@@ -53,6 +53,9 @@ from collections.abc import Callable
 from pathlib import Path
 from flaxmnist import errors
 from flaxmnist.data import datasets
+
+# One worker builds the prepared data dir that this module shares.
+pytestmark = pytest.mark.xdist_group("tfds-prepared")
 with errors.reported(Path(sys.argv[1])):
     datasets.load_dataset("kmnist", sys.argv[1])
 """

@@ -9,7 +9,6 @@ Every source returns whole splits as numpy arrays (the MNIST family fits in memo
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import hashlib
 import math
@@ -17,8 +16,6 @@ import os
 import socket
 import struct
 import zlib
-from collections.abc import Callable
-from concurrent import futures
 from pathlib import Path
 
 import numpy as np
@@ -341,21 +338,6 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if name in IDX_CLASS_NAMES:
         return load_idx_dataset(name, data_dir)
     return load_tfds_dataset(name, data_dir)
-
-
-def load_dataset_in_background(name: str, data_dir: str | None = None) -> Callable[[], Dataset]:
-    """Starts loading an IDX dataset on a thread; returns a function that waits for it.
-
-    Called before JAX is imported, the reading, inflating and checksumming (0.3 s for MNIST) run
-    while the import does. A tensorflow-datasets name loads when the function is called (its
-    TensorFlow import would only compete with JAX's); errors surface from that call too.
-    """
-    if name not in IDX_CLASS_NAMES:
-        return functools.partial(load_dataset, name, data_dir)
-    executor = futures.ThreadPoolExecutor(max_workers=1)
-    loading = executor.submit(load_idx_dataset, name, data_dir)
-    executor.shutdown(wait=False)  # the thread finishes this one load, then exits
-    return loading.result
 
 
 def split_validation(
