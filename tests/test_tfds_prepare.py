@@ -26,6 +26,9 @@ from helpers import REPO_ROOT
 from flaxmnist.data import datasets, tfds_prepare
 from flaxmnist.errors import DataError
 
+# One worker builds the prepared data dir that this module shares.
+pytestmark = pytest.mark.xdist_group("tfds-prepared")
+
 NAMES = ("mnist", "fashion_mnist")
 SIZES = {"train": 60_000, "test": 10_000}
 VERSION = "3.0.1"  # tfds's stock version of both builders
@@ -53,9 +56,6 @@ from collections.abc import Callable
 from pathlib import Path
 from flaxmnist import errors
 from flaxmnist.data import datasets
-
-# One worker builds the prepared data dir that this module shares.
-pytestmark = pytest.mark.xdist_group("tfds-prepared")
 with errors.reported(Path(sys.argv[1])):
     datasets.load_dataset("kmnist", sys.argv[1])
 """
