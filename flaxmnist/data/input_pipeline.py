@@ -236,7 +236,8 @@ def open_splits(
     for name, arrays in wanted.items():
         source, source_arrays = stored[TFDS_SPLITS[name]]
         opened[name] = select(source, example_positions(source_arrays, arrays))
-        read_examples(opened[name].dataset)  # fills its cache now, not in the first epoch
+        if opened[name] is not source:  # a new selection: fill its cache now, not in epoch 1
+            read_examples(opened[name].dataset)
     return opened
 
 

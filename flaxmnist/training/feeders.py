@@ -137,7 +137,7 @@ class StreamingFeeder(Feeder):
             steps_per_element=math.ceil(steps / self.config.chunks_per_epoch),
         )
         for batches in self.on_device(dataset, leading_axes=1):
-            state, metrics = train_on_batches(state, batches, rng, step_fn=self.fns.train_step)
+            state, metrics = self.fns.train_on_batches(state, batches, rng)
             yield state, jax.device_get(metrics)
 
     def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
@@ -156,26 +156,6 @@ class StreamingFeeder(Feeder):
         """``dataset``'s elements as global device arrays, each placed two elements ahead."""
         put = functools.partial(parallel.put_local_batch, mesh=self.mesh, leading_axes=leading_axes)
         return prefetch_to_device(dataset.as_numpy_iterator(), put)
-
-
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="step_fn")
-def train_on_batches(
-    state: TrainState, batches: dict[str, jax.Array], rng: jax.Array, *, step_fn: Callable
-) -> Chunk:
-    """Runs ``step_fn`` over stacked batches (``[steps, B, ...]`` arrays) in one ``lax.scan``.
-
-    On XLA:CPU a scanned step is much faster than the same step called once per batch.
-
-    Args:
-      state: the train state (donated).
-      batches: the chunk's batches, stacked along a leading axis.
-      rng: the run's dropout key.
-      step_fn: the train step, ``(state, batch, rng) -> (state, metrics)``.
-
-    Returns:
-      The final state and the per-step metrics stacked along a leading axis.
-    """
-    return jax.lax.scan(lambda carry, batch: step_fn(carry, batch, rng), state, batches)
 
 
 def prefetch_to_device(

@@ -152,6 +152,16 @@ def train_on_indices(
     return jax.lax.scan(body, state, batch_indices)
 
 
+def train_on_batches(
+    state: TrainState, batches: Batch, rng: jax.Array, *, step_fn: Callable
+) -> tuple[TrainState, Metrics]:
+    """Runs ``step_fn`` over streamed batches stacked along a leading axis ([steps, B, ...]).
+
+    Returns the final state and the per-step metrics stacked along a leading axis.
+    """
+    return jax.lax.scan(lambda carry, batch: step_fn(carry, batch, rng), state, batches)
+
+
 def evaluate_batches(state: TrainState, batches: Batch, *, step_fn: Callable) -> Metrics:
     """Sums ``step_fn`` metrics over stacked, padded batches ([num_batches, B, ...] arrays)."""
 
@@ -172,6 +182,7 @@ class StepFunctions:
     eval_step: Callable[[TrainState, Batch], Metrics]
     predict_step: Callable[[TrainState, jax.Array], jax.Array]
     train_on_indices: Callable[..., tuple[TrainState, Metrics]]
+    train_on_batches: Callable[..., tuple[TrainState, Metrics]]
     evaluate_batches: Callable[[TrainState, Batch], Metrics]
 
 
@@ -194,7 +205,8 @@ def make_step_functions(
     Returns:
       :class:`StepFunctions`: ``train_step(state, batch, key) -> (state, metrics)`` (donates
       ``state``), ``eval_step(state, batch) -> metric sums``, ``predict_step(state, images) ->
-      logits``, and the ``lax.scan`` loops ``train_on_indices`` and ``evaluate_batches``.
+      logits``, and the ``lax.scan`` loops ``train_on_indices`` (device-resident data),
+      ``train_on_batches`` (streamed, stacked batches) and ``evaluate_batches``.
       A batch is a dict of ``image`` uint8 [B, H, W, C], ``label`` int32 [B] and ``mask``
       bool [B] (padding examples are masked out of the sums).
 
@@ -205,7 +217,8 @@ def make_step_functions(
       ...     losses.get_loss("cross_entropy"), step_functions.normalize_images
       ... )
       >>> sorted(vars(fns))
-      ['eval_step', 'evaluate_batches', 'predict_step', 'train_on_indices', 'train_step']
+      ['eval_step', 'evaluate_batches', 'predict_step', 'train_on_batches', 'train_on_indices',
+       'train_step']
     """
     train = functools.partial(train_step, loss_fn=loss_fn, preprocess=preprocess, augment=augment)
     evaluate = functools.partial(
@@ -218,6 +231,9 @@ def make_step_functions(
         predict_step=jax.jit(predict),
         train_on_indices=jax.jit(
             functools.partial(train_on_indices, step_fn=train), donate_argnums=0
+        ),
+        train_on_batches=jax.jit(
+            functools.partial(train_on_batches, step_fn=train), donate_argnums=0
         ),
         evaluate_batches=jax.jit(functools.partial(evaluate_batches, step_fn=evaluate)),
     )
