@@ -105,10 +105,17 @@ def test_sample_grid_accepts_fewer_images_than_n_and_3d_images():
 
 def test_grids_of_no_images_say_so():
     empty = np.zeros((0, 6, 6, 1), np.uint8)
-    fig = figures.prediction_grid(empty, [], np.zeros((0, 3)), CLASSES3)
+    fig = figures.prediction_grid(figures.ScoredImages(empty, [], np.zeros((0, 3)), CLASSES3))
     assert image_axes(fig) == []
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["No images to show."]
     assert suptitle(fig) == "Predictions"
+
+
+def test_scored_images_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match="length mismatch"):
+        figures.ScoredImages(indexed_images(3), [0, 1], np.full((3, 2), 0.5))
+    with pytest.raises(ValueError):
+        figures.ScoredImages(indexed_images(2), [0, 1], np.full((3, 2), 0.5))
 
 
 def test_sample_grid_rejects_mismatched_lengths():
@@ -275,7 +282,9 @@ CLASSES3 = ("A", "B", "C")  # short: one-line titles
 
 
 def test_prediction_grid_titles_and_colors():
-    fig = figures.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    fig = figures.prediction_grid(
+        figures.ScoredImages(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    )
     assert titles(fig) == [
         "pred A (90%) / true A",
         "pred A (80%) / true C",
@@ -290,7 +299,9 @@ def test_prediction_grid_titles_and_colors():
 
 def test_prediction_grid_limits_to_n_and_wraps_long_names():
     names = ("T-shirt/top", "Ankle boot", "Bag")
-    fig = figures.prediction_grid(indexed_images(4), PRED_LABELS, PRED_PROBS, names, n=2)
+    fig = figures.prediction_grid(
+        figures.ScoredImages(indexed_images(4), PRED_LABELS, PRED_PROBS, names), n=2
+    )
     assert image_indices(fig) == [0, 1]
     assert titles(fig) == [
         "pred T-shirt/top (90%) /\ntrue T-shirt/top",
@@ -303,7 +314,9 @@ def test_confident_mistakes_picks_the_most_confident_wrong_predictions():
     num = 30
     labels = rng.integers(0, 3, num)
     probs = rng.dirichlet(np.ones(3), num)
-    fig = figures.confident_mistakes(indexed_images(num), labels, probs, CLASSES3, n=4)
+    fig = figures.confident_mistakes(
+        figures.ScoredImages(indexed_images(num), labels, probs, CLASSES3), n=4
+    )
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     expected = wrong[np.argsort(-confidence[wrong])][:4]
@@ -318,10 +331,14 @@ def test_confident_mistakes_picks_the_most_confident_wrong_predictions():
 
 
 def test_confident_mistakes_small_example_and_no_mistakes():
-    fig = figures.confident_mistakes(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    fig = figures.confident_mistakes(
+        figures.ScoredImages(indexed_images(4), PRED_LABELS, PRED_PROBS, CLASSES3)
+    )
     assert image_indices(fig) == [1, 3]  # 80 % before 60 %; the right ones are left out
     labels = PRED_PROBS.argmax(axis=1)
-    fig = figures.confident_mistakes(indexed_images(4), labels, PRED_PROBS, CLASSES3)
+    fig = figures.confident_mistakes(
+        figures.ScoredImages(indexed_images(4), labels, PRED_PROBS, CLASSES3)
+    )
     assert image_axes(fig) == []
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["No mistakes among 4 images."]
 
@@ -337,7 +354,9 @@ def test_ambiguous_images_picks_the_highest_entropy_with_top2_titles():
         ]
     )
     labels = np.array([0, 2, 2, 2, 2])
-    fig = figures.ambiguous_images(indexed_images(5), labels, probs, CLASSES3, n=3)
+    fig = figures.ambiguous_images(
+        figures.ScoredImages(indexed_images(5), labels, probs, CLASSES3), n=3
+    )
     entropy = -(probs * np.log(probs)).sum(axis=1)
     assert image_indices(fig) == np.argsort(-entropy)[:3].tolist() == [1, 4, 2]
     assert titles(fig) == [

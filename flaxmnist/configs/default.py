@@ -82,10 +82,24 @@ def with_overrides(**overrides) -> ml_collections.ConfigDict:
     return config
 
 
-def with_keras_early_stopping(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config`` set to stop like the reference notebooks did.
+def fashion_notebook_recipe(
+    model: str, *, batch_size: int = 64, loss: str = "cross_entropy"
+) -> ml_collections.ConfigDict:
+    """The reference Fashion-MNIST notebooks' recipe for ``model``.
 
-    Keras EarlyStopping on val_loss with patience 3, and the best weights kept (ModelCheckpoint).
+    Adam at its default rate, up to 20 epochs, and Keras EarlyStopping on val_loss with patience
+    3 with the best weights kept (ModelCheckpoint).
+
+    Args:
+      model: the model's registered name.
+      batch_size: the notebook's batch size.
+      loss: the notebook's loss (``categorical_cross_entropy`` for one-hot labels).
+
+    Returns:
+      The default config with the recipe applied.
     """
+    config = with_overrides(
+        dataset="fashion_mnist", model=model, loss=loss, batch_size=batch_size, num_epochs=20
+    )
     config.early_stopping.update(monitor="val_loss", patience=3, restore_best=True)
     return config

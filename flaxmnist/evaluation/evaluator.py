@@ -97,6 +97,7 @@ def make_figures(
     probabilities = metrics.softmax(logits)
     matrix = np.array(summary["confusion_matrix"])
     confidence, accuracy, counts = metrics.calibration_bins(probabilities, test.labels)
+    scored = figures.ScoredImages(test.images, test.labels, probabilities, names)
     made = {
         "samples": figures.sample_grid(
             test.images, test.labels, names, title="Random test samples"
@@ -107,11 +108,9 @@ def make_figures(
             matrix, names, normalize=True
         ),
         "per_class_accuracy": figures.per_class_accuracy(matrix, names),
-        "predictions": figures.prediction_grid(test.images, test.labels, probabilities, names),
-        "confident_mistakes": figures.confident_mistakes(
-            test.images, test.labels, probabilities, names
-        ),
-        "ambiguous": figures.ambiguous_images(test.images, test.labels, probabilities, names),
+        "predictions": figures.prediction_grid(scored),
+        "confident_mistakes": figures.confident_mistakes(scored),
+        "ambiguous": figures.ambiguous_images(scored),
         "reliability": figures.reliability_diagram(
             confidence, accuracy, counts, ece=summary["expected_calibration_error"]
         ),

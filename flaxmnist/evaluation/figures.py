@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "CORRECT_COLOR",
     "WRONG_COLOR",
+    "ScoredImages",
     "ambiguous_images",
     "class_distribution",
     "confident_mistakes",
@@ -614,104 +616,108 @@ def per_class_accuracy(matrix: ArrayLike, class_names: Sequence[str]) -> Figure:
     return fig
 
 
-def _scored(
-    images: ArrayLike, labels: ArrayLike, probabilities: ArrayLike
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images, labels, probabilities) as arrays, checked to describe the same examples."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    num = _check_lengths(images=images, labels=labels)
-    return images, labels, _as_probabilities(probabilities, num)
+@dataclasses.dataclass(frozen=True)
+class ScoredImages:
+    """Images with their true labels and a model's predicted class probabilities.
+
+    The input of the figures that show predictions (:func:`prediction_grid`,
+    :func:`confident_mistakes`, :func:`ambiguous_images`). Arrays are converted and checked to
+    describe the same examples when it is made.
+
+    Attributes:
+      images: uint8 ``[N, H, W, 1]`` or ``[N, H, W]``.
+      labels: ``[N]`` true class of each image.
+      probabilities: ``[N, K]`` predicted class probabilities (softmax outputs).
+      class_names: name of each class index (``None``: show indices).
+
+    Example::
+
+        scored = figures.ScoredImages(test.images, test.labels, probabilities, class_names)
+        figures.save_figure(figures.confident_mistakes(scored), "mistakes.png")
+    """
+
+    images: ArrayLike
+    labels: ArrayLike
+    probabilities: ArrayLike
+    class_names: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        images, labels = np.asarray(self.images), np.asarray(self.labels)
+        num = _check_lengths(images=images, labels=labels)
+        object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "probabilities", _as_probabilities(self.probabilities, num))
 
 
-def prediction_grid(
-    images: ArrayLike,
-    labels: ArrayLike,
-    probabilities: ArrayLike,
-    class_names: Sequence[str] | None,
-    *,
-    n: int = 25,
-) -> Figure:
+def prediction_grid(scored: ScoredImages, *, n: int = 25) -> Figure:
     """The first ``n`` images titled ``"pred P (conf%) / true T"``: green if right, red if wrong.
 
     Args:
-      images: uint8 ``[N, H, W, 1]`` or ``[N, H, W]``.
-      labels: true class of each image.
-      probabilities: ``[N, K]`` predicted class probabilities (softmax outputs).
-      class_names: name of each class index (``None``: show indices).
+      scored: the images, their labels and predicted probabilities.
       n: how many images to show.
     """
-    images, labels, probs = _scored(images, labels, probabilities)
-    probs, labels = probs[:n], labels[:n]
+    probs, labels = scored.probabilities[:n], scored.labels[:n]
     predicted = probs.argmax(axis=1)
-    titles = _prediction_titles(predicted, probs.max(axis=1), labels, class_names)
+    titles = _prediction_titles(predicted, probs.max(axis=1), labels, scored.class_names)
     colors = [
         CORRECT_COLOR if p == t else WRONG_COLOR for p, t in zip(predicted, labels, strict=True)
     ]
     suptitle = "Predictions"
     if len(labels):
         suptitle += f" ({np.mean(predicted == labels):.0%} of these {len(labels)} correct)"
-    fig, _ = _image_grid(images[:n], titles, title_colors=colors, suptitle=suptitle)
+    fig, _ = _image_grid(scored.images[:n], titles, title_colors=colors, suptitle=suptitle)
     return fig
 
 
-def confident_mistakes(
-    images: ArrayLike,
-    labels: ArrayLike,
-    probabilities: ArrayLike,
-    class_names: Sequence[str] | None,
-    *,
-    n: int = 16,
-) -> Figure:
+def confident_mistakes(scored: ScoredImages, *, n: int = 16) -> Figure:
     """The ``n`` wrong predictions with the highest confidence, most confident first.
 
     Titled like :func:`prediction_grid` (all red). With no mistakes, a figure that says so.
 
-    Args: as :func:`prediction_grid`'s; ``n`` is how many mistakes to show.
+    Args:
+      scored: the images, their labels and predicted probabilities.
+      n: how many mistakes to show.
     """
-    images, labels, probs = _scored(images, labels, probabilities)
-    num = len(labels)
+    probs, labels, num = scored.probabilities, scored.labels, len(scored.labels)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     title = "Most confident mistakes"
     if not len(wrong):
         return _message_figure(f"No mistakes among {num:,} images.", title)
     chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
-    titles = _prediction_titles(predicted[chosen], confidence[chosen], labels[chosen], class_names)
+    titles = _prediction_titles(
+        predicted[chosen], confidence[chosen], labels[chosen], scored.class_names
+    )
     suptitle = f"{title} ({len(chosen)} of {len(wrong):,} errors in {num:,} images)"
     colors = [WRONG_COLOR] * len(chosen)
-    fig, _ = _image_grid(images[chosen], titles, title_colors=colors, suptitle=suptitle)
+    fig, _ = _image_grid(scored.images[chosen], titles, title_colors=colors, suptitle=suptitle)
     return fig
 
 
-def ambiguous_images(
-    images: ArrayLike,
-    labels: ArrayLike,
-    probabilities: ArrayLike,
-    class_names: Sequence[str] | None,
-    *,
-    n: int = 16,
-) -> Figure:
+def ambiguous_images(scored: ScoredImages, *, n: int = 16) -> Figure:
     """The ``n`` images with the highest predictive entropy, most uncertain first.
 
     Each is titled with its two most probable classes and their probabilities, and its true class
     (green when the top class is right, red when wrong).
 
-    Args: as :func:`prediction_grid`'s.
+    Args:
+      scored: the images, their labels and predicted probabilities.
+      n: how many images to show.
     """
-    images, labels, probs = _scored(images, labels, probabilities)
+    probs, labels, names = scored.probabilities, scored.labels, scored.class_names
     chosen = np.argsort(-_entropy(probs), kind="stable")[:n]
     top2 = np.argsort(-probs[chosen], axis=1, kind="stable")[:, :2]
     titles, colors = [], []
     for index, (first, second) in zip(chosen, top2, strict=True):
         p = probs[index]
         titles.append(
-            f"{_class_name(class_names, first)} {p[first]:.0%} · "
-            f"{_class_name(class_names, second)} {p[second]:.0%}\n"
-            f"true {_class_name(class_names, labels[index])}"
+            f"{_class_name(names, first)} {p[first]:.0%} · "
+            f"{_class_name(names, second)} {p[second]:.0%}\n"
+            f"true {_class_name(names, labels[index])}"
         )
         colors.append(CORRECT_COLOR if first == labels[index] else WRONG_COLOR)
     suptitle = "Most ambiguous images (highest predictive entropy): top-2 classes"
-    fig, _ = _image_grid(images[chosen], titles, title_colors=colors, suptitle=suptitle)
+    fig, _ = _image_grid(scored.images[chosen], titles, title_colors=colors, suptitle=suptitle)
     return fig
 
 
