@@ -97,10 +97,11 @@ def test_sigkill_after_an_epoch_then_rerun_is_bitwise_identical(bigger_data_dir,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_one(
-    bigger_data_dir, tmp_path, signum, status
+def test_ctrl_c_saves_mid_epoch_and_the_resumed_run_matches_an_uninterrupted_one(
+    bigger_data_dir, tmp_path
 ):
+    # SIGTERM takes the same path; the fault matrix's signals scenario sends both.
+    signum, status = signal.SIGINT, 130
     # As users run: both caches on, the rerun reuses what the first process compiled.
     args = ["--config.num_epochs=5", "--config.chunks_per_epoch=60", "--config.num_devices=1"]
     cache = str(tmp_path / "cache")
