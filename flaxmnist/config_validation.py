@@ -30,7 +30,7 @@ MAX_SEED = 2**32 - 1
 
 # The fixed vocabularies; the modules that use them import them from here. The activations and
 # dtypes map to JAX objects in flaxmnist.models, so these two are mirrors (kept equal by a test).
-INPUT_PIPELINES = ("device", "tfds")
+INPUT_PIPELINES = ("device", "tfds", "grain")
 NORMALIZATIONS = ("unit", "standardize")
 NAN_POLICIES = ("stop", "skip_step")
 ACTIVATIONS = ("elu", "gelu", "leaky_relu", "relu", "selu", "sigmoid", "swish", "tanh")

@@ -2,7 +2,7 @@
 
 ``write_idx_dataset(folder)`` writes the four standard IDX files (and ``SHA256SUMS``) of a small,
 learnable dataset; point ``config.data_dir`` at the folder's parent and a run trains on it in
-seconds.
+seconds. ``run_splits(data_dir, fraction, seed)`` gives the splits such a run trains and tests on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from flaxmnist.data import datasets
+from flaxmnist.data.datasets import ArraySplit
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -66,3 +69,22 @@ def write_idx_dataset(
     if checksums:
         (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     return folder
+
+
+def run_splits(
+    data_dir: str, validation_fraction: float, seed: int, name: str = "mnist"
+) -> dict[str, ArraySplit]:
+    """The splits a run trains, validates and tests on, as the device pipeline holds them.
+
+    Args:
+      data_dir: the IDX root (``config.data_dir``).
+      validation_fraction: ``config.validation_fraction``.
+      seed: ``config.seed`` (it picks the validation examples).
+      name: the dataset.
+
+    Returns:
+      ``train``, ``validation`` and ``test`` as arrays, split as training splits them.
+    """
+    idx = datasets.load_idx_dataset(name, data_dir)
+    train, validation = datasets.split_validation(idx.train, validation_fraction, seed)
+    return {"train": train, "validation": validation, "test": idx.test}

@@ -118,7 +118,7 @@ def set_field(config: ml_collections.ConfigDict, field: str, value) -> None:
         ("dtype", "float16", "unknown dtype 'float16'; valid: float32, bfloat16"),
         ("conv_impl", "fft", "unknown conv_impl 'fft'"),
         ("pool_impl", "avg", "unknown pool_impl 'avg'"),
-        ("input_pipeline", "magic", "unknown input_pipeline 'magic'; valid: device, tfds"),
+        ("input_pipeline", "magic", "unknown input_pipeline 'magic'; valid: device, tfds, grain"),
         ("normalization", "zscore", "unknown normalization 'zscore'"),
         ("nan_policy", "ignore", "unknown nan_policy 'ignore'"),
         ("early_stopping.monitor", "val_f1", "unknown early_stopping.monitor 'val_f1'"),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from flaxmnist.data import datasets, input_pipeline
+from flaxmnist.data import datasets, grain_pipeline, input_pipeline
 from flaxmnist.errors import DataError
 
 
@@ -43,8 +43,34 @@ def mock_train():
         return input_pipeline.stored_split(tfds.builder("mnist"), "train")
 
 
-def _labels(dataset) -> list[np.ndarray]:
-    return [batch["label"] for batch in dataset.as_numpy_iterator()]
+@pytest.fixture(params=[pytest.param("tfds", marks=pytest.mark.slow), "grain"])
+def streamed(request) -> tuple[str, object, datasets.ArraySplit]:
+    """A streaming pipeline, 37 mnist-shaped examples as it holds them, and them as arrays.
+
+    The tfds pipeline holds a tf.data cache (it imports TensorFlow: slow), grain the arrays.
+    """
+    if request.param == "tfds":
+        return "tfds", *request.getfixturevalue("mock_train")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (37, 28, 28, 1), dtype=np.uint8)
+    arrays = datasets.ArraySplit(images, rng.integers(0, 10, 37).astype(np.int32))
+    return "grain", arrays, arrays
+
+
+def train_batches(pipeline: str, split, batch_size: int, **order) -> list[dict]:
+    if pipeline == "grain":
+        return list(grain_pipeline.train_batches(split, batch_size, **order))
+    return list(input_pipeline.tf_train_dataset(split, batch_size, **order).as_numpy_iterator())
+
+
+def eval_batches(pipeline: str, split, batch_size: int, rows: slice | None = None) -> list[dict]:
+    if pipeline == "grain":
+        return list(grain_pipeline.eval_batches(split, batch_size, rows))
+    return list(input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator())
+
+
+def _labels(batches: list[dict]) -> list[np.ndarray]:
+    return [batch["label"] for batch in batches]
 
 
 @pytest.mark.slow  # imports TensorFlow
@@ -57,43 +83,44 @@ def test_stored_split_reads_the_whole_split_decoded(mock_train):
     np.testing.assert_array_equal(again.images, arrays.images)
 
 
-@pytest.mark.slow  # imports TensorFlow
-def test_eval_batches_are_in_order_and_mask_the_padded_last_batch(mock_train):
-    split, arrays = mock_train
-    batches = list(input_pipeline.tf_eval_dataset(split, 16).as_numpy_iterator())
+def test_eval_batches_are_in_order_and_mask_the_padded_last_batch(streamed):
+    pipeline, split, arrays = streamed
+    batches = eval_batches(pipeline, split, 16)
     assert [b["image"].shape for b in batches] == [(16, 28, 28, 1)] * 3
     assert batches[0]["image"].dtype == np.uint8 and batches[0]["label"].dtype == np.int32
     np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1] * 37 + [0] * 11)
     labels = np.concatenate([b["label"] for b in batches])
     np.testing.assert_array_equal(labels[:37], arrays.labels)
-    rows = list(input_pipeline.tf_eval_dataset(split, 16, rows=slice(8, 16)).as_numpy_iterator())
+    rows = eval_batches(pipeline, split, 16, rows=slice(8, 16))
     np.testing.assert_array_equal(rows[1]["label"], batches[1]["label"][8:])
 
 
-@pytest.mark.slow  # imports TensorFlow
-def test_train_batches_follow_the_epoch_order(mock_train):
-    split, arrays = mock_train
-    batches = list(input_pipeline.tf_train_dataset(split, 8, seed=3, epoch=2).as_numpy_iterator())
+def test_train_batches_follow_the_epoch_order(streamed):
+    pipeline, split, arrays = streamed
+    batches = train_batches(pipeline, split, 8, seed=3, epoch=2)
     order = input_pipeline.epoch_order(37, 8, seed=3, epoch=2)
     assert [len(b["label"]) for b in batches] == [8] * 4  # 5 left over are skipped
+    assert batches[0]["image"].dtype == np.uint8 and batches[0]["label"].dtype == np.int32
     for batch, indices in zip(batches, order, strict=True):
         np.testing.assert_array_equal(batch["image"], arrays.images[indices])
         np.testing.assert_array_equal(batch["label"], arrays.labels[indices])
 
 
-@pytest.mark.slow  # imports TensorFlow
-def test_resumed_epoch_reads_the_remaining_batches_and_rows_keep_a_slice(mock_train):
-    split, _ = mock_train
-    whole = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1))
-    resumed = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, start_step=3))
+def test_resumed_epoch_reads_the_remaining_batches_and_rows_keep_a_slice(streamed):
+    pipeline, split, _ = streamed
+    whole = _labels(train_batches(pipeline, split, 8, seed=0, epoch=1))
+    resumed = _labels(train_batches(pipeline, split, 8, seed=0, epoch=1, start_step=3))
     np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[3:]))
-    rows = _labels(input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, rows=slice(0, 4)))
+    rows = _labels(train_batches(pipeline, split, 8, seed=0, epoch=1, rows=slice(0, 4)))
     np.testing.assert_array_equal(np.stack(rows), np.stack(whole)[:, :4])
-    stacked = _labels(
-        input_pipeline.tf_train_dataset(split, 8, seed=0, epoch=1, steps_per_element=3)
-    )
+    stacked = _labels(train_batches(pipeline, split, 8, seed=0, epoch=1, steps_per_element=3))
     assert [s.shape for s in stacked] == [(3, 8), (1, 8)]
     np.testing.assert_array_equal(np.concatenate(stacked), np.stack(whole))
+    both = _labels(
+        train_batches(pipeline, split, 8, seed=0, epoch=1, start_step=1, steps_per_element=2)
+    )
+    assert [s.shape for s in both] == [(2, 8), (1, 8)]
+    np.testing.assert_array_equal(np.concatenate(both), np.stack(whole[1:]))
 
 
 def test_prefetch_to_device_places_two_batches_ahead_in_order():

@@ -13,7 +13,7 @@ import pytest
 
 from flaxmnist.configs import default
 from flaxmnist.data import datasets, input_pipeline, tfds_prepare
-from flaxmnist.testing import write_idx_dataset
+from flaxmnist.testing import run_splits, write_idx_dataset
 from flaxmnist.training import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tfds-pipeline")]  # TensorFlow, training
@@ -30,10 +30,7 @@ def data_root(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def device_splits(data_root) -> dict[str, datasets.ArraySplit]:
-    """The device path's splits: IDX arrays, validation split off as training does."""
-    idx = datasets.load_idx_dataset("mnist", data_root)
-    train, validation = datasets.split_validation(idx.train, FRACTION, SEED)
-    return {"train": train, "validation": validation, "test": idx.test}
+    return run_splits(data_root, FRACTION, SEED)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,17 @@
 """``python -m flaxmnist.data prepare``: the vendored IDX files as stock tfds datasets, offline.
 
 Every subprocess runs with the network blocked (a ``sitecustomize`` that refuses connections and
-logs each attempt). One data dir, prepared once by the CLI, is shared by the module's tests.
+logs each attempt). One data dir, where the CLI prepared the real MNIST once, is shared by the
+module's tests; the drills (kills, concurrency, ArrayRecord files added later) run on a small
+synthetic IDX dataset, which goes through the same staging, checks, lock and renames.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import json
 import os
 import random
 import re
@@ -23,15 +27,16 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT
 
-from flaxmnist.data import datasets, tfds_prepare
+from flaxmnist.data import datasets, grain_pipeline, tfds_prepare
 from flaxmnist.errors import DataError
+from flaxmnist.testing import write_idx_dataset
 
 # One worker builds the prepared data dir that this module shares.
 pytestmark = pytest.mark.xdist_group("tfds-prepared")
 
-NAMES = ("mnist", "fashion_mnist")
 SIZES = {"train": 60_000, "test": 10_000}
 VERSION = "3.0.1"  # tfds's stock version of both builders
+IDX_VERSION = tfds_prepare.IDX_TFDS_VERSION  # of the datasets written from other IDX files
 BLOCK_NETWORK = """
 import os, socket
 
@@ -49,6 +54,14 @@ import tensorflow_datasets as tfds
 ds = tfds.load("mnist", split="test", data_dir=sys.argv[1])
 count = sum(len(batch["label"]) for batch in tfds.as_numpy(ds.batch(5000)))
 print(count, round(time.perf_counter() - start, 1))
+"""
+READ_SOURCE_OFFLINE = """
+import sys, time
+start = time.perf_counter()
+import tensorflow_datasets as tfds
+source = tfds.builder_from_directory(sys.argv[1]).as_data_source(split="test")
+image = source[9999]["image"]
+print(len(source), image.shape, "tensorflow" in sys.modules, round(time.perf_counter() - start, 1))
 """
 LOAD_UNPREPARED = """
 import sys
@@ -82,6 +95,11 @@ def prepare_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flaxmnist.data", "prepare", *args]
 
 
+def child_command(idx_root: Path) -> list[str]:
+    """What a grain run starts to prepare the IDX files in ``idx_root/mnist`` (both formats)."""
+    return [sys.executable, "-m", "flaxmnist.data.tfds_prepare", "mnist", str(idx_root)]
+
+
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -90,9 +108,9 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, offline) -> tuple[Path, subprocess.CompletedProcess]:
-    """A data dir where the CLI prepared both datasets, and that run's outcome."""
+    """A data dir where the CLI prepared the real MNIST, and that run's outcome."""
     data_dir = tmp_path_factory.mktemp("tfds")
-    return data_dir, run(prepare_command(f"--data_dir={data_dir}"), offline)
+    return data_dir, run(prepare_command(f"--data_dir={data_dir}", "--datasets=mnist"), offline)
 
 
 def read_split(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -104,14 +122,25 @@ def read_split(name: str, split: str, data_dir: Path) -> tuple[np.ndarray, np.nd
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
 
+def read_source(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A prepared split as ``as_data_source`` gives it: its ArrayRecord files, in tfds's order."""
+    import tensorflow_datasets as tfds
+
+    arrays = grain_pipeline.read_split(tfds.builder_from_directory(str(path)), split)
+    return arrays.images, arrays.labels
+
+
 def examples(images: np.ndarray, labels: np.ndarray) -> collections.Counter:
     """The multiset of (label, image bytes): equal for the same examples in any order."""
     rows = np.ascontiguousarray(images).reshape(len(images), -1)
     return collections.Counter(zip(labels.tolist(), map(bytes, rows), strict=True))
 
 
-def assert_matches_idx(name: str, split: str, data_dir: Path) -> None:
-    images, labels = read_split(name, split, data_dir)
+def assert_matches_idx(name: str, split: str, data_dir: Path, reader: str = "tfds.load") -> None:
+    if reader == "tfds.load":
+        images, labels = read_split(name, split, data_dir)
+    else:
+        images, labels = read_source(data_dir / name / VERSION, split)
     expected = getattr(datasets.load_idx_dataset(name), split)
     assert images.shape == (SIZES[split], 28, 28, 1) and images.dtype == np.uint8
     assert examples(images, labels) == examples(expected.images, expected.labels)
@@ -150,9 +179,12 @@ def test_data_dir_is_the_flag_then_tfds_data_dir_then_tfds_default(monkeypatch, 
 
 
 def test_only_the_vendored_datasets_can_be_prepared(tmp_path):
-    with pytest.raises(DataError, match="cannot prepare 'kmnist': only mnist, fashion_mnist"):
+    with pytest.raises(DataError, match="cannot prepare 'kmnist': only mnist, fashion_mnist") as e:
         tfds_prepare.prepare("kmnist", tmp_path)
+    assert "tfds build kmnist" in str(e.value) and "\n" not in str(e.value)
     assert not any(tmp_path.iterdir())
+    with pytest.raises(DataError, match="cannot prepare 'no_such_set': not a tensorflow-datasets"):
+        tfds_prepare.prepare("no_such_set", tmp_path)
 
 
 def test_an_unwritable_data_dir_is_a_data_error(tmp_path):
@@ -165,36 +197,40 @@ def test_an_unwritable_data_dir_is_a_data_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepare_writes_both_datasets_offline_one_line_each(prepared, offline):
+def test_prepare_writes_mnist_offline_in_one_line(prepared, offline):
     data_dir, result = prepared
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 2
-    for name, line in zip(NAMES, lines, strict=True):
-        path = re.escape(str(data_dir / name / VERSION))
-        assert re.fullmatch(PROGRESS_LINE.format(name=name, state="prepared", path=path), line)
+    path = re.escape(str(data_dir / "mnist" / VERSION))
+    line = PROGRESS_LINE.format(name="mnist", state="prepared", path=path)
+    assert re.fullmatch(line, result.stdout.rstrip("\n"))
     assert network_attempts(offline) == ""
     assert staging_dirs(data_dir) == []
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("reader", ["tfds.load", "as_data_source"])
 @pytest.mark.parametrize("split", SIZES)
-@pytest.mark.parametrize("name", NAMES)
-def test_prepared_split_holds_exactly_the_idx_examples(prepared, name, split):
-    assert_matches_idx(name, split, prepared[0])
+def test_prepared_split_holds_exactly_the_idx_examples(prepared, split, reader):
+    assert_matches_idx("mnist", split, prepared[0], reader)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
-def test_prepared_dataset_has_the_stock_features_and_splits(prepared, name):
+def test_prepared_dataset_is_the_stock_one_in_tfrecord_with_array_record_beside(prepared):
     import tensorflow_datasets as tfds
 
-    info = tfds.builder(name, data_dir=str(prepared[0])).info
+    info = tfds.builder("mnist", data_dir=str(prepared[0])).info
     assert str(info.version) == VERSION and info.supervised_keys == ("image", "label")
     assert info.features["image"].shape == (28, 28, 1)
     assert info.features["image"].dtype == np.uint8
-    assert tuple(info.features["label"].names) == datasets.IDX_CLASS_NAMES[name]
+    assert tuple(info.features["label"].names) == datasets.IDX_CLASS_NAMES["mnist"]
     assert {s: info.splits[s].num_examples for s in info.splits} == SIZES
+    assert info.file_format.value == "tfrecord"  # what tfds.load reads
+    path = prepared[0] / "mnist" / VERSION
+    stored = json.loads((path / "dataset_info.json").read_text())
+    assert stored["alternativeFileFormats"] == ["array_record"]
+    assert len(list(path.glob("mnist-*.array_record-*"))) == len(
+        list(path.glob("mnist-*.tfrecord-*"))
+    )
 
 
 @pytest.mark.slow
@@ -220,6 +256,17 @@ def test_tfds_load_in_a_fresh_offline_process_reads_it_in_seconds(prepared, offl
 
 
 @pytest.mark.slow
+def test_its_array_record_files_read_offline_without_tensorflow(prepared, offline):
+    path = prepared[0] / "mnist" / VERSION
+    result = run([sys.executable, "-c", READ_SOURCE_OFFLINE, str(path)], offline)
+    assert result.returncode == 0, result.stderr
+    count, height, width, channels, tensorflow, seconds = result.stdout.split()
+    assert int(count) == SIZES["test"] and (height, width, channels) == ("(28,", "28,", "1)")
+    assert tensorflow == "False" and float(seconds) < 60
+    assert network_attempts(offline) == ""
+
+
+@pytest.mark.slow
 def test_an_unprepared_tfds_name_fails_fast_with_one_line(offline, tmp_path):
     probing = {**offline, "NETWORK_LOG": str(tmp_path / "network.log")}  # it probes: not offline's
     start = time.monotonic()
@@ -236,22 +283,132 @@ def test_an_unprepared_tfds_name_fails_fast_with_one_line(offline, tmp_path):
 def test_preparing_again_is_a_fast_no_op(prepared, offline):
     data_dir = prepared[0]
     files = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
-    result = run(prepare_command(), {**offline, "TFDS_DATA_DIR": str(data_dir)})
+    result = run(prepare_command("--datasets=mnist"), {**offline, "TFDS_DATA_DIR": str(data_dir)})
     assert result.returncode == 0, result.stderr
-    for name, line in zip(NAMES, result.stdout.splitlines(), strict=True):
-        path = re.escape(str(data_dir / name / VERSION))
-        pattern = PROGRESS_LINE.format(name=name, state="already prepared", path=path)
-        assert re.fullmatch(pattern, line)
-        assert float(line.rsplit("(", 1)[1].split()[0]) < 5
+    path = re.escape(str(data_dir / "mnist" / VERSION))
+    pattern = PROGRESS_LINE.format(name="mnist", state="already prepared", path=path)
+    assert re.fullmatch(pattern, result.stdout.rstrip("\n"))
+    assert float(result.stdout.rsplit("(", 1)[1].split()[0]) < 5
     again = tfds_prepare.prepare("mnist", data_dir)
     assert not again.built and again.builder.info.splits["train"].num_examples == SIZES["train"]
     assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()} == files
 
 
+# --------------------------------------------------------------------------- a small dataset
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """An IDX root whose synthetic mnist (3,000 + 500 examples) is prepared: both formats."""
+    root = tmp_path_factory.mktemp("small")
+    write_idx_dataset(root / "mnist", num_train=3000, num_test=500)
+    tfds_prepare.prepare_idx("mnist", root / "mnist")
+    return root
+
+
+def copy_of(small: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``small`` (its IDX files and prepared dataset) and its dataset's version dir."""
+    root = Path(shutil.copytree(small, tmp_path / "small"))
+    (path,) = root.glob(f"mnist/tfds/*/mnist/{IDX_VERSION}")
+    return root, path
+
+
+def as_written_before_array_record(path: Path, keep_files: bool = False) -> None:
+    """Turns a prepared dataset into what the previous version wrote: TFRecord alone.
+
+    ``keep_files``: leave the ArrayRecord files, as a run killed before its commit does.
+    """
+    info = json.loads((path / "dataset_info.json").read_text())
+    del info["alternativeFileFormats"]
+    (path / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    for file in [] if keep_files else path.glob("*.array_record-*"):
+        file.unlink()
+
+
+def assert_both_formats_hold_the_idx_examples(root: Path, path: Path) -> None:
+    import tensorflow_datasets as tfds
+
+    idx = datasets.load_idx_dataset("mnist", str(root))
+    builder = tfds.builder_from_directory(str(path))
+    for split in ("train", "test"):
+        by_tfrecord = tfds_prepare.read_split(builder, split)
+        by_array_record = read_source(path, split)
+        expected = getattr(idx, split)
+        assert examples(*by_tfrecord) == examples(expected.images, expected.labels)
+        for tfrecord, array_record in zip(by_tfrecord, by_array_record, strict=True):
+            np.testing.assert_array_equal(array_record, tfrecord)  # also the same order
+
+
+@pytest.mark.slow
+def test_a_dataset_written_before_array_record_gets_them_added_once(small, tmp_path):
+    root, path = copy_of(small, tmp_path)
+    as_written_before_array_record(path)
+    tfrecords = {p: p.stat().st_mtime_ns for p in path.glob("*.tfrecord-*")}
+    assert tfds_prepare.prepare_idx("mnist", root / "mnist", write=False) is None
+    assert tfds_prepare.prepare_idx("mnist", root / "mnist").state == tfds_prepare.CONVERTED
+    again = tfds_prepare.prepare_idx("mnist", root / "mnist", write=False)
+    assert again.state == tfds_prepare.PRESENT
+    assert {p: p.stat().st_mtime_ns for p in path.glob("*.tfrecord-*")} == tfrecords
+    assert_both_formats_hold_the_idx_examples(root, path)
+    assert staging_dirs(path.parents[1]) == []
+
+
+@pytest.mark.slow
+def test_array_record_files_left_by_a_killed_run_are_written_again(small, tmp_path):
+    root, path = copy_of(small, tmp_path)
+    as_written_before_array_record(path, keep_files=True)
+    for file in path.glob("*.array_record-*"):
+        file.write_bytes(file.read_bytes()[:100])  # cut short: the killed run's half-written copy
+    stale = path.parents[1] / ".flaxmnist-staging-mnist-killed"
+    (stale / "array_record").mkdir(parents=True)
+    assert tfds_prepare.prepare_idx("mnist", root / "mnist").state == tfds_prepare.CONVERTED
+    assert_both_formats_hold_the_idx_examples(root, path)
+    assert staging_dirs(path.parents[1]) == []
+
+
+@pytest.mark.slow
+def test_a_copy_that_differs_from_its_tfrecord_is_never_installed(small, tmp_path, monkeypatch):
+    from tensorflow_datasets.core import file_adapters
+
+    root, path = copy_of(small, tmp_path)
+    as_written_before_array_record(path)
+    write = file_adapters.ArrayRecordFileAdapter.write_examples
+
+    def drop_the_last(path, iterator):
+        return write(path, list(iterator)[:-1])
+
+    monkeypatch.setattr(file_adapters.ArrayRecordFileAdapter, "write_examples", drop_the_last)
+    with pytest.raises(DataError, match=r"its ArrayRecord copy differs \(\d+ records read, "):
+        tfds_prepare.prepare_idx("mnist", root / "mnist")
+    assert not tfds_prepare.has_array_record(path) and not list(path.glob("*.array_record-*"))
+    assert staging_dirs(path.parents[1]) == []
+
+
+@pytest.mark.slow
+def test_another_tfds_name_gets_array_record_files_from_prepare_not_from_a_run(tmp_path):
+    import tensorflow_datasets as tfds
+
+    tfds.testing.DummyMnist(data_dir=str(tmp_path)).download_and_prepare()  # as `tfds build` does
+    with pytest.raises(DataError, match=r"'dummy_mnist' in .* has no ArrayRecord files") as e:
+        tfds_prepare.source_builder("dummy_mnist", str(tmp_path))
+    message = str(e.value)
+    assert (
+        f"python -m flaxmnist.data prepare --datasets=dummy_mnist --data_dir={tmp_path}" in message
+    )
+    assert "\n" not in message and "--config.input_pipeline=tfds" in message
+    prepared = tfds_prepare.prepare("dummy_mnist", tmp_path)
+    assert (
+        prepared.state == tfds_prepare.CONVERTED
+        and prepared.builder.info.file_format.value == "tfrecord"
+    )
+    source = tfds_prepare.source_builder("dummy_mnist", str(tmp_path)).as_data_source(split="train")
+    assert len(source) == 20 and source[0]["image"].shape == (28, 28, 1)
+
+
 # --------------------------------------------------------------------------- kills, concurrency
 
 
-STAGED = ".flaxmnist-staging-mnist-*/data/mnist"  # where a prepare has tfds write mnist
+STAGED = ".flaxmnist-staging-mnist-*"  # a prepare's staging dir
 
 
 def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 300) -> bool:
@@ -262,7 +419,7 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
             process.send_signal(signal.SIGKILL)
             process.wait()
             return True
-        time.sleep(0.02)
+        time.sleep(0.01)
     process.wait()
     return False
 
@@ -276,51 +433,72 @@ def after(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() > moment
 
 
-def assert_absent_or_complete(data_dir: Path) -> None:
-    """The dataset's path holds nothing tfds would load, or the whole dataset."""
-    import tensorflow_datasets as tfds
-
-    if not (data_dir / "mnist" / VERSION).exists():
-        with pytest.raises(AssertionError, match="could not find data"):
-            tfds.load("mnist", split="test", data_dir=str(data_dir), download=False)
+def assert_absent_or_complete(root: Path, path: Path) -> None:
+    """The dataset's path holds nothing tfds would load, or the whole dataset in both formats."""
+    if not path.exists():
+        assert tfds_prepare.prepare_idx("mnist", root / "mnist", write=False) is None
         return
-    builder = tfds.builder("mnist", data_dir=str(data_dir))
-    assert builder.is_prepared()
-    assert {s: builder.info.splits[s].num_examples for s in SIZES} == SIZES
-    assert_matches_idx("mnist", "test", data_dir)
+    assert (path / "dataset_info.json").is_file()
+    if tfds_prepare.has_array_record(path):
+        assert_both_formats_hold_the_idx_examples(root, path)
+    else:  # killed while adding them: the TFRecord dataset is untouched
+        import tensorflow_datasets as tfds
+
+        by_tfrecord = tfds_prepare.read_split(tfds.builder_from_directory(str(path)), "test")
+        expected = datasets.load_idx_dataset("mnist", str(root)).test
+        assert examples(*by_tfrecord) == examples(expected.images, expected.labels)
 
 
 @pytest.mark.slow
 def test_killed_prepares_leave_no_loadable_dataset_and_two_reruns_at_once_finish_it(
-    tmp_path, offline
+    small, tmp_path, offline
 ):
-    data_dir = tmp_path / "tfds"
-    command = prepare_command(f"--data_dir={data_dir}", "--datasets=mnist")
+    """Five prepares killed at once, each in a copy of its own, at another moment."""
     seed = time.time_ns()
-    kills = {
-        "while tfds writes": lambda: appears(data_dir, f"{STAGED}/incomplete.*/*"),
-        "while the result is checked": lambda: appears(data_dir, f"{STAGED}/{VERSION}/*.json"),
-        f"at random (seed {seed})": lambda: after(random.Random(seed).uniform(0.5, 25)),
+    staged = f"{STAGED}/data/mnist"
+    kills = {  # a moment -> (written before the run starts?, when to kill)
+        "while tfds writes": (False, f"{staged}/incomplete.*/*"),
+        "while ArrayRecord files are written": (False, f"{STAGED}/array_record/*"),
+        "while the result is checked": (False, f"{staged}/{IDX_VERSION}/*.array_record-*"),
+        "while ArrayRecord files are added": (True, f"{STAGED}/array_record/*"),
+        f"at random (seed {seed})": (False, None),
     }
-    for moment, trigger in kills.items():
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=offline, stdout=subprocess.PIPE)
-        killed = kill_when(process, trigger())
-        assert killed or moment.startswith("at random"), f"prepare ended before a kill {moment}"
-        assert_absent_or_complete(data_dir)
+    runs = {}
+    for number, (moment, (written, pattern)) in enumerate(kills.items()):
+        root, path = copy_of(small, tmp_path / str(number))
+        if written:
+            as_written_before_array_record(path)
+        else:
+            shutil.rmtree(path)
+        trigger = appears(path.parents[1], pattern) if pattern else None
+        process = subprocess.Popen(
+            child_command(root), cwd=REPO_ROOT, env=offline, stdout=subprocess.DEVNULL
+        )
+        runs[moment] = (root, path, process, trigger)
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        killed = {
+            moment: pool.submit(
+                kill_when, process, trigger or after(random.Random(seed).uniform(2, 30))
+            )
+            for moment, (_, _, process, trigger) in runs.items()
+        }
+    for moment, (root, path, _, _) in runs.items():
+        assert killed[moment].result() or moment.startswith("at random"), f"ended before {moment}"
+        assert_absent_or_complete(root, path)
 
-    final = data_dir / "mnist" / VERSION
-    if final.exists():  # the random kill came too late: make the reruns build
-        shutil.rmtree(final)
+    root, path, _, _ = runs["while tfds writes"]
     reruns = [
-        subprocess.Popen(command, cwd=REPO_ROOT, env=offline, stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            child_command(root), cwd=REPO_ROOT, env=offline, stdout=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = sorted(process.communicate(timeout=600)[0] for process in reruns)
     assert [process.returncode for process in reruns] == [0, 0]
     states = [line.split(" in ")[0] for line in outputs]
     assert states == ["mnist: already prepared", "mnist: prepared"]
-    assert_matches_idx("mnist", "train", data_dir)
-    assert staging_dirs(data_dir) == []
+    assert_both_formats_hold_the_idx_examples(root, path)
+    assert staging_dirs(path.parents[1]) == []
     assert network_attempts(offline) == ""
 
 
@@ -333,7 +511,7 @@ def test_killed_prepares_leave_no_loadable_dataset_and_two_reruns_at_once_finish
     [
         ([], "expected the command 'prepare', got 'no command'"),
         (["build"], "expected the command 'prepare', got 'build'"),
-        (["prepare", "--datasets=kmnist"], "--datasets: cannot prepare kmnist"),
+        (["prepare", "--datasets=kmnist"], "cannot prepare 'kmnist': only mnist, fashion_mnist"),
         (["prepare", "--datasets="], "--datasets: no dataset given"),
         (["prepare", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["prepare", "--data_dir={file}/tfds"], "cannot write the tfds data dir"),

@@ -11,8 +11,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data_dir = ""  # IDX root or tfds data dir; "" = $FLAXMNIST_DATA_DIR or vendored data/
     config.normalization = "unit"  # unit: pixels / 255; standardize: (pixels / 255 - mean) / std
     config.validation_fraction = 0.1  # held out of the training split; 0 disables validation
-    config.input_pipeline = "device"  # device: resident + lax.scan; tfds: tf.data streaming
-    config.chunks_per_epoch = 20  # host syncs (progress-bar updates) per epoch, both pipelines
+    config.input_pipeline = "device"  # device: resident + lax.scan; tfds: tf.data; grain: no TF
+    config.chunks_per_epoch = 20  # host syncs (progress-bar updates) per epoch, every pipeline
     # On-device augmentation (Keras ImageDataGenerator set); all zero = off.
     config.augment = ml_collections.ConfigDict()
     config.augment.rotation = 0.0  # max degrees

@@ -1,9 +1,11 @@
 """Command line: ``python -m flaxmnist.data prepare [--data_dir=DIR] [--datasets=NAME,...]``.
 
 Writes ``mnist`` and ``fashion_mnist`` from the vendored IDX files into a tfds data dir, offline,
-so that ``tfds.load("mnist", data_dir=DIR)`` reads them anywhere (see ``docs/data.md``). One line
-per dataset: prepared or already prepared, its path, the seconds it took. Bad input ends in one
-line on stderr and exit status 2.
+so that ``tfds.load("mnist", data_dir=DIR)`` reads them anywhere, with ArrayRecord files beside
+the TFRecord ones for ``as_data_source`` and the ``grain`` input pipeline (see ``docs/data.md``).
+Another tfds name already built in the data dir gets its ArrayRecord files added. One line per
+dataset: prepared, ArrayRecord files added or already prepared, its path, the seconds it took.
+Bad input ends in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "data_dir", None, "tfds data dir (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)."
 )
-flags.DEFINE_list("datasets", list(tfds_prepare.PREPARABLE), "Comma-separated datasets to prepare.")
+flags.DEFINE_list(
+    "datasets",
+    list(tfds_prepare.PREPARABLE),
+    "Comma-separated datasets: mnist, fashion_mnist, or tfds names built in the data dir.",
+)
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +36,7 @@ def main(argv: list[str]) -> None:
     if argv[1:] != ["prepare"]:
         given = " ".join(argv[1:]) or "no command"
         errors.exit_with_error(f"expected the command 'prepare', got {given!r}; usage: {USAGE}")
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # tfds warns about every dataset it does not find
     root = tfds_prepare.resolve_tfds_data_dir(FLAGS.data_dir)
     with errors.reported(root):
         prepare_all(dataset_names(FLAGS.datasets), root)
@@ -46,18 +52,13 @@ def dataset_names(given: list[str]) -> list[str]:
       The names in the order given.
 
     Raises:
-      DataError: when none is given or one cannot be prepared.
+      DataError: when none is given.
     """
     names = list(dict.fromkeys(name.strip() for name in given if name.strip()))
     if not names:
         raise DataError(
-            f"--datasets: no dataset given (choose from {', '.join(tfds_prepare.PREPARABLE)})"
-        )
-    unknown = [name for name in names if name not in tfds_prepare.PREPARABLE]
-    if unknown:
-        raise DataError(
-            f"--datasets: cannot prepare {', '.join(unknown)}; "
-            f"choose from {', '.join(tfds_prepare.PREPARABLE)}"
+            f"--datasets: no dataset given (choose from {', '.join(tfds_prepare.PREPARABLE)}, "
+            "or a tfds name built in the data dir)"
         )
     return names
 
@@ -73,9 +74,7 @@ def prepare_all(names: list[str], root: Path) -> None:
 
     tfds.disable_progress_bar()
     for name in names:
-        result = tfds_prepare.prepare(name, root)
-        state = "prepared" if result.built else "already prepared"
-        console.say(f"{name}: {state} in {result.builder.data_path} ({result.seconds:.1f} s)")
+        console.say(tfds_prepare.prepare(name, root).summary())
 
 
 if __name__ == "__main__":

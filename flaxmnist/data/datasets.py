@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.util
 import math
 import os
 import socket
 import struct
+import types
 import zlib
 from pathlib import Path
 
@@ -286,14 +288,44 @@ def network_reachable(address: tuple[str, int], timeout_s: float) -> bool:
         return False
 
 
-def _import_tfds():
+def import_tensorflow() -> types.ModuleType:
+    """Imports TensorFlow with accelerators hidden, so it never takes device memory from JAX.
+
+    Returns:
+      The ``tensorflow`` module.
+    """
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        tf.config.set_visible_devices([], kind)
+    return tf
+
+
+def import_tfds(needs_tensorflow: str | None = None) -> types.ModuleType:
+    """Imports tensorflow_datasets, and TensorFlow before it when ``needs_tensorflow`` says why.
+
+    tensorflow_datasets imports TensorFlow lazily: its builders, metadata and ArrayRecord data
+    sources work without it (the ``grain`` pipeline), while ``as_dataset``, ``tfds.load`` and
+    writing datasets need it.
+
+    Args:
+      needs_tensorflow: what TensorFlow is needed for (it names the error when TensorFlow is
+        missing), or None to import tensorflow_datasets alone.
+
+    Returns:
+      The ``tensorflow_datasets`` module.
+
+    Raises:
+      DataError: TensorFlow is needed and not installed, or tensorflow_datasets cannot be imported.
+    """
+    if needs_tensorflow is not None:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise DataError(f"{needs_tensorflow} needs tensorflow: pip install 'flaxmnist[tf]'")
+        import_tensorflow()
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise DataError(
-            f"loading datasets other than {', '.join(IDX_CLASS_NAMES)} needs tensorflow: "
-            f"pip install 'flaxmnist[tf]' ({e})"
-        ) from None
+        raise DataError(f"tensorflow-datasets cannot be imported ({e})") from None
     return tfds
 
 
@@ -310,7 +342,7 @@ def _tfds_split_arrays(tfds, name: str, split: str, data_dir: str | None) -> Arr
 
 def load_tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Loads any image-classification dataset tfds knows, failing fast when offline."""
-    tfds = _import_tfds()
+    tfds = import_tfds(f"loading datasets other than {', '.join(IDX_CLASS_NAMES)}")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:

@@ -12,19 +12,24 @@ batches as an uninterrupted one.
   ``train_step``: only per-batch work, no per-example Python.
 * device-resident (``input_pipeline="device"``): the whole split is copied to the device once; each
   epoch draws an on-device permutation and ``lax.scan`` runs ``train_step`` over it in chunks.
+
+The ``grain`` pipeline (:mod:`flaxmnist.data.grain_pipeline`, no TensorFlow) reads the same tfds
+dataset's ArrayRecord files and shares :func:`match_splits`, :func:`epoch_order` and
+:func:`pad_to_batches` with the tfds pipeline: both give the same batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 import numpy as np
 
 from flaxmnist import config_validation
-from flaxmnist.data.datasets import ArraySplit
+from flaxmnist.data.datasets import ArraySplit, import_tensorflow, import_tfds
 from flaxmnist.errors import DataError
 
 if TYPE_CHECKING:
@@ -34,19 +39,7 @@ if TYPE_CHECKING:
 PIPELINES = config_validation.INPUT_PIPELINES
 TFDS_SPLITS = {"train": "train", "validation": "train", "test": "test"}  # run split -> tfds split
 PREFETCH_BATCHES = 2
-
-
-def import_tensorflow() -> Any:
-    """Imports TensorFlow with accelerators hidden, so it never takes device memory from JAX.
-
-    Returns:
-      The ``tensorflow`` module.
-    """
-    import tensorflow as tf
-
-    for kind in ("GPU", "TPU"):
-        tf.config.set_visible_devices([], kind)
-    return tf
+Held = TypeVar("Held")  # a split as a pipeline holds it (CachedSplit, ArraySplit)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -121,7 +114,7 @@ def stored_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[CachedS
     Raises:
       DataError: the split is not prepared in the builder's data dir.
     """
-    tfds = _import_tfds()
+    tfds = import_tfds(needs_tensorflow="the tfds input pipeline")
     tf = import_tensorflow()
 
     def cast(example: dict) -> dict:
@@ -231,13 +224,44 @@ def open_splits(
     Returns:
       Each split's examples from tfds's files, in tfds's order, cached by tf.data.
     """
-    stored = {name: stored_split(builder, name) for name in {TFDS_SPLITS[w] for w in wanted}}
+
+    def select_and_fill(split: CachedSplit, positions: np.ndarray) -> CachedSplit:
+        selected = select(split, positions)
+        if selected is not split:  # a new selection: fill its cache now, not in epoch 1
+            read_examples(selected.dataset)
+        return selected
+
+    return match_splits(wanted, functools.partial(stored_split, builder), select_and_fill)
+
+
+def match_splits(
+    wanted: dict[str, ArraySplit],
+    read: Callable[[str], tuple[Held, ArraySplit]],
+    select: Callable[[Held, np.ndarray], Held],
+) -> dict[str, Held]:
+    """The run's splits found by their examples in the tfds splits they come from.
+
+    tfds stores examples in its own order, and the validation split is a seeded subset of the
+    training split: each run split's examples are located in its tfds split
+    (:data:`TFDS_SPLITS`) with :func:`example_positions` and taken from it.
+
+    Args:
+      wanted: the run's splits by name (``train``, ``validation``, ``test``), as arrays.
+      read: a tfds split's name -> that split as the pipeline holds it, and its examples as
+        arrays in that order; called once per tfds split.
+      select: (a held split, sorted positions) -> its examples at those positions.
+
+    Returns:
+      Each run split as ``select`` gives it: the examples of ``wanted``, in tfds's order.
+
+    Raises:
+      DataError: a run split holds an example its tfds split does not.
+    """
+    stored = {name: read(name) for name in {TFDS_SPLITS[w] for w in wanted}}
     opened = {}
     for name, arrays in wanted.items():
-        source, source_arrays = stored[TFDS_SPLITS[name]]
-        opened[name] = select(source, example_positions(source_arrays, arrays))
-        if opened[name] is not source:  # a new selection: fill its cache now, not in epoch 1
-            read_examples(opened[name].dataset)
+        held, held_arrays = stored[TFDS_SPLITS[name]]
+        opened[name] = select(held, example_positions(held_arrays, arrays))
     return opened
 
 
@@ -340,11 +364,3 @@ def lean(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
     return dataset.with_options(options)
-
-
-def _import_tfds() -> Any:
-    """Imports tensorflow_datasets (after TensorFlow, with its accelerators hidden)."""
-    import_tensorflow()
-    import tensorflow_datasets as tfds
-
-    return tfds

@@ -5,40 +5,51 @@ tfds's stock builders do the writing (same names, versions, features and splits 
 ``.gz`` files are placed in a private download dir under the names tfds's download manager gives
 the builder's registered URLs, so it finds them cached and never opens a connection.
 
+A dataset is stored twice: tfds writes TFRecord (what ``tfds.load`` and ``as_dataset`` read), and
+every record is copied as it is into ArrayRecord files beside them, listed among the dataset's
+``alternative_file_formats`` (what ``as_data_source`` and the ``grain`` input pipeline read). A
+dataset written before the ArrayRecord files (or any other tfds dataset built in the data dir)
+gets them added: copied, read back and compared, moved in, and last the metadata replaced.
+
 The IDX bytes are checked against ``data/SHA256SUMS`` first. tfds writes into a staging dir inside
 the data dir; the result is read back and compared with the IDX arrays, then renamed into place.
 So the dataset's path only ever holds a checked dataset: a killed run leaves a staging dir that
 tfds never reads and the next run deletes. A lock file per dataset serialises concurrent runs; a
-second run finds the dataset prepared and only checks its metadata.
+second run finds the dataset prepared and only checks its metadata (without TensorFlow).
 
 Any other IDX folder (``--config.data_dir`` pointing at one, e.g. synthetic test data) becomes a
 tfds dataset the same way, written by tfds's ``store_as_tfds_dataset`` (the stock builders expect
 exactly 60,000 and 10,000 examples) into ``<folder>/tfds/<digest>/``, where ``<digest>`` is a
 SHA-256 of the folder's IDX files: changed files get a dataset of their own.
-:func:`streaming_builder` picks the builder the ``tfds`` input pipeline reads.
+:func:`streaming_builder` picks the builder the ``tfds`` input pipeline reads,
+:func:`source_builder` the one the ``grain`` pipeline reads; that one prepares in a child process
+(``python -m flaxmnist.data.tfds_prepare NAME [DATA_DIR]``), so a grain run never imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
 import functools
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from flaxmnist import errors
 from flaxmnist.data import datasets
 from flaxmnist.errors import DataError
 
@@ -55,6 +66,10 @@ READ_BATCH = 10_000
 IDX_TFDS_DIR = "tfds"  # in an IDX folder: its tfds datasets, one subfolder per content digest
 IDX_TFDS_VERSION = "1.0.0"
 DIGEST_CHARS = 16
+ARRAY_RECORD = "array_record"  # tfds's name of the format as_data_source reads
+
+
+BUILT, CONVERTED, PRESENT = "prepared", "ArrayRecord files added", "already prepared"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +77,26 @@ class Prepared:
     """The outcome of :func:`prepare`.
 
     Attributes:
-      builder: the stock tfds builder, reading the prepared dataset.
-      built: whether this call wrote the dataset (False: it was already prepared).
+      builder: the tfds builder reading the prepared dataset.
+      state: what the call did: :data:`BUILT` (wrote the dataset), :data:`CONVERTED` (added the
+        ArrayRecord files to a dataset written before them) or :data:`PRESENT` (nothing).
       seconds: how long the call took.
     """
 
     builder: tfds.core.DatasetBuilder
-    built: bool
+    state: str
     seconds: float
+
+    @property
+    def built(self) -> bool:
+        """Whether this call wrote the dataset."""
+        return self.state == BUILT
+
+    def summary(self) -> str:
+        """One line: ``mnist: prepared in PATH (19.1 s)``."""
+        return (
+            f"{self.builder.name}: {self.state} in {self.builder.data_path} ({self.seconds:.1f} s)"
+        )
 
 
 def resolve_tfds_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -104,36 +131,78 @@ def ensure_prepared(
     return prepare(name, data_dir).builder
 
 
-def prepare(name: str, data_dir: str | os.PathLike | None = None) -> Prepared:
-    """Like :func:`ensure_prepared`, also saying whether it built the dataset and how fast.
+def prepare(
+    name: str, data_dir: str | os.PathLike | None = None, *, write: bool = True
+) -> Prepared | None:
+    """Like :func:`ensure_prepared`, also saying what it did and how fast.
+
+    ``mnist`` and ``fashion_mnist`` are written from the vendored IDX files, in TFRecord (what
+    ``tfds.load`` reads) with ArrayRecord files beside them (what ``as_data_source`` reads). Any
+    other tfds name must already be built in the data dir (``tfds build``); its ArrayRecord files
+    are added. A dataset written before them gets them added too.
+
+    Args:
+      name: a tfds dataset name; ``mnist`` or ``fashion_mnist`` are written when missing.
+      data_dir: the tfds data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      write: False: only look (no TensorFlow, no lock), and return None unless it is prepared.
+
+    Returns:
+      The builder, what this call did and the seconds it took; None when ``write`` is False and
+      the dataset or its ArrayRecord files are missing.
+
+    Raises:
+      DataError: unknown name, a name that is not vendored nor built, unwritable data dir,
+        damaged vendored files, or a written dataset that does not hold the IDX files' examples.
+    """
+    start = time.perf_counter()
+    root = resolve_tfds_data_dir(data_dir)
+    tfds = datasets.import_tfds()
+    try:
+        open_builder = functools.partial(tfds.builder, name, data_dir=os.fspath(root))
+        path = open_builder().data_path
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"cannot prepare {name!r}: not a tensorflow-datasets name") from None
+
+    def complete() -> bool:
+        builder = open_builder()  # opened again: another process may have written it meanwhile
+        return is_complete(builder) if name in PREPARABLE else builder.is_prepared()
+
+    if name in PREPARABLE:
+        build = functools.partial(_build_stock, root, name)
+    else:
+        build = functools.partial(_not_built, name, root)
+        if not complete():
+            build()
+    state = _ensure_written(root, name, Path(path), complete, build, write=write)
+    return state and Prepared(open_builder(), state, time.perf_counter() - start)
+
+
+def prepare_idx(name: str, folder: Path, *, write: bool = True) -> Prepared | None:
+    """Like :func:`ensure_idx_prepared`, also saying what it did and how fast.
 
     Args:
       name: ``mnist`` or ``fashion_mnist``.
-      data_dir: the tfds data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      folder: a folder holding the four IDX files.
+      write: False: only look (no TensorFlow, no lock), and return None unless it is prepared.
 
     Returns:
-      The builder, whether this call wrote the dataset, and the seconds it took.
+      The read-only builder, what this call did and the seconds it took; None when ``write`` is
+      False and the dataset or its ArrayRecord files are missing.
     """
     start = time.perf_counter()
     if name not in PREPARABLE:
-        raise DataError(
-            f"cannot prepare {name!r}: only {', '.join(PREPARABLE)} ship as IDX files "
-            "in the repository"
-        )
-    root = resolve_tfds_data_dir(data_dir)
-    _make_writable_dir(root)
-    tfds = _import_tfds()
-    open_builder = functools.partial(tfds.builder, name, data_dir=os.fspath(root))
-    builder, built = open_builder(), False
-    if not is_complete(builder):
-        with _locked(root / LOCK_FILE.format(name=name)):
-            builder = open_builder()  # another process may have prepared it meanwhile
-            if not is_complete(builder):
-                idx = datasets.load_idx_dataset(name, str(datasets.VENDORED_DATA_DIR))
-                write = functools.partial(_write_stock, tfds, name)
-                _build_and_verify(root, name, idx, write)
-                builder, built = open_builder(), True
-    return Prepared(builder, built, time.perf_counter() - start)
+        raise DataError(f"cannot prepare {name!r} from IDX files: not one of {PREPARABLE}")
+    tfds = datasets.import_tfds()
+    root = folder / IDX_TFDS_DIR / idx_digest(folder)
+    path = root / name / IDX_TFDS_VERSION
+    complete = (path / "dataset_info.json").is_file  # present only once checked and renamed
+    build = functools.partial(_build_idx, root, name, folder)
+    state = _ensure_written(root, name, path, complete, build, write=write)
+    if not state:
+        return None
+    return Prepared(
+        tfds.builder_from_directory(os.fspath(path)), state, time.perf_counter() - start
+    )
 
 
 def ensure_idx_prepared(name: str, folder: Path) -> tfds.core.DatasetBuilder:
@@ -145,23 +214,32 @@ def ensure_idx_prepared(name: str, folder: Path) -> tfds.core.DatasetBuilder:
 
     Returns:
       A read-only builder of ``<folder>/tfds/<digest>/<name>/1.0.0``: features and splits as the
-      stock dataset's, the examples those of the IDX files.
+      stock dataset's, the examples those of the IDX files (TFRecord and ArrayRecord files).
 
     Raises:
       DataError: unknown name, damaged IDX files, or a folder that cannot be written.
     """
-    if name not in PREPARABLE:
-        raise DataError(f"cannot prepare {name!r} from IDX files: not one of {PREPARABLE}")
-    tfds = _import_tfds()
-    root = folder / IDX_TFDS_DIR / idx_digest(folder)
-    path = root / name / IDX_TFDS_VERSION
-    if not (path / "dataset_info.json").is_file():  # present only once checked and renamed
-        _make_writable_dir(root)
-        with _locked(root / LOCK_FILE.format(name=name)):
-            if not (path / "dataset_info.json").is_file():
-                idx = datasets.load_idx_dataset(name, str(folder))
-                _build_and_verify(root, name, idx, functools.partial(_write_idx, tfds, name, idx))
-    return tfds.builder_from_directory(os.fspath(path))
+    return prepare_idx(name, folder).builder
+
+
+def prepare_for_run(
+    name: str, data_dir: str | None = None, *, write: bool = True
+) -> Prepared | None:
+    """Prepares the tfds dataset that a run of ``mnist`` or ``fashion_mnist`` reads.
+
+    Args:
+      name: ``mnist`` or ``fashion_mnist``.
+      data_dir: ``config.data_dir``, the IDX root (None: the vendored files).
+      write: as for :func:`prepare`.
+
+    Returns:
+      For the vendored IDX files, the stock dataset in tfds's data dir (:func:`prepare`); for
+      other IDX files, the dataset of :func:`prepare_idx`.
+    """
+    folder = datasets.idx_folder(name, data_dir)
+    if folder.resolve() == (datasets.VENDORED_DATA_DIR / name).resolve():
+        return prepare(name, write=write)
+    return prepare_idx(name, folder, write=write)
 
 
 def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -173,16 +251,50 @@ def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.Datas
         dir for other names (None: the defaults).
 
     Returns:
-      For the vendored IDX files, the stock dataset in tfds's data dir; for other IDX files, the
-      dataset of :func:`ensure_idx_prepared`; for other names, tfds's builder in ``data_dir``.
-      The first two are prepared here when they are not yet.
+      For ``mnist`` and ``fashion_mnist`` the dataset of :func:`prepare_for_run`, prepared here
+      when it is not yet; for other names, tfds's builder in ``data_dir``.
     """
     if name not in PREPARABLE:
-        return _import_tfds().builder(name, data_dir=data_dir)
-    folder = datasets.idx_folder(name, data_dir)
-    if folder.resolve() == (datasets.VENDORED_DATA_DIR / name).resolve():
-        return ensure_prepared(name)
-    return ensure_idx_prepared(name, folder)
+        return datasets.import_tfds("the tfds input pipeline").builder(name, data_dir=data_dir)
+    return prepare_for_run(name, data_dir).builder
+
+
+def source_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The builder whose ArrayRecord files the ``grain`` input pipeline reads; never TensorFlow.
+
+    ``mnist`` and ``fashion_mnist`` are prepared (:func:`prepare_for_run`) when they are not yet,
+    in a child process (``python -m flaxmnist.data.tfds_prepare``): writing takes TensorFlow,
+    which this process then never imports. Other names must be prepared with ArrayRecord files.
+
+    Args:
+      name: the dataset's name.
+      data_dir: as for :func:`streaming_builder`.
+
+    Returns:
+      A read-only builder of the dataset's directory (``tfds.builder_from_directory``), whose
+      ``as_data_source`` reads the ArrayRecord files.
+
+    Raises:
+      DataError: the dataset is missing, or another name lacks ArrayRecord files.
+    """
+    tfds = datasets.import_tfds()
+    if name in PREPARABLE:
+        prepared = prepare_for_run(name, data_dir, write=False)
+        if prepared is None:
+            _prepare_in_child(name, data_dir)
+            prepared = prepare_for_run(name, data_dir, write=False)
+    else:
+        prepared = prepare(name, data_dir, write=False)
+        if prepared is None:
+            root = resolve_tfds_data_dir(data_dir)
+            raise DataError(
+                f"tfds dataset {name!r} in {root} has no ArrayRecord files, which the grain "
+                f"pipeline reads: add them with `python -m flaxmnist.data prepare "
+                f"--datasets={name} --data_dir={root}`, or use --config.input_pipeline=tfds"
+            )
+    if prepared is None:  # the child prepared it, yet it is not there: another process's doing
+        raise DataError(f"tfds dataset {name!r} vanished right after it was prepared")
+    return tfds.builder_from_directory(os.fspath(prepared.builder.data_path))
 
 
 def idx_digest(folder: Path) -> str:
@@ -252,15 +364,6 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarra
 # --------------------------------------------------------------------------- building
 
 
-def _import_tfds() -> types.ModuleType:
-    """Imports tensorflow_datasets; a DataError when TensorFlow (it writes with it) is missing."""
-    if importlib.util.find_spec("tensorflow") is None:
-        raise DataError("preparing tfds datasets needs tensorflow: pip install 'flaxmnist[tf]'")
-    import tensorflow_datasets as tfds
-
-    return tfds
-
-
 def _make_writable_dir(root: Path) -> None:
     """Creates ``root`` and checks that files can be made in it (a clear error if not)."""
     try:
@@ -282,6 +385,101 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _ensure_written(
+    root: Path,
+    name: str,
+    path: Path,
+    complete: Callable[[], bool],
+    build: Callable[[], None],
+    *,
+    write: bool,
+) -> str | None:
+    """Makes sure the dataset at ``path`` is written in full, with its ArrayRecord files.
+
+    Looks first without the lock (and without TensorFlow); writes under the dataset's lock file
+    in ``root``, looking again, as another process may have written it meanwhile.
+
+    Args:
+      root: the data dir the dataset lives in (its lock and staging dirs go there).
+      name: the dataset's name.
+      path: the dataset's version dir.
+      complete: whether the dataset is written in full (its TFRecord files and metadata).
+      build: writes the whole dataset (both formats), checked, into ``path``.
+      write: False: only look.
+
+    Returns:
+      :data:`BUILT`, :data:`CONVERTED` or :data:`PRESENT`; None when ``write`` is False and
+      something is missing.
+    """
+    if complete() and has_array_record(path):
+        return PRESENT
+    if not write:
+        return None
+    _make_writable_dir(root)
+    with _locked(root / LOCK_FILE.format(name=name)):
+        if not complete():
+            build()
+            return BUILT
+        if not has_array_record(path):
+            with _staging(root, name) as staging:
+                _add_array_record(path, staging / "array_record")
+            return CONVERTED
+    return PRESENT
+
+
+def has_array_record(path: Path) -> bool:
+    """Whether the tfds dataset in ``path`` lists ArrayRecord files (its format or an alternative).
+
+    Args:
+      path: a dataset's version dir.
+
+    Returns:
+      True when its ``dataset_info.json`` names ``array_record``, which :func:`_add_array_record`
+      writes only once the files are in place.
+    """
+    try:
+        info = json.loads((path / "dataset_info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ARRAY_RECORD in [info.get("fileFormat"), *info.get("alternativeFileFormats", [])]
+
+
+@contextlib.contextmanager
+def _staging(root: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden staging dir for ``name`` in ``root``, removed afterwards.
+
+    Call it holding the dataset's lock: it first removes the staging dirs of killed runs.
+    """
+    for stale in root.glob(STAGING_PREFIX.format(name=name) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX.format(name=name), dir=root))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_stock(root: Path, name: str) -> None:
+    """Writes the stock dataset ``name`` from the vendored IDX files into ``root``."""
+    idx = datasets.load_idx_dataset(name, str(datasets.VENDORED_DATA_DIR))
+    _build_and_verify(root, name, idx, functools.partial(_write_stock, name))
+
+
+def _build_idx(root: Path, name: str, folder: Path) -> None:
+    """Writes the IDX files in ``folder`` as tfds dataset ``name`` into ``root``."""
+    idx = datasets.load_idx_dataset(name, str(folder))
+    _build_and_verify(root, name, idx, functools.partial(_write_idx, name, idx))
+
+
+def _not_built(name: str, root: Path) -> None:
+    """Raises the error for a tfds name that is neither vendored nor built in ``root``."""
+    raise DataError(
+        f"cannot prepare {name!r}: only {', '.join(PREPARABLE)} ship as IDX files in the "
+        f"repository, and {name} is not built in {root}: build it with `tfds build {name}` on a "
+        "machine with internet, copy its data dir here, then prepare adds its ArrayRecord files"
+    )
+
+
 def _build_and_verify(
     root: Path,
     name: str,
@@ -290,27 +488,24 @@ def _build_and_verify(
 ) -> None:
     """Writes ``name`` into a staging dir with ``write``, checks it against ``idx``, renames it.
 
-    Call it holding the dataset's lock: it removes the staging dirs of killed runs first. The
-    rename is atomic, so the dataset's path in ``root`` only ever holds a checked dataset.
-    ``write(staging)`` writes the dataset into ``staging / "data"`` and returns its builder.
+    Call it holding the dataset's lock. ``write(staging)`` writes the TFRecord dataset into
+    ``staging / "data"`` and returns its builder; the ArrayRecord files are added beside them.
+    The rename is atomic, so the dataset's path in ``root`` only ever holds a checked dataset.
     """
-    for stale in root.glob(STAGING_PREFIX.format(name=name) + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX.format(name=name), dir=root))
-    try:
+    with _staging(root, name) as staging:
         builder = write(staging)
+        _add_array_record(builder.data_path, staging / "array_record")
         _verify(builder, idx)
         final = root / builder.data_path.relative_to(staging / "data")
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # damaged: it failed is_complete under the lock
+        if final.exists():  # damaged: it failed its completeness check under the lock
             shutil.rmtree(final)
         builder.data_path.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_stock(tfds: types.ModuleType, name: str, staging: Path) -> tfds.core.DatasetBuilder:
+def _write_stock(name: str, staging: Path) -> tfds.core.DatasetBuilder:
     """Runs tfds's stock builder on the vendored files, into ``staging / "data"``."""
+    tfds = datasets.import_tfds(needs_tensorflow="preparing tfds datasets")
     builder = tfds.builder(name, data_dir=os.fspath(staging / "data"))
     _stage_downloads(builder, datasets.VENDORED_DATA_DIR / name, staging / "downloads")
     with contextlib.redirect_stdout(io.StringIO()):  # tfds prints the staging path
@@ -321,12 +516,10 @@ def _write_stock(tfds: types.ModuleType, name: str, staging: Path) -> tfds.core.
     return tfds.builder(name, data_dir=os.fspath(staging / "data"))  # reads back what was written
 
 
-def _write_idx(
-    tfds: types.ModuleType, name: str, idx: datasets.Dataset, staging: Path
-) -> tfds.core.DatasetBuilder:
+def _write_idx(name: str, idx: datasets.Dataset, staging: Path) -> tfds.core.DatasetBuilder:
     """Stores ``idx`` as a tfds dataset with the stock features, into ``staging / "data"``."""
-    import tensorflow as tf
-
+    tfds = datasets.import_tfds(needs_tensorflow="preparing tfds datasets")
+    tf = datasets.import_tensorflow()
     features = tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=idx.image_shape),
@@ -345,6 +538,87 @@ def _write_idx(
             name, IDX_TFDS_VERSION, features, splits, data_dir=os.fspath(staging / "data")
         )
     return tfds.builder_from_directory(os.fspath(written.data_path))
+
+
+def _add_array_record(path: Path, staging: Path) -> None:
+    """Adds ArrayRecord copies of the TFRecord files of the dataset in ``path`` beside them.
+
+    Every record is copied as stored (the same serialized examples, in the same order) into
+    ``staging``, read back and compared (count and SHA-256 of the records), then moved into
+    ``path``; last, ``dataset_info.json`` is replaced by one that lists ``array_record`` among
+    the dataset's alternative file formats. That rename is the commit point: until it, readers
+    see the TFRecord dataset alone, and a killed run leaves files nothing reads, replaced by the
+    next run. ``tfds.load`` keeps reading TFRecord, ``as_data_source`` reads ArrayRecord.
+
+    Args:
+      path: a complete dataset's version dir, stored as TFRecord.
+      staging: a dir on the same file system, for the files before they move into ``path``.
+
+    Raises:
+      DataError: the dataset is stored in another format, or a copy differs from its TFRecord.
+    """
+    datasets.import_tfds(needs_tensorflow="adding ArrayRecord files to a tfds dataset")
+    tf = datasets.import_tensorflow()
+    from array_record.python import array_record_module
+    from tensorflow_datasets.core import dataset_info, file_adapters
+
+    info = dataset_info.read_proto_from_builder_dir(path)
+    if info.file_format not in ("", file_adapters.FileFormat.TFRECORD.value):
+        raise DataError(f"{path}: stored as {info.file_format}; only TFRecord can be converted")
+    splits = dataset_info.get_split_dict_from_proto(
+        dataset_info_proto=info, data_dir=path, file_format=file_adapters.FileFormat.TFRECORD
+    )
+    staging.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in splits.values():
+        shards = split.filename_template.sharded_filepaths(num_shards=split.num_shards)
+        for shard, length in zip(shards, split.shard_lengths, strict=True):
+            target = (
+                staging
+                / file_adapters.convert_path_to_file_format(
+                    shard, file_adapters.FileFormat.ARRAY_RECORD
+                ).name
+            )
+            copied, back = _RecordsDigest(), _RecordsDigest()
+            records = copied.over(tf.data.TFRecordDataset(os.fspath(shard)).as_numpy_iterator())
+            file_adapters.ArrayRecordFileAdapter.write_examples(target, enumerate(records))
+            reader = array_record_module.ArrayRecordReader(os.fspath(target))
+            collections.deque(back.over(reader.read_all()), maxlen=0)
+            if copied.value() != back.value() or copied.count != length:
+                raise DataError(
+                    f"{shard}: its ArrayRecord copy differs ({copied.count} records read, "
+                    f"{back.count} written, {length} listed); nothing was installed"
+                )
+            written.append(target)
+    info.alternative_file_formats.append(ARRAY_RECORD)
+    (staging / "dataset_info.json").write_text(dataset_info.get_dataset_info_json(info))
+    for file in [*written, staging / "dataset_info.json"]:  # the metadata last: the commit
+        _flush(file)
+        os.replace(file, path / file.name)
+
+
+class _RecordsDigest:
+    """A SHA-256 over records in their order (each length-prefixed), and their count."""
+
+    def __init__(self):
+        self.sha, self.count = hashlib.sha256(), 0
+
+    def over(self, records: Iterable[bytes]) -> Iterator[bytes]:
+        """Yields ``records``, adding each to the digest."""
+        for record in records:
+            self.sha.update(len(record).to_bytes(8, "little") + record)
+            self.count += 1
+            yield record
+
+    def value(self) -> tuple[str, int]:
+        """The digest and the count so far."""
+        return self.sha.hexdigest(), self.count
+
+
+def _flush(file: Path) -> None:
+    """Forces ``file``'s contents to disk before it is renamed into place."""
+    with file.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _stage_downloads(
@@ -401,3 +675,46 @@ def _split_problem(
     if split_digest(images, labels) != split_digest(expected.images, expected.labels):
         return "the examples differ"
     return None
+
+
+# --------------------------------------------------------------------------- the child process
+
+
+def _prepare_in_child(name: str, data_dir: str | None) -> None:
+    """Runs :func:`prepare_for_run` in a fresh process (``python -m flaxmnist.data.tfds_prepare``).
+
+    Writing takes TensorFlow (about 540 MB resident); a child keeps it out of this process.
+
+    Raises:
+      DataError: the child's one-line user error (bad IDX files, an unwritable folder, ...).
+      RuntimeError: the child failed otherwise (its last line says how).
+    """
+    command = [sys.executable, "-m", __name__, name, *([data_dir] if data_dir else [])]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        return
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    message = lines[-1].removeprefix("error: ") if lines else f"exit status {result.returncode}"
+    if result.returncode == errors.EXIT_USER_ERROR:
+        raise DataError(message)
+    raise RuntimeError(f"preparing {name} for the grain pipeline failed: {message}")
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m flaxmnist.data.tfds_prepare NAME [DATA_DIR]``: :func:`prepare_for_run`.
+
+    The child of :func:`_prepare_in_child`: one line on stdout as ``python -m flaxmnist.data
+    prepare`` prints it, or one ``error:`` line on stderr and exit status 2 (1 for a bug).
+    """
+    from absl import logging
+
+    errors.exit_on_signals()
+    logging.set_verbosity(logging.ERROR)  # tfds warns about every dataset it does not find
+    name, data_dir = argv[1], (argv[2] if len(argv) > 2 else None)
+    with errors.reported(resolve_tfds_data_dir()):
+        datasets.import_tfds().disable_progress_bar()
+        print(prepare_for_run(name, data_dir).summary(), flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv)

@@ -1,4 +1,4 @@
-"""The two ways an epoch's batches reach ``train_step``: device-resident and tfds streaming.
+"""How an epoch's batches reach ``train_step``: device-resident, or streamed (tfds or grain).
 
 A feeder's ``train_chunks`` is a generator: it yields ``(state, per_step_metrics)`` after every
 chunk of steps, so the outer loop can update the progress bar, check for non-finite losses and
@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from flaxmnist.data import input_pipeline, tfds_prepare
+from flaxmnist.data import grain_pipeline, input_pipeline, tfds_prepare
 from flaxmnist.data.datasets import ArraySplit
 from flaxmnist.training import parallel, step_functions
 from flaxmnist.training.train_state import TrainState
@@ -104,19 +104,39 @@ class DeviceFeeder(Feeder):
 
 
 class StreamingFeeder(Feeder):
-    """The tfds path: batches stream from tfds's files through tf.data, prefetched to the device.
+    """Batches stream from the host, each chunk placed on the device ahead of its step.
 
-    The run's splits are found in the dataset's tfds files (prepared on first use for ``mnist`` and
-    ``fashion_mnist``, see :func:`tfds_prepare.streaming_builder`): the same examples as the
-    arrays of ``inputs``, which the device path trains on.
+    The run's splits are found in the dataset's tfds files (prepared on first use for ``mnist``
+    and ``fashion_mnist``): the same examples as the arrays of ``inputs``, which the device path
+    trains on. A subclass names how: :meth:`find_builder` finds the dataset, :meth:`open_splits`
+    reads the splits, :meth:`train_batches` and :meth:`eval_batches` give their host batches,
+    with the arguments of ``input_pipeline.tf_train_dataset`` and ``tf_eval_dataset``.
     """
 
     def __init__(self, inputs: FeederInputs):
         super().__init__(inputs)
-        builder = tfds_prepare.streaming_builder(self.config.dataset, self.config.data_dir or None)
-        self.splits = input_pipeline.open_splits(
-            builder, {"train": inputs.train, **inputs.eval_splits}
-        )
+        builder = self.find_builder(self.config.dataset, self.config.data_dir or None)
+        self.splits = self.open_splits(builder, {"train": inputs.train, **inputs.eval_splits})
+
+    @staticmethod
+    @abc.abstractmethod
+    def find_builder(name: str, data_dir: str | None) -> Any:
+        """The tfds builder of the run's dataset, prepared when it is not yet."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def open_splits(builder: Any, wanted: dict[str, ArraySplit]) -> dict[str, Any]:
+        """The examples of ``wanted``'s splits, read from the builder's files."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def train_batches(split: Any, batch_size: int, **order: Any) -> Iterable[Any]:
+        """An epoch's host batches of ``split`` (``seed``, ``epoch``, ``start_step``, ...)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def eval_batches(split: Any, batch_size: int, rows: slice) -> Iterable[Any]:
+        """An evaluation's host batches of ``split``, padded and masked."""
 
     def train_chunks(
         self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
@@ -126,8 +146,8 @@ class StreamingFeeder(Feeder):
         A chunk is as many steps as the device path's (``config.chunks_per_epoch`` per epoch):
         its batches arrive stacked, and ``train_step`` runs over them in one call.
         """
-        steps = self.splits["train"].size // self.config.batch_size
-        dataset = input_pipeline.tf_train_dataset(
+        steps = len(self.inputs.train) // self.config.batch_size
+        batches = self.train_batches(
             self.splits["train"],
             self.config.batch_size,
             seed=self.config.seed,
@@ -136,26 +156,52 @@ class StreamingFeeder(Feeder):
             rows=parallel.process_rows(self.mesh, self.config.batch_size),
             steps_per_element=math.ceil(steps / self.config.chunks_per_epoch),
         )
-        for batches in self.on_device(dataset, leading_axes=1):
-            state, metrics = self.fns.train_on_batches(state, batches, rng)
+        for chunk in self.on_device(batches, leading_axes=1):
+            state, metrics = self.fns.train_on_batches(state, chunk, rng)
             yield state, jax.device_get(metrics)
 
     def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split (padded, masked last batch)."""
         batch_size = self.config.eval_batch_size
-        dataset = input_pipeline.tf_eval_dataset(
+        batches = self.eval_batches(
             self.splits[split_name], batch_size, parallel.process_rows(self.mesh, batch_size)
         )
         totals = None
-        for batch in self.on_device(dataset, leading_axes=0):
+        for batch in self.on_device(batches, leading_axes=0):
             metrics = self.fns.eval_step(state, batch)
             totals = metrics if totals is None else jax.tree_util.tree_map(jnp.add, totals, metrics)
         return jax.device_get(totals)
 
-    def on_device(self, dataset: Any, leading_axes: int) -> Iterator[Any]:
-        """``dataset``'s elements as global device arrays, each placed two elements ahead."""
+    def on_device(self, batches: Iterable[Any], leading_axes: int) -> Iterator[Any]:
+        """``batches`` as global device arrays, each placed two batches ahead."""
         put = functools.partial(parallel.put_local_batch, mesh=self.mesh, leading_axes=leading_axes)
-        return prefetch_to_device(dataset.as_numpy_iterator(), put)
+        return prefetch_to_device(iter(batches), put)
+
+
+class TfdsFeeder(StreamingFeeder):
+    """The ``tfds`` pipeline: tfds's TFRecord files through tf.data (TensorFlow)."""
+
+    find_builder = staticmethod(tfds_prepare.streaming_builder)
+    open_splits = staticmethod(input_pipeline.open_splits)  # tf.data caches
+
+    @staticmethod
+    def train_batches(split: Any, batch_size: int, **order: Any) -> Iterable[Any]:
+        """``input_pipeline.tf_train_dataset``'s batches as numpy."""
+        return input_pipeline.tf_train_dataset(split, batch_size, **order).as_numpy_iterator()
+
+    @staticmethod
+    def eval_batches(split: Any, batch_size: int, rows: slice) -> Iterable[Any]:
+        """``input_pipeline.tf_eval_dataset``'s batches as numpy."""
+        return input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator()
+
+
+class GrainFeeder(StreamingFeeder):
+    """The ``grain`` pipeline: tfds's ArrayRecord files through Grain, without TensorFlow."""
+
+    find_builder = staticmethod(tfds_prepare.source_builder)
+    open_splits = staticmethod(grain_pipeline.open_splits)  # host arrays
+    train_batches = staticmethod(grain_pipeline.train_batches)
+    eval_batches = staticmethod(grain_pipeline.eval_batches)
 
 
 def prefetch_to_device(
@@ -186,4 +232,5 @@ def prefetch_to_device(
         enqueue(1)
 
 
-FEEDERS = {"device": DeviceFeeder, "tfds": StreamingFeeder}  # by config.input_pipeline
+# By config.input_pipeline.
+FEEDERS = {"device": DeviceFeeder, "tfds": TfdsFeeder, "grain": GrainFeeder}

@@ -1,0 +1,187 @@
+"""The ``grain`` input pipeline: tfds's ArrayRecord files, read without TensorFlow.
+
+``input_pipeline="grain"`` reads the same prepared tfds dataset as ``input_pipeline="tfds"``, but
+through ``as_data_source`` (tfds's random-access ArrayRecord reader, which decodes with numpy and
+Pillow) and Grain instead of tf.data, so TensorFlow is never imported: a process saves the
+~540 MB that TensorFlow alone takes.
+
+* **Each split is decoded once.** A tfds split is read from its data source in chunks into one
+  uint8 array (the only per-example Python, at start); the run's train, validation and test splits
+  are found in it by their examples, as the tfds pipeline finds them
+  (:func:`flaxmnist.data.input_pipeline.match_splits`).
+* **An epoch gathers whole batches.** A Grain ``MapDataset`` holds the epoch's batches as index
+  arrays, in the order of :func:`flaxmnist.data.input_pipeline.epoch_order` (per ``(seed,
+  epoch)``, the tfds pipeline's order, so both pipelines train on the same batches and a resumed
+  epoch starts at its next batch); each element is one numpy gather of a chunk of batches,
+  prefetched on one Grain thread. Grain's own per-example shuffling and batching would run Python
+  per example and another order.
+* **Evaluation batches** are the split padded to whole batches and masked
+  (:func:`flaxmnist.data.input_pipeline.pad_to_batches`), one element per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import grain
+import numpy as np
+
+from flaxmnist.data import input_pipeline
+from flaxmnist.data.datasets import ArraySplit
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
+
+READ_CHUNK = 10_000  # examples decoded per data-source call while a split is read
+PREFETCH = input_pipeline.PREFETCH_BATCHES
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> ArraySplit:
+    """Reads tfds split ``split`` through its ArrayRecord data source, decoded, in stored order.
+
+    Args:
+      builder: a builder whose dataset has ArrayRecord files (``tfds.builder_from_directory``).
+      split: the tfds split's name.
+
+    Returns:
+      Its images (uint8 [N, H, W, C]) and labels (int32 [N]), in tfds's order (the TFRecord
+      files' order, which the tfds pipeline reads).
+    """
+    source = builder.as_data_source(split=split)
+    images, labels = [], []
+    with _without_opencv_advice():
+        for start in range(0, len(source), READ_CHUNK):
+            examples = source.__getitems__(range(start, min(start + READ_CHUNK, len(source))))
+            images.append(np.stack([example["image"] for example in examples]))
+            labels.append(np.array([example["label"] for example in examples]))
+    stacked = np.concatenate(images)
+    if stacked.ndim == 3:
+        stacked = stacked[..., None]
+    return ArraySplit(stacked.astype(np.uint8), np.concatenate(labels).astype(np.int32))
+
+
+@contextlib.contextmanager
+def _without_opencv_advice() -> Iterator[None]:
+    """Silences tfds's advice to install OpenCV (it decodes with Pillow; once per split is fine)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "OpenCV is not installed" not in record.getMessage()
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def open_splits(
+    builder: tfds.core.DatasetBuilder, wanted: dict[str, ArraySplit]
+) -> dict[str, ArraySplit]:
+    """The run's splits, read from the dataset's ArrayRecord files: the examples of ``wanted``.
+
+    Args:
+      builder: the run's dataset, with ArrayRecord files.
+      wanted: the run's splits by name (``train``, ``validation``, ``test``), as arrays.
+
+    Returns:
+      Each split's examples in tfds's order, as host arrays.
+    """
+
+    def read(name: str) -> tuple[ArraySplit, ArraySplit]:
+        split = read_split(builder, name)
+        return split, split
+
+    def take(split: ArraySplit, positions: np.ndarray) -> ArraySplit:
+        return split if np.array_equal(positions, np.arange(len(split))) else split.take(positions)
+
+    return input_pipeline.match_splits(wanted, read, take)
+
+
+def train_batches(
+    split: ArraySplit,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_step: int = 0,
+    rows: slice | None = None,
+    steps_per_element: int | None = None,
+) -> grain.IterDataset:
+    """One training epoch: the batches ``input_pipeline.tf_train_dataset`` gives, without TF.
+
+    Full batches in the order of ``input_pipeline.epoch_order(len(split), batch_size, seed=seed,
+    epoch=epoch)``, from batch ``start_step`` on (a resumed epoch gathers none of the earlier
+    ones), each cut to ``rows`` (this process's share of a global batch; None: all of it).
+
+    Args:
+      split: the training split, as host arrays.
+      batch_size: the global batch size.
+      seed: the run's seed.
+      epoch: the epoch.
+      start_step: the first batch to give.
+      rows: the rows of each batch to give.
+      steps_per_element: how many batches each element stacks (``[steps, rows, ...]``; the
+        last element stacks the rest); None: one ``[rows, ...]`` batch per element.
+
+    Returns:
+      A Grain dataset of ``{"image", "label"}`` numpy batches, prefetched on one thread.
+    """
+    order = input_pipeline.epoch_order(len(split), batch_size, seed=seed, epoch=epoch)
+    order = order[start_step:] if rows is None else order[start_step:, rows]
+    if steps_per_element is None:
+        elements = list(order)
+    else:
+        elements = [
+            order[i : i + steps_per_element] for i in range(0, len(order), steps_per_element)
+        ]
+    return prefetched(grain.MapDataset.source(elements).map(functools.partial(gather, split)))
+
+
+def eval_batches(
+    split: ArraySplit, batch_size: int, rows: slice | None = None
+) -> grain.IterDataset:
+    """The evaluation batches: in order, the last one padded to ``batch_size`` and masked.
+
+    Args:
+      split: an evaluation split.
+      batch_size: the global evaluation batch size.
+      rows: this process's rows of each padded global batch (None: all).
+
+    Returns:
+      A Grain dataset of ``{"image", "label", "mask"}`` batches; ``mask`` is 0 on padding.
+    """
+    batches = input_pipeline.pad_to_batches(split, batch_size)
+    if rows is not None:
+        batches = {key: value[:, rows] for key, value in batches.items()}
+    source = grain.MapDataset.range(len(batches["label"]))
+    return prefetched(source.map(lambda i: {key: value[i] for key, value in batches.items()}))
+
+
+def gather(split: ArraySplit, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples of ``split`` at ``indices`` (any shape), as one batch dict.
+
+    Args:
+      split: host arrays.
+      indices: example indices, ``[rows]`` or ``[steps, rows]``.
+
+    Returns:
+      ``{"image": images[indices], "label": labels[indices]}``.
+    """
+    return {"image": split.images[indices], "label": split.labels[indices]}
+
+
+def prefetched(dataset: grain.MapDataset) -> grain.IterDataset:
+    """``dataset`` read ahead by one Grain thread (the cores stay with XLA).
+
+    Args:
+      dataset: a map dataset of per-batch work.
+
+    Returns:
+      An iterable dataset holding up to :data:`PREFETCH` elements ready.
+    """
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH))
