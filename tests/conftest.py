@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,14 @@ def session_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Tests train many small runs of the same shapes: each program is compiled once per session
     (the suite runs about 3x faster), and the cache is exercised by a long sequence of different
-    runs in one process. Tests of the cache itself use folders of their own.
+    runs, in every worker process at once (pytest-xdist workers share the folder). Tests of the
+    cache itself use folders of their own.
     """
-    path = tmp_path_factory.mktemp("compilation-cache")
+    session_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session_root = session_root.parent  # the folder all workers of this session share
+    path = session_root / "compilation-cache"
+    path.mkdir(exist_ok=True)
     assert compilation_cache.enable(str(path))
     return path
 
