@@ -4,9 +4,10 @@ import importlib
 import sys
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, parsed_flags, run_script
 
 from flaxmnist.configs import default
+from flaxmnist.errors import ConfigError, FlaxmnistError
 
 BENCH_DIR = REPO_ROOT / "experiments" / "bench"
 
@@ -38,15 +39,40 @@ def pair_row(model="cnn_simple", batch=32, tile=1, timed_s=2.0, **extra):
     }
 
 
-def test_parse_args_fills_section_defaults():
-    assert benchmark.parse_args([]).sections == list(benchmark.SECTIONS)
-    quick = benchmark.parse_args(["--quick"])
+def settings(*args: str):
+    return benchmark.settings(parsed_flags(benchmark, *args))
+
+
+def test_settings_fill_section_defaults():
+    assert settings().sections == list(benchmark.SECTIONS)
+    quick = settings("--quick")
     assert quick.sections == list(benchmark.QUICK_SECTIONS)
     assert (quick.steps, quick.repeats, quick.models) == (30, 2, None)
-    chosen = benchmark.parse_args(["--sections", "tiling", "time99"])
+    chosen = settings("--sections=tiling,time99")
     assert chosen.sections == ["time99", "tiling"]  # in the order of SECTIONS
-    with pytest.raises(SystemExit):
-        benchmark.parse_args(["--sections", "nonsense"])
+    spaced = settings("--sections", "pipelines", "--repeats", "3", "--epochs", "3")
+    assert (spaced.sections, spaced.repeats, spaced.epochs) == (["pipelines"], 3, 3)
+    assert settings("--worker=pipeline,grain", "--tile=2").worker == ["pipeline", "grain"]
+    for args, message in [
+        (["--sections=models,nonsense"], "--sections: unknown 'nonsense'; choose from models,"),
+        (["--frameworks=jax"], "--frameworks: unknown 'jax'"),
+        (["--worker=pipeline"], "--worker: expected FRAMEWORK,MODEL"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            settings(*args)
+
+
+@pytest.mark.slow  # a subprocess
+def test_a_bad_flag_is_one_line_and_exit_2():
+    result = run_script("experiments/bench/benchmark.py", "--sections=nonsense")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --sections: unknown 'nonsense'")
+    assert result.stderr.count("\n") == 1
+    result = run_script("experiments/bench/benchmark.py", "--repeats=0")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "error: --repeats: 0 is not a positive integer\n",
+    )
 
 
 def test_run_worker_reads_the_last_result_line_or_the_error():
@@ -205,6 +231,7 @@ def test_pipelines_summary_takes_medians_of_the_epochs_after_the_first():
     runs = [
         pipeline_run("device", [30.0, 10.0, 12.0], 600.0),
         pipeline_run("tfds", [40.0, 11.0], 900.0),
+        pipeline_run("grain", [35.0, 14.3], 715.0),
         pipeline_run("device", [31.0, 14.0, 16.0], 700.0),
         pipeline_run("tfds", [42.0, 13.0], 1100.0),
         {"pipeline": "tfds", "error": "boom"},
@@ -213,8 +240,10 @@ def test_pipelines_summary_takes_medians_of_the_epochs_after_the_first():
     assert summary["device"]["epoch_s"] == 13.0  # median of 10, 12, 14, 16
     assert summary["device"]["first_epoch_s"] == 30.5
     assert (summary["tfds"]["epoch_s"], summary["tfds"]["runs"]) == (12.0, 2)
-    assert summary["epoch_ratio"] == pytest.approx(12.0 / 13.0)
-    assert summary["rss_ratio"] == pytest.approx(1000.0 / 650.0)
+    assert summary["tfds"]["epoch_ratio"] == pytest.approx(12.0 / 13.0)
+    assert summary["tfds"]["rss_ratio"] == pytest.approx(1000.0 / 650.0)
+    assert summary["grain"]["rss_ratio"] == pytest.approx(1.1)
+    assert summary["device"]["epoch_ratio"] == 1.0
     text = benchmark.pipelines_markdown(
         {
             "pipelines": {
@@ -223,6 +252,33 @@ def test_pipelines_summary_takes_medians_of_the_epochs_after_the_first():
             }
         }
     )
-    assert "CPU X, 2 cores" in text and "| tfds | 12.0 |" in text and "0.92x time per epoch" in text
+    assert "CPU X, 2 cores" in text and "| tfds | 12.0 | 0.92x |" in text
+    assert "| grain | 14.3 | 1.10x |" in text and "| 715 | 1.10x |" in text
     assert benchmark.pipelines_markdown({}) == ""
-    assert "epoch_ratio" not in benchmark.pipelines_summary(runs[:1])
+    assert "epoch_ratio" not in benchmark.pipelines_summary(runs[1:3])["tfds"]
+    assert "| tfds | 11.0 | - |" in benchmark.pipelines_table(
+        {
+            "machine": {"cpu": "C", "cores": 2, "repeats": 1, "epochs": 2},
+            "summary": benchmark.pipelines_summary(runs[1:2]),
+        }
+    )
+
+
+def test_the_pipelines_table_goes_between_the_markers_of_the_data_doc(tmp_path):
+    section = {
+        "machine": {"cpu": "CPU X", "cores": 2, "repeats": 1, "epochs": 2},
+        "summary": benchmark.pipelines_summary([pipeline_run("device", [3.0, 2.0], 600.0)]),
+    }
+    doc = tmp_path / "data.md"
+    doc.write_text(f"intro\n{benchmark.DOC_BEGIN}\nold table\n{benchmark.DOC_END}\nrest\n")
+    benchmark.write_data_doc_table({"pipelines": section}, doc)
+    benchmark.write_data_doc_table({"pipelines": section}, doc)  # again: the same text
+    text = doc.read_text()
+    assert text.startswith(f"intro\n{benchmark.DOC_BEGIN}\nCPU X, 2 cores;")
+    assert text.count(benchmark.DOC_BEGIN) == 1 and "| device | 2.0 | 1.00x |" in text
+    assert "old table" not in text and text.endswith(f"|\n{benchmark.DOC_END}\nrest\n")
+    doc.write_text("no markers\n")
+    with pytest.raises(FlaxmnistError, match="lacks the markers"):
+        benchmark.write_data_doc_table({"pipelines": section}, doc)
+    real = (REPO_ROOT / "docs" / "data.md").read_text()
+    assert benchmark.DOC_BEGIN in real and benchmark.DOC_END in real

@@ -159,6 +159,39 @@ def test_example_positions_find_a_subset_with_its_duplicates():
     assert list(input_pipeline.example_positions(stored, stored)) == list(range(6))
 
 
+def test_example_hashes_tell_examples_apart():
+    rng = np.random.default_rng(0)
+    split = datasets.ArraySplit(
+        rng.integers(0, 256, (500, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 500)
+    )
+    hashes = input_pipeline.example_hashes(split)
+    assert hashes.dtype == np.uint64 and len(set(hashes.tolist())) == 500
+    np.testing.assert_array_equal(
+        input_pipeline.example_hashes(split.take(np.arange(9, 0, -1))), hashes[9:0:-1]
+    )
+    flipped = split.images.copy()
+    flipped[3, 27, 27, 0] ^= 0x80  # the last byte's top bit
+    relabelled = split.labels.copy()
+    relabelled[4] += 1
+    changed = input_pipeline.example_hashes(datasets.ArraySplit(flipped, relabelled))
+    assert list(np.flatnonzero(changed != hashes)) == [3, 4]
+    odd = datasets.ArraySplit(np.arange(30, dtype=np.uint8).reshape(3, 5, 2, 1), np.zeros(3))
+    assert len(set(input_pipeline.example_hashes(odd).tolist())) == 3  # rows not whole words
+
+
+def test_example_positions_survive_colliding_hashes(monkeypatch):
+    images = np.array([5, 7, 5, 9, 5, 7], np.uint8).reshape(6, 1, 1, 1)
+    stored = datasets.ArraySplit(images, np.array([1, 1, 1, 2, 3, 1], np.int32))
+    wanted = stored.take(np.array([5, 2, 3, 1]))
+    expected = input_pipeline.example_positions(stored, wanted)
+    monkeypatch.setattr(
+        input_pipeline, "example_hashes", lambda split: np.zeros(len(split), np.uint64)
+    )
+    np.testing.assert_array_equal(input_pipeline.example_positions(stored, wanted), expected)
+    with pytest.raises(DataError, match="1 of 2"):
+        input_pipeline.example_positions(stored, stored.take(np.array([3, 3])))
+
+
 def test_example_positions_reject_examples_the_split_lacks():
     stored = _split(4)
     extra = datasets.ArraySplit(np.concatenate([stored.images, stored.images[:1]]), np.arange(5))

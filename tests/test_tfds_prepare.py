@@ -345,6 +345,8 @@ def test_a_dataset_written_before_array_record_gets_them_added_once(small, tmp_p
     as_written_before_array_record(path)
     tfrecords = {p: p.stat().st_mtime_ns for p in path.glob("*.tfrecord-*")}
     assert tfds_prepare.prepare_idx("mnist", root / "mnist", write=False) is None
+    tfds_pipeline = tfds_prepare.streaming_builder("mnist", str(root))  # reads it as it is
+    assert tfds_pipeline.data_path == path and not tfds_prepare.has_array_record(path)
     assert tfds_prepare.prepare_idx("mnist", root / "mnist").state == tfds_prepare.CONVERTED
     again = tfds_prepare.prepare_idx("mnist", root / "mnist", write=False)
     assert again.state == tfds_prepare.PRESENT

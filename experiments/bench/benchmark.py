@@ -3,9 +3,11 @@
     pip install -e '.[bench]'
     python experiments/bench/benchmark.py                   # every section
     python experiments/bench/benchmark.py --quick           # models section, 3 models (~3 min)
-    python experiments/bench/benchmark.py --sections time99 startup batch tiling --repeats 1
+    python experiments/bench/benchmark.py --sections=time99,startup,batch,tiling --repeats=1
+    python experiments/bench/benchmark.py --sections=pipelines --repeats=3 --epochs=3
 
-Sections (``--sections``, in this order; a full run runs them all, ``--quick`` only ``models``):
+Sections (``--sections``, comma-separated, run in this order; a full run runs them all, ``--quick``
+only ``models``; ``--frameworks`` and ``--models`` are comma-separated too):
 
 * ``models``: every (framework, model) pair runs in a fresh subprocess of this script, one after
   another, on the vendored MNIST arrays in memory, with Adam (lr 1e-3) and sparse cross-entropy at
@@ -20,18 +22,20 @@ Sections (``--sections``, in this order; a full run runs them all, ``--quick`` o
 * ``time99``, ``startup`` (``end_to_end.py``): wall time from process launch to 99 % test
   accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet; process start to the first
   training step with a cold, then a warm compilation cache (``--repeats`` warm runs).
-* ``pipelines``: the two input pipelines side by side on the CNN and recipe of Flax's MNIST example
-  (SGD lr 0.1, momentum 0.9, batch 128, all 60,000 training images): each run is a fresh
-  subprocess that builds its feeder (``device`` or ``tfds``, the tfds dataset prepared first) and
-  trains ``--epochs`` epochs; the runs alternate device / tfds (``--repeats`` of each), and the
-  table gives the median of every epoch after the first (compiled, caches filled), peak RSS and
-  the test accuracy.
+* ``pipelines``: the three input pipelines side by side on the CNN and recipe of Flax's MNIST
+  example (SGD lr 0.1, momentum 0.9, batch 128, all 60,000 training images): each run is a fresh
+  subprocess that builds its feeder (``device``, ``tfds`` or ``grain``, the tfds dataset prepared
+  first, both its formats) and trains ``--epochs`` epochs; the runs take turns (``--repeats`` of
+  each, the order rotating), and the table gives the median of every epoch after the first
+  (compiled, caches filled), peak RSS, the test accuracy and each pipeline's ratios to
+  ``device``. The table also goes into ``docs/data.md``, between its ``pipelines`` markers.
 * ``batch``, ``tiling`` (``scaling.py``): flaxmnist throughput vs batch size; epoch time vs
   training-set size (1x, 2x, 4x the 60,000 images). Named together with ``--quick`` they run
   smaller variants (cnn_simple only and shorter runs; 1x and 2x only).
 
 Writes ``results/benchmark.{json,md,png}`` and ``results/throughput_vs_batch.png`` beside this
-file; sections that do not run keep their previous results in the JSON and markdown.
+file; sections that do not run keep their previous results in the JSON and markdown. Bad flags
+end in one line on stderr and exit status 2.
 
 Frameworks: ``flaxmnist`` (device-resident ``lax.scan`` path), ``flaxmnist_tfds`` (tf.data
 streaming path), ``keras`` (Keras 3 on TensorFlow, ``model.fit``), ``torch`` (eager PyTorch loop).
@@ -39,7 +43,6 @@ streaming path), ``keras`` (Keras 3 on TensorFlow, ``model.fit``), ``torch`` (ea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -48,13 +51,21 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
+from absl import flags
+
+from flaxmnist import cli, errors
+from flaxmnist.errors import ConfigError
 
 START = time.perf_counter()
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 RESULTS = Path(__file__).resolve().parent / "results"
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
+DOC_BEGIN = "<!-- pipelines:begin (written by experiments/bench/benchmark.py) -->"
+DOC_END = "<!-- pipelines:end -->"
 MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
 FRAMEWORKS = ("flaxmnist", "flaxmnist_tfds", "keras", "torch")
 QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
@@ -62,8 +73,10 @@ SECTIONS = ("models", "pipelines", "time99", "startup", "batch", "tiling")
 QUICK_SECTIONS = ("models",)
 TRAIN_EXAMPLES = 60_000
 WORKER_TIMEOUT_S = 1800
-PIPELINES = ("device", "tfds")
+PIPELINES = ("device", "tfds", "grain")
 PIPELINE_BATCH = 128  # the Flax MNIST example's recipe
+FLAG_NAMES = ("quick", "sections", "steps", "repeats", "frameworks", "models")
+FLAG_NAMES += ("worker", "batch", "tile", "epochs")  # the workers' (and --epochs the pipelines')
 
 
 def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +375,7 @@ def pipeline_worker(pipeline: str, epochs: int) -> dict:
     return result
 
 
-def worker_main(framework: str, model: str, args: argparse.Namespace) -> None:
+def worker_main(framework: str, model: str, args: types.SimpleNamespace) -> None:
     """Subprocess entry: times one (framework, model) pair and prints its RESULT line."""
     batch, steps, repeats = args.batch or MODELS.get(model), args.steps, args.repeats
     if framework == "pipeline":
@@ -441,9 +454,9 @@ def run_pair(
     """
     batch = batch or MODELS[model]
     pair = {"framework": framework, "model": model, "batch": batch, "tile": tile}
-    command = [sys.executable, __file__, "--worker", framework, model]
+    command = [sys.executable, __file__, f"--worker={framework},{model}"]
     for flag, value in (("batch", batch), ("tile", tile), ("steps", steps), ("repeats", repeats)):
-        command += [f"--{flag}", str(value)]
+        command.append(f"--{flag}={value}")
     raw = run_worker(command)
     if "error" in raw:
         return {**pair, "error": raw["error"]}
@@ -549,7 +562,7 @@ def models_section(models: list[str], frameworks: list[str], steps: int, repeats
 
 
 def pipeline_runs(repeats: int, epochs: int) -> list[dict]:
-    """``repeats`` runs of each pipeline, alternating (device first, then tfds first, ...).
+    """``repeats`` runs of each pipeline, taking turns (device, tfds, grain; tfds, grain, ...).
 
     Args:
       repeats: runs per pipeline.
@@ -560,25 +573,26 @@ def pipeline_runs(repeats: int, epochs: int) -> list[dict]:
     """
     from flaxmnist.data import tfds_prepare
 
-    tfds_prepare.ensure_prepared("mnist")  # the tfds runs time training, not preparing
+    tfds_prepare.ensure_prepared("mnist")  # both formats: the runs time training, not preparing
     runs = []
     for repeat in range(repeats):
-        for pipeline in PIPELINES if repeat % 2 == 0 else PIPELINES[::-1]:
-            command = [sys.executable, __file__, "--worker", "pipeline", pipeline]
-            raw = run_worker([*command, "--epochs", str(epochs)])
+        turn = repeat % len(PIPELINES)
+        for pipeline in PIPELINES[turn:] + PIPELINES[:turn]:
+            command = [sys.executable, __file__, f"--worker=pipeline,{pipeline}"]
+            raw = run_worker([*command, f"--epochs={epochs}"])
             runs.append(logged({"pipeline": pipeline, **raw}))
     return runs
 
 
 def pipelines_summary(runs: list[dict]) -> dict:
-    """Medians per pipeline over the runs, and the tfds / device ratios.
+    """Medians per pipeline over the runs, and each pipeline's ratios to ``device``.
 
     Args:
       runs: the results of :func:`pipeline_runs`.
 
     Returns:
-      ``{pipeline: {epoch_s, first_epoch_s, setup_s, eval_s, peak_rss_mb, test_accuracy,
-      runs}}`` plus ``epoch_ratio`` and ``rss_ratio`` (tfds over device) when both ran.
+      ``{pipeline: {epoch_s, first_epoch_s, setup_s, eval_s, peak_rss_mb, test_accuracy, runs,
+      epoch_ratio, rss_ratio}}``; the ratios (over ``device``'s) only when ``device`` ran.
     """
     summary = {}
     for pipeline in PIPELINES:
@@ -595,10 +609,11 @@ def pipelines_summary(runs: list[dict]) -> dict:
             },
             "runs": len(ok),
         }
-    if set(PIPELINES) <= set(summary):
-        device, tfds = summary["device"], summary["tfds"]
-        summary["epoch_ratio"] = tfds["epoch_s"] / device["epoch_s"]
-        summary["rss_ratio"] = tfds["peak_rss_mb"] / device["peak_rss_mb"]
+    if "device" in summary:
+        device = summary["device"]
+        for row in summary.values():
+            row["epoch_ratio"] = row["epoch_s"] / device["epoch_s"]
+            row["rss_ratio"] = row["peak_rss_mb"] / device["peak_rss_mb"]
     return summary
 
 
@@ -609,41 +624,63 @@ def pipelines_section(repeats: int, epochs: int) -> dict:
     return {"pipelines": {"machine": machine, "runs": runs, "summary": pipelines_summary(runs)}}
 
 
-def pipelines_markdown(results: dict) -> str:
-    """The ``pipelines`` section as markdown (empty when it has not run)."""
-    if "pipelines" not in results:
-        return ""
-    section = results["pipelines"]
+def pipelines_table(section: dict) -> str:
+    """The ``pipelines`` section's caption and table (markdown)."""
     machine, summary = section["machine"], section["summary"]
     lines = [
-        "### Input pipelines: device-resident vs tfds streaming (Flax MNIST example's CNN)",
+        f"{machine['cpu']}, {machine['cores']} cores; the Flax MNIST example's CNN, SGD lr 0.1 "
+        f"momentum 0.9, batch {PIPELINE_BATCH}, 468 steps per epoch; {machine['repeats']} runs "
+        f"of {machine['epochs']} epochs per pipeline, taking turns, each in a fresh process; "
+        "medians (s/epoch: the epochs after the first).",
         "",
-        f"{machine['cpu']}, {machine['cores']} cores; SGD lr 0.1 momentum 0.9, batch "
-        f"{PIPELINE_BATCH}, 468 steps per epoch; {machine['repeats']} alternating runs of "
-        f"{machine['epochs']} epochs each, medians (s/epoch: the epochs after the first).",
-        "",
-        "| pipeline | s/epoch | first epoch s | feeder set-up s | test eval s | peak RSS MB "
-        "| test accuracy |",
-        "|---|---|---|---|---|---|---|",
+        "| pipeline | s/epoch | vs device | first epoch s | feeder set-up s | test eval s "
+        "| peak RSS MB | vs device | test accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for pipeline in PIPELINES:
         if pipeline in summary:
             r = summary[pipeline]
+            epoch_ratio, rss_ratio = (
+                (f"{r['epoch_ratio']:.2f}x", f"{r['rss_ratio']:.2f}x")
+                if "epoch_ratio" in r
+                else ("-", "-")
+            )
             lines.append(
-                f"| {pipeline} | {r['epoch_s']:.1f} | {r['first_epoch_s']:.1f} | "
-                f"{r['setup_s']:.1f} | {r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} | "
+                f"| {pipeline} | {r['epoch_s']:.1f} | {epoch_ratio} | {r['first_epoch_s']:.1f} | "
+                f"{r['setup_s']:.1f} | {r['eval_s']:.2f} | {r['peak_rss_mb']:.0f} | {rss_ratio} | "
                 f"{r['test_accuracy']:.2%} |"
             )
-    if "epoch_ratio" in summary:
-        lines += [
-            "",
-            f"tfds / device: {summary['epoch_ratio']:.2f}x time per epoch, "
-            f"{summary['rss_ratio']:.2f}x peak RSS.",
-        ]
     return "\n".join(lines) + "\n"
 
 
-def run_section(name: str, args: argparse.Namespace) -> dict:
+def pipelines_markdown(results: dict) -> str:
+    """The ``pipelines`` section as markdown (empty when it has not run)."""
+    if "pipelines" not in results:
+        return ""
+    heading = "### Input pipelines: device-resident, tfds (tf.data) and grain (no TensorFlow)"
+    return f"{heading}\n\n{pipelines_table(results['pipelines'])}"
+
+
+def write_data_doc_table(results: dict, doc: Path = DATA_DOC) -> None:
+    """Replaces the text between ``doc``'s ``pipelines`` markers with the section's table.
+
+    Args:
+      results: the benchmark's results, with a ``pipelines`` section.
+      doc: the markdown file holding the markers (``docs/data.md``).
+
+    Raises:
+      FlaxmnistError: ``doc`` lacks the markers.
+    """
+    text = doc.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise errors.FlaxmnistError(f"{doc} lacks the markers {DOC_BEGIN} ... {DOC_END}")
+    before, rest = text.split(DOC_BEGIN, 1)
+    after = rest.split(DOC_END, 1)[1]
+    table = pipelines_table(results["pipelines"])
+    doc.write_text(f"{before}{DOC_BEGIN}\n{table}{DOC_END}{after}")
+
+
+def run_section(name: str, args: types.SimpleNamespace) -> dict:
     """Runs section ``name``; returns the entries of the results it (re)writes."""
     import end_to_end
     import scaling
@@ -682,25 +719,52 @@ def write_results(results: dict, sections: list[str]) -> None:
     (RESULTS / "benchmark.md").write_text(text)
     if "models" in sections:
         chart(results["rows"], RESULTS / "benchmark.png")
+    if "pipelines" in sections:
+        write_data_doc_table(results)
     if "batch" in sections:
         scaling.chart(results["batch_scaling"], RESULTS / "throughput_vs_batch.png")
     print(text)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, with the --quick / full defaults filled in."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the short variant (see the top)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
-    parser.add_argument("--models", nargs="+", default=None, help="of the models/batch sections")
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "MODEL"))
-    parser.add_argument("--batch", type=int, default=None, help="worker: batch size")
-    parser.add_argument("--tile", type=int, default=1, help="worker: training-set repeats")
-    parser.add_argument("--epochs", type=int, default=2, help="of each pipelines-section run")
-    args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_bool("quick", False, "The short variant (see the top).", **fv)
+    flags.DEFINE_list("sections", None, f"Sections to run: {', '.join(SECTIONS)}.", **fv)
+    flags.DEFINE_integer(
+        "steps", None, "Timed steps per run (200; --quick: 30).", lower_bound=1, **fv
+    )
+    flags.DEFINE_integer("repeats", None, "Repeats (3; --quick: 2).", lower_bound=1, **fv)
+    flags.DEFINE_list("frameworks", list(FRAMEWORKS), "Frameworks of the models section.", **fv)
+    flags.DEFINE_list("models", None, "Models of the models and batch sections.", **fv)
+    flags.DEFINE_list("worker", None, "FRAMEWORK,MODEL: run one worker (the driver's).", **fv)
+    flags.DEFINE_integer("batch", None, "Worker: batch size.", lower_bound=1, **fv)
+    flags.DEFINE_integer("tile", 1, "Worker: training-set repeats.", lower_bound=1, **fv)
+    flags.DEFINE_integer("epochs", 2, "Epochs of each pipelines-section run.", lower_bound=1, **fv)
+
+
+def settings(flag_values: flags.FlagValues) -> types.SimpleNamespace:
+    """The parsed flags, with the --quick / full defaults filled in.
+
+    Args:
+      flag_values: parsed flags of :func:`define_flags`.
+
+    Returns:
+      Every flag by name; ``steps``, ``repeats`` and ``sections`` (in the order of
+      :data:`SECTIONS`) filled in.
+
+    Raises:
+      ConfigError: a list flag names something unknown, or --worker is not two names.
+    """
+    args = types.SimpleNamespace(**{name: flag_values[name].value for name in FLAG_NAMES})
+    for name, known in (("sections", SECTIONS), ("frameworks", FRAMEWORKS), ("models", MODELS)):
+        unknown = [item for item in getattr(args, name) or () if item not in known]
+        if unknown:
+            raise ConfigError(
+                f"--{name}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
+            )
+    if args.worker is not None and len(args.worker) != 2:
+        raise ConfigError(f"--worker: expected FRAMEWORK,MODEL, got {','.join(args.worker)!r}")
     args.steps = args.steps or (30 if args.quick else 200)
     args.repeats = args.repeats or (2 if args.quick else 3)
     chosen = args.sections or (QUICK_SECTIONS if args.quick else SECTIONS)
@@ -708,23 +772,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     """Runs the chosen sections (or one worker, with --worker) and writes the results.
 
     Sections that do not run keep their previous results in ``benchmark.json``.
     """
-    args = parse_args()
-    if args.worker:
+    del argv  # cli.parse_flags refuses positional arguments
+    with errors.reported(RESULTS):
+        args = settings(flags.FLAGS)
+    if args.worker:  # the driver reads a worker's traceback from its stderr
         worker_main(*args.worker, args)
         return
-    path = RESULTS / "benchmark.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    for name in args.sections:
-        begin = time.perf_counter()
-        results.update(run_section(name, args))
-        print(f"section {name}: {time.perf_counter() - begin:.0f} s", flush=True)
-    write_results(results, args.sections)
+    with errors.reported(RESULTS):
+        path = RESULTS / "benchmark.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        for name in args.sections:
+            begin = time.perf_counter()
+            results.update(run_section(name, args))
+            print(f"section {name}: {time.perf_counter() - begin:.0f} s", flush=True)
+        write_results(results, args.sections)
 
 
 if __name__ == "__main__":
-    main()
+    errors.exit_on_signals()
+    define_flags(flags.FLAGS)
+    cli.run(main)

@@ -12,7 +12,7 @@ imports, data loading and XLA compilation all count:
   compilation cache (cold), then again with the cache that run filled (warm).
 
 Work directories and caches live in a temporary directory that is deleted afterwards. Run through
-``benchmark.py --sections time99 startup``; ``python end_to_end.py`` is the Keras worker.
+``benchmark.py --sections=time99,startup``; ``python end_to_end.py`` is the Keras worker.
 """
 
 from __future__ import annotations

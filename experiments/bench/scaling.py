@@ -9,7 +9,7 @@ subprocess per point, after one untimed (compiling) run of the same shape:
 * ``tiling``: one full epoch of ``cnn_simple`` (batch 32) over the 60,000 training images tiled
   (``numpy.tile``) 1×, 2× and 4×; linear scaling gives epoch-time ratios 1, 2, 4. Quick: 1×, 2×.
 
-Run through ``benchmark.py --sections batch tiling``.
+Run through ``benchmark.py --sections=batch,tiling``.
 """
 
 from __future__ import annotations

@@ -52,16 +52,18 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> ArraySplit:
       files' order, which the tfds pipeline reads).
     """
     source = builder.as_data_source(split=split)
-    images, labels = [], []
+    images, labels = None, np.zeros(len(source), np.int32)
     with _without_opencv_advice():
         for start in range(0, len(source), READ_CHUNK):
             examples = source.__getitems__(range(start, min(start + READ_CHUNK, len(source))))
-            images.append(np.stack([example["image"] for example in examples]))
-            labels.append(np.array([example["label"] for example in examples]))
-    stacked = np.concatenate(images)
-    if stacked.ndim == 3:
-        stacked = stacked[..., None]
-    return ArraySplit(stacked.astype(np.uint8), np.concatenate(labels).astype(np.int32))
+            chunk = np.stack([example["image"] for example in examples])
+            if images is None:  # filled in place: the split is held once
+                images = np.zeros((len(source), *chunk.shape[1:]), np.uint8)
+            images[start : start + len(chunk)] = chunk
+            labels[start : start + len(chunk)] = [example["label"] for example in examples]
+    if images.ndim == 3:
+        images = images[..., None]
+    return ArraySplit(images, labels)
 
 
 @contextlib.contextmanager

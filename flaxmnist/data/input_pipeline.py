@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 PIPELINES = config_validation.INPUT_PIPELINES
 TFDS_SPLITS = {"train": "train", "validation": "train", "test": "test"}  # run split -> tfds split
 PREFETCH_BATCHES = 2
+_HASH_CHUNK = 8192  # examples hashed or compared at a time
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+_MIX = (
+    (np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)),
+    (np.uint64(27), np.uint64(0x94D049BB133111EB)),
+)
 Held = TypeVar("Held")  # a split as a pipeline holds it (CachedSplit, ArraySplit)
 
 
@@ -164,8 +170,41 @@ def example_keys(split: ArraySplit) -> np.ndarray:
     return np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").ravel()
 
 
+def example_hashes(split: ArraySplit) -> np.ndarray:
+    """A 64-bit hash per example of its label and image bytes, vectorised over the examples.
+
+    FNV-1a over the image's 64-bit words (each step a bijection of the running hash, so examples
+    that differ in one word never collide), then splitmix64's finaliser. A few MB at a time,
+    where :func:`example_keys` copies every image.
+
+    Args:
+      split: the examples.
+
+    Returns:
+      A [N] uint64 array; equal examples have equal hashes.
+    """
+    rows = split.images.reshape(len(split), -1)
+    width = -(-rows.shape[1] // 8) * 8  # bytes, padded to whole words
+    hashes = np.full(len(split), _FNV_OFFSET, np.uint64) ^ split.labels.astype(np.uint64)
+    for start in range(0, len(split), _HASH_CHUNK):
+        block = np.zeros((len(rows[start : start + _HASH_CHUNK]), width), np.uint8)
+        block[:, : rows.shape[1]] = rows[start : start + _HASH_CHUNK]
+        chunk = hashes[start : start + _HASH_CHUNK]
+        for word in block.view(np.uint64).T:
+            chunk ^= word
+            chunk *= _FNV_PRIME
+    for shift, factor in _MIX:
+        hashes ^= hashes >> shift
+        hashes *= factor
+    return hashes ^ (hashes >> np.uint64(31))
+
+
 def example_positions(stored: ArraySplit, wanted: ArraySplit) -> np.ndarray:
     """Where ``wanted``'s examples are in ``stored``: each stored example used at most once.
+
+    Examples are matched by :func:`example_hashes`, and the matched pairs compared in full; only
+    if they differ (a hash collision, or an example ``stored`` lacks) are they matched again by
+    their whole bytes (:func:`example_keys`).
 
     Args:
       stored: a split in tfds's order.
@@ -177,21 +216,52 @@ def example_positions(stored: ArraySplit, wanted: ArraySplit) -> np.ndarray:
     Raises:
       DataError: ``wanted`` holds an example (or copies of one) that ``stored`` does not.
     """
-    stored_keys, wanted_keys = example_keys(stored), np.sort(example_keys(wanted))
-    order = np.argsort(stored_keys, kind="stable")
-    sorted_keys = stored_keys[order]
-    # Equal wanted keys take consecutive stored copies: their rank within their run of equals.
-    starts = np.flatnonzero(np.r_[True, wanted_keys[1:] != wanted_keys[:-1]])
-    rank = np.arange(len(wanted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(wanted_keys)]))
-    slots = np.searchsorted(sorted_keys, wanted_keys) + rank
-    found = slots < len(sorted_keys)
-    found[found] = sorted_keys[slots[found]] == wanted_keys[found]
+    positions, found = _match_keys(example_hashes(stored), example_hashes(wanted))
+    if found.all() and _same_examples(stored, positions, wanted):
+        return np.sort(positions)
+    positions, found = _match_keys(example_keys(stored), example_keys(wanted))
     if not found.all():
         raise DataError(
             f"{np.count_nonzero(~found)} of {len(wanted)} examples are not in the tfds split "
             "(the tfds dataset and the IDX files differ)"
         )
-    return np.sort(order[slots])
+    return np.sort(positions)
+
+
+def _match_keys(stored_keys: np.ndarray, wanted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each wanted key, a position in ``stored_keys`` holding it, each position used once.
+
+    Returns:
+      The positions (meaningful where found) and whether each wanted key was found.
+    """
+    order = np.argsort(stored_keys, kind="stable")
+    wanted_order = np.argsort(wanted_keys, kind="stable")
+    sorted_wanted = wanted_keys[wanted_order]
+    # Equal wanted keys take consecutive stored copies: their rank within their run of equals.
+    starts = np.flatnonzero(np.r_[True, sorted_wanted[1:] != sorted_wanted[:-1]])
+    rank = np.arange(len(sorted_wanted)) - np.repeat(
+        starts, np.diff(np.r_[starts, len(sorted_wanted)])
+    )
+    slots = np.searchsorted(stored_keys, sorted_wanted, sorter=order) + rank
+    found = slots < len(order)
+    found[found] = stored_keys[order[slots[found]]] == sorted_wanted[found]
+    positions = np.zeros(len(wanted_keys), np.int64)
+    positions[wanted_order[found]] = order[slots[found]]
+    in_wanted_order = np.zeros(len(wanted_keys), bool)
+    in_wanted_order[wanted_order] = found
+    return positions, in_wanted_order
+
+
+def _same_examples(stored: ArraySplit, positions: np.ndarray, wanted: ArraySplit) -> bool:
+    """Whether the examples of ``stored`` at ``positions`` are those of ``wanted``, in chunks."""
+    for start in range(0, len(wanted), _HASH_CHUNK):
+        taken = positions[start : start + _HASH_CHUNK]
+        end = start + len(taken)
+        if not np.array_equal(stored.labels[taken], wanted.labels[start:end]):
+            return False
+        if not np.array_equal(stored.images[taken], wanted.images[start:end]):
+            return False
+    return True
 
 
 def select(split: CachedSplit, positions: np.ndarray) -> CachedSplit:

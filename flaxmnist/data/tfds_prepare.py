@@ -132,7 +132,11 @@ def ensure_prepared(
 
 
 def prepare(
-    name: str, data_dir: str | os.PathLike | None = None, *, write: bool = True
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    write: bool = True,
+    array_record: bool = True,
 ) -> Prepared | None:
     """Like :func:`ensure_prepared`, also saying what it did and how fast.
 
@@ -145,6 +149,7 @@ def prepare(
       name: a tfds dataset name; ``mnist`` or ``fashion_mnist`` are written when missing.
       data_dir: the tfds data dir (default: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       write: False: only look (no TensorFlow, no lock), and return None unless it is prepared.
+      array_record: False: a dataset without ArrayRecord files will do (the tfds pipeline's).
 
     Returns:
       The builder, what this call did and the seconds it took; None when ``write`` is False and
@@ -165,7 +170,9 @@ def prepare(
 
     def complete() -> bool:
         builder = open_builder()  # opened again: another process may have written it meanwhile
-        return is_complete(builder) if name in PREPARABLE else builder.is_prepared()
+        if name in PREPARABLE:
+            return is_complete(builder)
+        return builder.data_path.is_dir() and builder.is_prepared()  # is_dir: no tfds warning
 
     if name in PREPARABLE:
         build = functools.partial(_build_stock, root, name)
@@ -173,17 +180,22 @@ def prepare(
         build = functools.partial(_not_built, name, root)
         if not complete():
             build()
-    state = _ensure_written(root, name, Path(path), complete, build, write=write)
+    state = _ensure_written(
+        root, name, Path(path), complete, build, write=write, array_record=array_record
+    )
     return state and Prepared(open_builder(), state, time.perf_counter() - start)
 
 
-def prepare_idx(name: str, folder: Path, *, write: bool = True) -> Prepared | None:
+def prepare_idx(
+    name: str, folder: Path, *, write: bool = True, array_record: bool = True
+) -> Prepared | None:
     """Like :func:`ensure_idx_prepared`, also saying what it did and how fast.
 
     Args:
       name: ``mnist`` or ``fashion_mnist``.
       folder: a folder holding the four IDX files.
       write: False: only look (no TensorFlow, no lock), and return None unless it is prepared.
+      array_record: False: a dataset without ArrayRecord files will do (the tfds pipeline's).
 
     Returns:
       The read-only builder, what this call did and the seconds it took; None when ``write`` is
@@ -197,7 +209,9 @@ def prepare_idx(name: str, folder: Path, *, write: bool = True) -> Prepared | No
     path = root / name / IDX_TFDS_VERSION
     complete = (path / "dataset_info.json").is_file  # present only once checked and renamed
     build = functools.partial(_build_idx, root, name, folder)
-    state = _ensure_written(root, name, path, complete, build, write=write)
+    state = _ensure_written(
+        root, name, path, complete, build, write=write, array_record=array_record
+    )
     if not state:
         return None
     return Prepared(
@@ -223,7 +237,7 @@ def ensure_idx_prepared(name: str, folder: Path) -> tfds.core.DatasetBuilder:
 
 
 def prepare_for_run(
-    name: str, data_dir: str | None = None, *, write: bool = True
+    name: str, data_dir: str | None = None, *, write: bool = True, array_record: bool = True
 ) -> Prepared | None:
     """Prepares the tfds dataset that a run of ``mnist`` or ``fashion_mnist`` reads.
 
@@ -231,15 +245,17 @@ def prepare_for_run(
       name: ``mnist`` or ``fashion_mnist``.
       data_dir: ``config.data_dir``, the IDX root (None: the vendored files).
       write: as for :func:`prepare`.
+      array_record: as for :func:`prepare`.
 
     Returns:
       For the vendored IDX files, the stock dataset in tfds's data dir (:func:`prepare`); for
       other IDX files, the dataset of :func:`prepare_idx`.
     """
     folder = datasets.idx_folder(name, data_dir)
+    options = {"write": write, "array_record": array_record}
     if folder.resolve() == (datasets.VENDORED_DATA_DIR / name).resolve():
-        return prepare(name, write=write)
-    return prepare_idx(name, folder, write=write)
+        return prepare(name, **options)
+    return prepare_idx(name, folder, **options)
 
 
 def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -252,11 +268,12 @@ def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.Datas
 
     Returns:
       For ``mnist`` and ``fashion_mnist`` the dataset of :func:`prepare_for_run`, prepared here
-      when it is not yet; for other names, tfds's builder in ``data_dir``.
+      when it is not yet (one written before the ArrayRecord files will do: it is not changed);
+      for other names, tfds's builder in ``data_dir``.
     """
     if name not in PREPARABLE:
         return datasets.import_tfds("the tfds input pipeline").builder(name, data_dir=data_dir)
-    return prepare_for_run(name, data_dir).builder
+    return prepare_for_run(name, data_dir, array_record=False).builder
 
 
 def source_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
@@ -393,6 +410,7 @@ def _ensure_written(
     build: Callable[[], None],
     *,
     write: bool,
+    array_record: bool = True,
 ) -> str | None:
     """Makes sure the dataset at ``path`` is written in full, with its ArrayRecord files.
 
@@ -406,12 +424,13 @@ def _ensure_written(
       complete: whether the dataset is written in full (its TFRecord files and metadata).
       build: writes the whole dataset (both formats), checked, into ``path``.
       write: False: only look.
+      array_record: False: a complete dataset without ArrayRecord files will do.
 
     Returns:
       :data:`BUILT`, :data:`CONVERTED` or :data:`PRESENT`; None when ``write`` is False and
       something is missing.
     """
-    if complete() and has_array_record(path):
+    if complete() and (has_array_record(path) or not array_record):
         return PRESENT
     if not write:
         return None
@@ -420,7 +439,7 @@ def _ensure_written(
         if not complete():
             build()
             return BUILT
-        if not has_array_record(path):
+        if array_record and not has_array_record(path):
             with _staging(root, name) as staging:
                 _add_array_record(path, staging / "array_record")
             return CONVERTED
@@ -711,7 +730,7 @@ def _main(argv: list[str]) -> None:
     errors.exit_on_signals()
     logging.set_verbosity(logging.ERROR)  # tfds warns about every dataset it does not find
     name, data_dir = argv[1], (argv[2] if len(argv) > 2 else None)
-    with errors.reported(resolve_tfds_data_dir()):
+    with errors.reported(Path(tempfile.gettempdir())):  # a bug's traceback: not in a data dir
         datasets.import_tfds().disable_progress_bar()
         print(prepare_for_run(name, data_dir).summary(), flush=True)
 
