@@ -27,13 +27,13 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import grain
 import numpy as np
 
 from flaxmnist.data import input_pipeline
 from flaxmnist.data.datasets import ArraySplit
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Grain is imported when a pipeline is built: not by every run
+    import grain
     import tensorflow_datasets as tfds
 
 READ_CHUNK = 10_000  # examples decoded per data-source call while a split is read
@@ -141,6 +141,8 @@ def train_batches(
         elements = [
             order[i : i + steps_per_element] for i in range(0, len(order), steps_per_element)
         ]
+    import grain
+
     return prefetched(grain.MapDataset.source(elements).map(functools.partial(gather, split)))
 
 
@@ -160,6 +162,8 @@ def eval_batches(
     batches = input_pipeline.pad_to_batches(split, batch_size)
     if rows is not None:
         batches = {key: value[:, rows] for key, value in batches.items()}
+    import grain
+
     source = grain.MapDataset.range(len(batches["label"]))
     return prefetched(source.map(lambda i: {key: value[i] for key, value in batches.items()}))
 
@@ -186,4 +190,6 @@ def prefetched(dataset: grain.MapDataset) -> grain.IterDataset:
     Returns:
       An iterable dataset holding up to :data:`PREFETCH` elements ready.
     """
+    import grain
+
     return dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH))
