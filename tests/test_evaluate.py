@@ -13,8 +13,8 @@ import pytest
 from flaxmnist.evaluation import comparison, evaluator
 from flaxmnist.training import loop
 
-# Every test here evaluates the runs trained once for the module, on one worker.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trained-runs")]
+# Every test here evaluates the runs trained once for the module.
+pytestmark = pytest.mark.slow
 
 FIGURES = {
     "samples",

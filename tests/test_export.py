@@ -12,7 +12,7 @@ from flaxmnist.data import datasets
 from flaxmnist.evaluation import metrics
 from flaxmnist.training import loop
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
+pytestmark = pytest.mark.slow
 
 # Each loader runs with flaxmnist unimportable, so a hidden dependency fails the test.
 NO_FLAXMNIST = "import sys; sys.modules['flaxmnist'] = None\nimport numpy as np\n"

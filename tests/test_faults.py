@@ -16,7 +16,6 @@ def drill(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("fault-drill")  # one worker, one drill
 @pytest.mark.parametrize("scenario", list(faults.SCENARIOS))
 def test_every_quick_trial_of_the_fault_matrix_survives(scenario, drill):
     row = faults.SCENARIOS[scenario](drill, True)

@@ -22,8 +22,6 @@ from flaxmnist.data import datasets, grain_pipeline, input_pipeline, tfds_prepar
 from flaxmnist.testing import run_splits, write_idx_dataset
 from flaxmnist.training import experiment, feeders
 
-pytestmark = pytest.mark.xdist_group("grain-pipeline")  # the prepared dataset is built once
-
 SEED, FRACTION = 7, 0.1
 # A fresh process trains through each pipeline on an unprepared IDX folder (grain prepares it in
 # a child) and reports what it imported.

@@ -12,7 +12,7 @@ from flaxmnist.configs import cnn_simple
 from flaxmnist.data import datasets
 from flaxmnist.training import loop
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.xdist_group("real-mnist")]
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from flaxmnist.data import datasets, input_pipeline, tfds_prepare
 from flaxmnist.testing import run_splits, write_idx_dataset
 from flaxmnist.training import loop
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tfds-pipeline")]  # TensorFlow, training
+pytestmark = pytest.mark.slow  # TensorFlow, training
 
 SEED, FRACTION = 7, 0.1
 

@@ -31,9 +31,6 @@ from flaxmnist.data import datasets, grain_pipeline, tfds_prepare
 from flaxmnist.errors import DataError
 from flaxmnist.testing import write_idx_dataset
 
-# One worker builds the prepared data dir that this module shares.
-pytestmark = pytest.mark.xdist_group("tfds-prepared")
-
 SIZES = {"train": 60_000, "test": 10_000}
 VERSION = "3.0.1"  # tfds's stock version of both builders
 IDX_VERSION = tfds_prepare.IDX_TFDS_VERSION  # of the datasets written from other IDX files
