@@ -1,8 +1,10 @@
 """Command line: ``python -m flaxmnist.train [--config=PRESET|PATH] [--config.F=V] [--workdir=D]``.
 
 ``--config`` takes a preset name (a module in ``flaxmnist/configs/``: ``default``, ``dense``,
-``convnet``, ...) or a path to a Python file with ``get_config()``. Every field can be overridden
-with ``--config.FIELD=VALUE``. User errors end with one line on stderr and exit status 2.
+``convnet``, ...) or a path to a Python file with ``get_config()``; without it the ``fast`` preset
+runs (>= 99 % MNIST test accuracy in well under a minute on a CPU), and ``--config=default`` gives
+the base config. Every field can be overridden with ``--config.FIELD=VALUE``. User errors end with
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from flaxmnist import cli, configs
 from flaxmnist.config_validation import validate_config, validate_workdir
 from flaxmnist.errors import ConfigError, exit_with_error, one_line
 
-DEFAULT_CONFIG = "default"
+DEFAULT_CONFIG = "fast"  # a newcomer's first command finishes in seconds
 OVERRIDE_PREFIXES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
 
 

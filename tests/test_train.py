@@ -95,7 +95,8 @@ def test_preset_names_resolve_to_files_and_the_config_argument_is_taken_out():
     assert (spec, rest) == ("dense", ["prog", "--config.seed=1"])
     spec, rest = train.split_config_argument(["prog", "--config", "cnn3", "-x"])
     assert (spec, rest) == ("cnn3", ["prog", "-x"])
-    assert train.split_config_argument(["prog"]) == ("default", ["prog"])
+    assert train.split_config_argument(["prog"]) == ("fast", ["prog"])
+    assert train.DEFAULT_CONFIG == "fast"
     assert train.resolve_config_argument("dense") == f"{REPO_ROOT}/flaxmnist/configs/dense.py"
     assert train.resolve_config_argument("dense:abc").endswith("configs/dense.py:abc")
     with pytest.raises(ConfigError, match="unknown config 'resnet'"):
