@@ -34,6 +34,10 @@ class DataError(FlaxmnistError):
     """Dataset files are missing, truncated, corrupt or cannot be downloaded."""
 
 
+class DivergedError(FlaxmnistError):
+    """The training loss became NaN or infinite (``nan_policy="stop"``)."""
+
+
 RESUME_HINT = "rerun the same command to resume from the last checkpoint"
 
 

@@ -15,7 +15,6 @@ if __name__ == "__main__":
     # Before the imports below (about 0.5 s): a signal at any moment ends in one line.
     errors.exit_on_signals(errors.RESUME_HINT)
 
-import importlib.util
 import sys
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from ml_collections import config_flags
 
 from flaxmnist import cli, configs
 from flaxmnist.config_validation import validate_config, validate_workdir
-from flaxmnist.errors import ConfigError, exit_with_error, one_line
+from flaxmnist.errors import ConfigError, exit_with_error
 
 DEFAULT_CONFIG = "fast"  # a newcomer's first command finishes in seconds
 OVERRIDE_PREFIXES = ("--config.", "-config.", "--noconfig.", "-noconfig.")
@@ -47,7 +46,7 @@ def define_flags(argv: Sequence[str]) -> list[str]:
       ``argv`` without its ``--config`` argument, for absl to parse (the overrides stay).
     """
     spec, rest = split_config_argument(argv)
-    config = load_config_file(resolve_config_argument(spec))
+    config = configs.load(spec)
     check_override_fields(config, rest)
     config_flags.DEFINE_config_dict("config", config, lock_config=True, sys_argv=rest)
     flags.DEFINE_string("workdir", None, "Run directory (default: runs/<model>-<dataset>-<time>).")
@@ -70,49 +69,6 @@ def split_config_argument(argv: Sequence[str]) -> tuple[str, list[str]]:
     if len(values) > 1:
         raise ConfigError(f"--config given {len(values)} times ({', '.join(values)}); give it once")
     return (values[0] if values else DEFAULT_CONFIG), rest
-
-
-def resolve_config_argument(value: str) -> str:
-    """Maps a preset name to its file; leaves paths alone; rejects names that are neither."""
-    path_part, sep, arg = value.partition(":")
-    if path_part in configs.preset_names():
-        return str(configs.PRESET_DIR / f"{path_part}.py") + sep + arg
-    if path_part.endswith(".py") and Path(path_part).is_file():
-        return value
-    raise ConfigError(
-        f"unknown config {value!r}: not a file and not a preset "
-        f"({', '.join(configs.preset_names())})"
-    )
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Runs ``get_config()`` of config file ``spec`` (``PATH[:ARG]``); failures are ConfigErrors."""
-    path, sep, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        module_spec = importlib.util.spec_from_file_location("flaxmnist_user_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: a syntax error or a failing import is bad input
-        raise ConfigError(
-            f"config file {path} cannot be loaded ({type(e).__name__}: {one_line(e)})"
-        ) from None
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file {path} defines no get_config() function")
-    try:
-        config = get_config(arg) if sep else get_config()
-    except Exception as e:
-        call = f"get_config({arg!r})" if sep else "get_config()"
-        raise ConfigError(
-            f"config file {path}: {call} failed ({type(e).__name__}: {one_line(e)})"
-        ) from None
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(
-            f"config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict"
-        )
-    return config
 
 
 def check_override_fields(config: ml_collections.ConfigDict, argv: Sequence[str]) -> None:

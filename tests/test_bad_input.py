@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import load_experiment, run_script
 
-from flaxmnist import config_validation, train
+from flaxmnist import config_validation, configs, train
 from flaxmnist.configs import default, preset_names
 from flaxmnist.data import datasets
 from flaxmnist.errors import ConfigError, DataError, FlaxmnistError
@@ -157,7 +157,7 @@ def test_validate_config_accepts_edge_values(field, value):
 
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_passes_validation(preset):
-    config = train.load_config_file(str(train.configs.PRESET_DIR / f"{preset}.py"))
+    config = configs.load_file(str(configs.PRESET_DIR / f"{preset}.py"))
     config_validation.validate_config(config)
 
 
@@ -250,7 +250,7 @@ def test_broken_config_files_are_one_line_errors(tmp_path, source, message):
     path = tmp_path / "my_config.py"
     path.write_text(source)
     with pytest.raises(ConfigError, match=f"config file {path}.*{message}"):
-        train.load_config_file(str(path))
+        configs.load_file(str(path))
 
 
 def test_config_file_argument_reaches_get_config(tmp_path):
@@ -260,9 +260,9 @@ def test_config_file_argument_reaches_get_config(tmp_path):
         "def get_config(arg):\n"
         "    return ml_collections.ConfigDict({'arg': arg})\n"
     )
-    assert train.load_config_file(f"{path}:abc").arg == "abc"
+    assert configs.load_file(f"{path}:abc").arg == "abc"
     with pytest.raises(ConfigError, match=r"get_config\(\) failed"):
-        train.load_config_file(str(path))
+        configs.load_file(str(path))
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from helpers import REPO_ROOT, run_cli
 
-from flaxmnist import losses, models, optimizers, train
+from flaxmnist import configs, losses, models, optimizers, train
 from flaxmnist.config_validation import validate_config
 from flaxmnist.configs import preset_names
 from flaxmnist.errors import ConfigError, FlaxmnistError
@@ -97,10 +97,10 @@ def test_preset_names_resolve_to_files_and_the_config_argument_is_taken_out():
     assert (spec, rest) == ("cnn3", ["prog", "-x"])
     assert train.split_config_argument(["prog"]) == ("fast", ["prog"])
     assert train.DEFAULT_CONFIG == "fast"
-    assert train.resolve_config_argument("dense") == f"{REPO_ROOT}/flaxmnist/configs/dense.py"
-    assert train.resolve_config_argument("dense:abc").endswith("configs/dense.py:abc")
+    assert configs.resolve("dense") == f"{REPO_ROOT}/flaxmnist/configs/dense.py"
+    assert configs.resolve("dense:abc").endswith("configs/dense.py:abc")
     with pytest.raises(ConfigError, match="unknown config 'resnet'"):
-        train.resolve_config_argument("resnet")
+        configs.resolve("resnet")
     with pytest.raises(ConfigError, match="--config given 2 times"):
         train.split_config_argument(["prog", "--config=dense", "--config=fast"])
 

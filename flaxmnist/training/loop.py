@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import tqdm
 
 from flaxmnist import models
 from flaxmnist.console import say
-from flaxmnist.errors import FlaxmnistError
+from flaxmnist.errors import DivergedError, FlaxmnistError
 from flaxmnist.storage import checkpointing, run_directory, scalar_log
 from flaxmnist.training import early_stopping, feeders, parallel
 from flaxmnist.training.experiment import Experiment, build_experiment
@@ -55,7 +56,7 @@ def check_finite(
     """Raises a one-line error naming the epoch and step of the first non-finite loss."""
     bad = np.flatnonzero(~np.isfinite(chunk["loss"]))
     if bad.size:  # only now look at the checkpoints: this runs after every chunk
-        raise FlaxmnistError(
+        raise DivergedError(
             f"loss became {chunk['loss'][bad[0]]} at epoch {epoch}, "
             f"step {first_step + bad[0] + 1}; {last_good_message(checkpoints)} "
             "(try a lower learning_rate or --config.nan_policy=skip_step)"
@@ -113,12 +114,13 @@ def last_good_message(checkpoints: checkpointing.RunCheckpoints) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RunOutputs:
-    """Where a run's results go: its directory, checkpoints, TensorBoard log, start-up clock."""
+    """Where a run's results go: directory, checkpoints, TensorBoard, clock, epoch callback."""
 
     run: run_directory.RunDirectory
     checkpoints: checkpointing.RunCheckpoints
     scalars: scalar_log.ScalarLog
     clock: FirstChunkClock
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
 
 
 def train_one_epoch(
@@ -221,6 +223,8 @@ def train_epochs(
                 checkpoints.save(
                     state, progress.to_meta(state, exp), best_order=epoch if improved else -1
                 )
+            if out.on_epoch is not None:
+                out.on_epoch(record)  # after the checkpoint: an exception here loses no epoch
             if interrupt.signal is not None:
                 raise TrainingInterruptedError(
                     interrupted_message(epoch, int(state.step)), interrupt.signal
@@ -249,7 +253,11 @@ def best_state(
     return restored, best_epoch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Trains per ``config``, resuming from ``workdir``'s checkpoints, then tests.
 
     The library form of ``python -m flaxmnist.train`` (also ``flaxmnist.train_and_evaluate``):
@@ -261,15 +269,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       config: a run config (``flaxmnist.configs.default.get_config()`` or a preset's), checked
         before anything is written.
       workdir: the run directory (created; locked while the run lasts).
+      on_epoch: called with each epoch's record (``epoch``, ``train_loss``, ``val_accuracy``,
+        ...) once the epoch is written and checkpointed; an exception it raises ends the run
+        (the tuner's pruning does so).
 
     Returns:
       The contents of ``metrics.json``: ``test_accuracy``, ``test_loss``, ``epochs_completed``,
       ``steps``, ``num_params``, ``train_time_s``, ...
 
     Raises:
-      FlaxmnistError: for a bad config, missing data, a locked or incompatible ``workdir``, a
-        non-finite loss under ``nan_policy="stop"``; ``TrainingInterruptedError`` (exit code
-        128 + signal) after SIGINT / SIGTERM, with a checkpoint saved.
+      FlaxmnistError: for a bad config, missing data, a locked or incompatible ``workdir``;
+        ``DivergedError`` for a non-finite loss under ``nan_policy="stop"``;
+        ``TrainingInterruptedError`` (exit code 128 + signal) after SIGINT / SIGTERM, with a
+        checkpoint saved.
 
     Example::
 
@@ -305,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 )
             )
             run.write_history(progress.history, step_log)
-            outputs = RunOutputs(run, checkpoints, scalars, FirstChunkClock())
+            outputs = RunOutputs(run, checkpoints, scalars, FirstChunkClock(), on_epoch)
             state, progress = train_epochs(exp, feeder, outputs, state, progress, step_log)
             state, evaluated_epoch = best_state(exp, checkpoints, state, progress)
             test_loss, test_accuracy = summarize(feeder.evaluate(state, "test"))
