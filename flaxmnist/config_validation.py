@@ -93,6 +93,8 @@ INT_FIELDS: dict[str, Interval] = {
 FLOAT_FIELDS: dict[str, Interval] = {
     "learning_rate": POSITIVE,
     "momentum": FRACTION,
+    "adam_b1": FRACTION,
+    "adam_b2": FRACTION,
     "weight_decay": NON_NEGATIVE,
     "warmup_epochs": NON_NEGATIVE,
     "lr_decay_rate": POSITIVE,

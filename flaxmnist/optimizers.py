@@ -61,14 +61,16 @@ def step(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: i
 
 @OPTIMIZERS.register("adam")
 def adam(lr: optax.Schedule, config: ml_collections.ConfigDict):
-    """Adam with Keras's epsilon (1e-7)."""
-    return optax.adam(lr, eps=1e-7)
+    """Adam with Keras's epsilon (1e-7) and betas ``adam_b1`` / ``adam_b2``."""
+    return optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=1e-7)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(lr: optax.Schedule, config: ml_collections.ConfigDict):
     """Adam with decoupled weight decay ``weight_decay``."""
-    return optax.adamw(lr, eps=1e-7, weight_decay=config.weight_decay)
+    return optax.adamw(
+        lr, b1=config.adam_b1, b2=config.adam_b2, eps=1e-7, weight_decay=config.weight_decay
+    )
 
 
 @OPTIMIZERS.register("sgd")

@@ -157,3 +157,18 @@ def test_skip_step_policy_drops_non_finite_updates_and_keeps_going():
     chex.assert_trees_all_close(second, jnp.array([-0.1, -0.1]))
     first, _ = _updates(_config(optimizer="sgd", learning_rate=0.1), nan_grads)
     assert bool(jnp.isnan(first[0]))  # nan_policy=stop passes it on (the loop stops the run)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_betas_come_from_the_config(name):
+    # After one step from zero state: m = (1 - b1) g, v = (1 - b2) g², bias-corrected to g and g²
+    # whatever the betas; the second step tells them apart: m2 = b1 (1 - b1) g1 + (1 - b1) g2.
+    config = _config(optimizer=name, learning_rate=0.1, adam_b1=0.5, adam_b2=0.75, weight_decay=0)
+    tx = optimizers.create_optimizer(config, steps_per_epoch=10)
+    params = jnp.zeros(1)
+    state = tx.init(params)
+    for gradient in (1.0, 3.0):
+        updates, state = tx.update(jnp.array([gradient]), state, params)
+    m = (0.5 * 0.5 * 1.0 + 0.5 * 3.0) / (1 - 0.5**2)
+    v = (0.75 * 0.25 * 1.0 + 0.25 * 9.0) / (1 - 0.75**2)
+    chex.assert_trees_all_close(updates, -0.1 * jnp.array([m / (math.sqrt(v) + 1e-7)]), rtol=1e-5)

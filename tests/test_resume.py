@@ -161,6 +161,17 @@ def test_a_different_config_in_the_workdir_is_refused(tiny_config, tmp_path):
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == steps_before
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_with_its_default(tiny_config, tmp_path):
+    recorded = json.loads(tiny_config.to_json())
+    del recorded["adam_b1"]  # as a version without the field wrote it
+    files.write_json_atomic(tmp_path / "config.json", recorded)
+    with run_directory.RunDirectory(tmp_path) as run:
+        run.check_resumable(tiny_config)  # the default value: the same run
+        tiny_config.adam_b1 = 0.7
+        with pytest.raises(FlaxmnistError, match=r"\(adam_b1: 0.9 -> 0.7\)"):
+            run.check_resumable(tiny_config)
+
+
 def test_a_restored_state_has_the_fresh_state_types_so_steps_need_no_new_program(
     tiny_config, tmp_path
 ):

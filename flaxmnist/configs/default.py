@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = "adam"  # adam | adamw | sgd | rmsprop | adadelta
     config.learning_rate = 1e-3
     config.momentum = 0.0  # sgd, rmsprop
+    config.adam_b1 = 0.9  # adam, adamw: decay of the gradient average
+    config.adam_b2 = 0.999  # adam, adamw: decay of the squared-gradient average
     config.nesterov = False  # sgd
     config.weight_decay = 1e-4  # adamw
     config.schedule = "constant"  # constant | cosine | warmup_cosine | exponential | step

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from flaxmnist.configs import default
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage.files import write_csv_atomic, write_json_atomic
 
@@ -78,9 +79,10 @@ class RunDirectory:
 
     def check_resumable(self, config: ml_collections.ConfigDict) -> None:
         """Refuses to continue a run whose recorded config differs in a field that matters."""
-        recorded = self.read_recorded_config()
+        # A field a newer version added counts as recorded with its default; a recorded field
+        # this version no longer has is not read, so it cannot matter.
+        recorded = {**json.loads(default.get_config().to_json()), **self.read_recorded_config()}
         current = json.loads(config.to_json())
-        # A recorded field this version no longer has is not read, so it cannot matter.
         changed = sorted(
             key
             for key in current
