@@ -19,7 +19,9 @@ def load(name: str):
     return importlib.import_module(name)
 
 
-benchmark, end_to_end, scaling = (load(name) for name in ("benchmark", "end_to_end", "scaling"))
+benchmark, end_to_end, fast_seeds, scaling = (
+    load(name) for name in ("benchmark", "end_to_end", "fast_seeds", "scaling")
+)
 
 
 def pair_row(model="cnn_simple", batch=32, tile=1, timed_s=2.0, **extra):
@@ -282,3 +284,18 @@ def test_the_pipelines_table_goes_between_the_markers_of_the_data_doc(tmp_path):
         benchmark.write_data_doc_table({"pipelines": section}, doc)
     real = (REPO_ROOT / "docs" / "data.md").read_text()
     assert benchmark.DOC_BEGIN in real and benchmark.DOC_END in real
+
+
+def test_fast_seeds_summary_takes_the_lowest_accuracy_and_the_median_times():
+    runs = [
+        {"seed": s, "test_accuracy": a, "cold_wall_s": c, "warm_wall_s": w}
+        for s, a, c, w in [(10, 0.9921, 30, 12), (11, 0.9904, 20, 11), (12, 0.993, 25, 15)]
+    ]
+    result = fast_seeds.summarize(runs, ["batch_size=64"], "CPU X")
+    assert result["command"].endswith("--config.seed=S --config.batch_size=64")
+    assert (result["min_test_accuracy"], result["median_cold_wall_s"]) == (0.9904, 25.0)
+    assert result["median_warm_wall_s"] == 12.0
+    assert result["mean_test_accuracy"] == pytest.approx((0.9921 + 0.9904 + 0.993) / 3)
+    table = fast_seeds.markdown(result)
+    assert "| 11 | 99.04 % | 20.0 | 11.0 |" in table  # seconds to one decimal
+    assert table.splitlines()[-1] == "| median / min | min 99.04 % (mean 99.18 %) | 25.0 | 12.0 |"

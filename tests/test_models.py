@@ -46,6 +46,13 @@ EXPECTED_PARAMS = {
     # 28 -conv-> 26 -pool-> 13 -conv-> 11 -pool-> 5.
     "convnet_bn": _conv(1, 32) + _bn(32) + _conv(32, 64) + _bn(64) + _dense(5 * 5 * 64, 10),
     "convnet_small": _conv(1, 16) + _bn(16) + _conv(16, 32) + _bn(32) + _dense(5 * 5 * 32, 10),
+    "convnet_fast": _conv(1, 16)
+    + _bn(16)
+    + _conv(16, 32)
+    + _bn(32)
+    + _dense(5 * 5 * 32, 128)
+    + _bn(128)
+    + _dense(128, 10),
     "cnn_basic": _conv(1, 32) + _conv(32, 64) + _dense(5 * 5 * 64, 128) + _dense(128, 10),
     # 28 -> 26 -> 24 -pool-> 12 -> 10 -> 8 -pool-> 4.
     "cnn_deep": _conv(1, 32)
@@ -67,6 +74,7 @@ BATCH_NORM_MODELS = {
     "cnn_deep",
     "convnet_bn",
     "convnet_small",
+    "convnet_fast",
     "resnet",
     "resnet_small",
     "resnet_wide",

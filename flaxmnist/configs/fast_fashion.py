@@ -7,11 +7,18 @@ augmentation. Chosen from a sweep on one GPU (docs/models.md): 6 epochs gave
 length, and convnet_bn stayed under 92 % (91.43 % with label smoothing at 10 epochs).
 """
 
-from flaxmnist.configs import fast
+from flaxmnist.configs.default import with_overrides
 
 
 def get_config():
     """The fast_fashion preset."""
-    config = fast.get_config()
-    config.update(dict(dataset="fashion_mnist", model="resnet_small", batch_size=128, num_epochs=6))
-    return config
+    return with_overrides(
+        dataset="fashion_mnist",
+        model="resnet_small",
+        batch_size=128,
+        learning_rate=3e-3,
+        schedule="warmup_cosine",
+        warmup_epochs=0.2,
+        num_epochs=6,
+        validation_fraction=0.0,
+    )
