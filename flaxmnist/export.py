@@ -1,8 +1,9 @@
-"""Command line: ``python -m flaxmnist.export --workdir=RUN [--format=stablehlo|saved_model]``.
+"""Command line: ``python -m flaxmnist.export --workdir=RUN [--format=stablehlo|saved_model|onnx]``.
 
 Writes the trained run into ``RUN/export/`` (or ``--out``) as a file another program serves:
-``model.stablehlo`` (``jax.export``; JAX alone loads it) or ``saved_model/`` (TensorFlow, with a
-``serving_default`` signature), plus ``classes.json``. See :mod:`flaxmnist.evaluation.exporting`.
+``model.stablehlo`` (``jax.export``; JAX alone loads it), ``saved_model/`` (TensorFlow, with a
+``serving_default`` signature) or ``model.onnx`` (ONNX Runtime and other ONNX runtimes), plus
+``classes.json``. See :mod:`flaxmnist.evaluation.exporting`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flaxmnist import cli, console, errors
 
 FLAGS = flags.FLAGS
 cli.define_run_flags("Run directory of the trained model.")
-flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "saved_model"], "What to write.")
+flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "saved_model", "onnx"], "What to write.")
 flags.DEFINE_string("out", None, "Folder to write into (default: RUN/export).")
 
 

@@ -1,6 +1,6 @@
-"""A trained run as a file other programs serve: StableHLO (JAX alone) or a TensorFlow SavedModel.
+"""A trained run as a file other programs serve: StableHLO (JAX alone), SavedModel or ONNX.
 
-Both take uint8 images ``[B, H, W, C]`` (any batch size) and return class probabilities
+All three take uint8 images ``[B, H, W, C]`` (any batch size) and return class probabilities
 ``[B, K]``: the run's preprocessing, its model and parameters (the EMA average when the run kept
 one) and its test-time augmentation are all inside, so a serving program needs nothing of
 flaxmnist. ``classes.json`` next to the export names the classes.
@@ -8,11 +8,13 @@ flaxmnist. ``classes.json`` next to the export names the classes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -26,8 +28,8 @@ from flaxmnist.evaluation.loading import LoadedRun
 from flaxmnist.storage import files
 from flaxmnist.training import step_functions
 
-FORMATS = ("stablehlo", "saved_model")
-FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model"}
+FORMATS = ("stablehlo", "saved_model", "onnx")
+FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model", "onnx": "model.onnx"}
 
 
 def probabilities_function(run: LoadedRun) -> Callable[[jax.Array], jax.Array]:
@@ -56,14 +58,15 @@ def export_run(run: LoadedRun, out_dir: str | Path, fmt: str) -> Path:
     Args:
       run: a run from :func:`flaxmnist.load_run`.
       out_dir: the folder to write into (created); an earlier export there is replaced whole.
-      fmt: ``"stablehlo"`` (``jax.export``, serialized) or ``"saved_model"`` (``jax2tf``, with a
-        ``serving_default`` signature taking ``images``).
+      fmt: ``"stablehlo"`` (``jax.export``, serialized), ``"saved_model"`` (``jax2tf``, with a
+        ``serving_default`` signature taking ``images``) or ``"onnx"`` (``jax2onnx``, input
+        ``images``, output ``probabilities``).
 
     Returns:
       The path of the export.
 
     Raises:
-      FlaxmnistError: for an unknown format.
+      FlaxmnistError: for an unknown format, or one whose converter is not installed.
     """
     if fmt not in FORMATS:
         raise FlaxmnistError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
@@ -72,6 +75,8 @@ def export_run(run: LoadedRun, out_dir: str | Path, fmt: str) -> Path:
     target = out_dir / FILE_NAMES[fmt]
     if fmt == "stablehlo":
         files.write_bytes_atomic(target, stablehlo_bytes(run))
+    elif fmt == "onnx":
+        files.write_bytes_atomic(target, onnx_bytes(run))
     else:
         write_saved_model(run, target)
     files.write_json_atomic(out_dir / "classes.json", list(run.class_names))
@@ -93,7 +98,7 @@ def write_saved_model(run: LoadedRun, target: Path) -> None:
         from jax.experimental import jax2tf  # needs TensorFlow: imported for a SavedModel only
     except ImportError:
         raise FlaxmnistError(
-            "a SavedModel needs TensorFlow: pip install 'flaxmnist[export]' "
+            "a SavedModel needs TensorFlow: pip install -e '.[export]' "
             "(or --format=stablehlo, which needs JAX alone)"
         ) from None
     image_shape = run.image_shape
@@ -113,6 +118,51 @@ def write_saved_model(run: LoadedRun, target: Path) -> None:
         _replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def onnx_bytes(run: LoadedRun) -> bytes:
+    """The run as a serialized ONNX model: uint8 ``images [batch, H, W, C]`` → ``probabilities``.
+
+    Raises:
+      FlaxmnistError: when jax2onnx is not installed.
+    """
+    # jax2onnx converts the JAX function itself; tf2onnx cannot: jax2tf's SavedModel holds the
+    # whole model as one XlaCallModule (StableHLO) op.
+    try:
+        import jax2onnx
+    except ImportError:
+        raise FlaxmnistError(
+            "an ONNX export needs jax2onnx (Python >= 3.11): pip install -e '.[onnx]' "
+            "(or --format=stablehlo, which needs JAX alone)"
+        ) from None
+    images = jax.ShapeDtypeStruct(("batch", *run.image_shape), jnp.uint8)
+    function = probabilities_function(run)
+    with _quiet_loggers("jax2onnx", "onnx_ir"):  # warnings about its plugins for other libraries
+        model = jax2onnx.to_onnx(
+            function,
+            [images],
+            model_name="flaxmnist",
+            input_names=["images"],
+            output_names=["probabilities"],
+        )
+    # Its value_info (optional shape annotations) gives some transposed activations their
+    # untransposed shapes, which ONNX's checker rejects; runtimes infer the shapes themselves.
+    del model.graph.value_info[:]
+    return model.SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from the loggers ``names`` inside the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _replace_directory(source: Path, target: Path) -> None:

@@ -92,7 +92,7 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
     impl = resolve_impl(impl, POOL_IMPLS, cpu_choice="fast")
     if impl == "fast":
         return _max_pool_fast(x, window)
-    return nn.max_pool(x, (window, window), strides=(window, window), padding="VALID")
+    return nn.max_pool(x, window_shape=(window, window), strides=(window, window), padding="VALID")
 
 
 # Bytes of patch matrix per batch chunk: on small CPUs, touching fresh memory is slow, so large

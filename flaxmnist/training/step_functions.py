@@ -110,7 +110,8 @@ def predict_step(
     views = shifted_views(images, tta_shift)
     flat = views.reshape(-1, *images.shape[1:])
     logits = state.apply_fn(state.variables(), preprocess(flat), train=False)
-    log_probs = jax.nn.log_softmax(logits.reshape(len(views), len(images), -1))
+    # images.shape[0], not len(images): a batch of unknown size (an export) has no len.
+    log_probs = jax.nn.log_softmax(logits.reshape(len(views), images.shape[0], -1))
     return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(views))
 
 
