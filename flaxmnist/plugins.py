@@ -1,4 +1,8 @@
-"""Imports user modules named in ``config.import_modules`` so their registrations take effect."""
+"""User code: modules in ``config.import_modules``, and functions of config and space files.
+
+Importing a plugin module makes its registrations (losses, models, ...) take effect; a config
+file provides ``get_config()``, a search-space file ``suggest(trial, config)``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -53,3 +58,31 @@ def describe(error: Exception) -> str:
 def import_modules(specs: str) -> list[ModuleType]:
     """Imports each comma-separated entry of ``specs`` (empty entries are ignored)."""
     return [import_module_or_file(s.strip()) for s in specs.split(",") if s.strip()]
+
+
+def function_from_file(path: str, name: str, label: str, signature: str) -> Callable:
+    """The function ``name`` of the Python file at ``path``, whose module is run afresh.
+
+    Args:
+      path: the file.
+      name: the function it must define (``get_config``, ``suggest``).
+      label: what the file is, to start each error message (``config file``, ``--space: file``).
+      signature: the function as the error for a file without it names it.
+
+    Raises:
+      ConfigError: for a missing file, one that fails to run, or one without the function.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"{label} {path} does not exist")
+    try:
+        module_spec = importlib.util.spec_from_file_location(f"flaxmnist_user_{name}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # the user's file: a syntax error or a failing import is bad input
+        raise ConfigError(
+            f"{label} {path} cannot be loaded ({type(e).__name__}: {one_line(e)})"
+        ) from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ConfigError(f"{label} {path} defines no {signature} function")
+    return function

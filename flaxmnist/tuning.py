@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ import ml_collections
 import optuna
 from optuna.trial import TrialState
 
-from flaxmnist import configs
+from flaxmnist import configs, plugins
 from flaxmnist.config_validation import validate_config
 from flaxmnist.console import say
 from flaxmnist.errors import ConfigError, DivergedError, one_line
@@ -82,20 +81,7 @@ def load_space(path: str) -> SearchSpace:
     """
     if not path:
         return default_space
-    if not Path(path).is_file():
-        raise ConfigError(f"--space: file {path} does not exist")
-    try:
-        spec = importlib.util.spec_from_file_location("flaxmnist_search_space", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: a syntax error or a failing import is bad input
-        raise ConfigError(
-            f"--space: {path} cannot be loaded ({type(e).__name__}: {one_line(e)})"
-        ) from None
-    suggest = getattr(module, "suggest", None)
-    if not callable(suggest):
-        raise ConfigError(f"--space: {path} defines no suggest(trial, config) function")
-    return suggest
+    return plugins.function_from_file(path, "suggest", "--space: file", "suggest(trial, config)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +403,7 @@ The best trial so far, written by python -m flaxmnist.tune; train it with
 python -m flaxmnist.train --config={spec.workdir / BEST_CONFIG}
 """
 
-from flaxmnist import configs
+from flaxmnist import configs, plugins
 
 BASE = {spec.base!r}
 OVERRIDES = {overrides!r}

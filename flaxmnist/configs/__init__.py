@@ -1,10 +1,10 @@
 """Config presets: one ``get_config()`` module per preset, selected with ``--config=NAME``."""
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from flaxmnist import plugins
 from flaxmnist.errors import ConfigError, one_line
 
 PRESET_DIR = Path(__file__).resolve().parent
@@ -40,19 +40,7 @@ def resolve(value: str) -> str:
 def load_file(spec: str) -> ml_collections.ConfigDict:
     """Runs ``get_config()`` of config file ``spec`` (``PATH[:ARG]``); failures are ConfigErrors."""
     path, sep, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        module_spec = importlib.util.spec_from_file_location("flaxmnist_user_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    except Exception as e:  # the user's file: a syntax error or a failing import is bad input
-        raise ConfigError(
-            f"config file {path} cannot be loaded ({type(e).__name__}: {one_line(e)})"
-        ) from None
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file {path} defines no get_config() function")
+    get_config = plugins.function_from_file(path, "get_config", "config file", "get_config()")
     try:
         config = get_config(arg) if sep else get_config()
     except Exception as e:
