@@ -5,22 +5,33 @@
     python experiments/bench/benchmark.py --quick           # models section, 3 models (~3 min)
     python experiments/bench/benchmark.py --sections=time99,startup,batch,tiling --repeats=1
     python experiments/bench/benchmark.py --sections=pipelines --repeats=3 --epochs=3
+    python experiments/bench/benchmark.py --sections=race --seeds=10,11,12,13,14
+    python experiments/bench/benchmark.py --sections=models,race --smoke   # commands work?
 
 Sections (``--sections``, comma-separated, run in this order; a full run runs them all, ``--quick``
 only ``models``; ``--frameworks`` and ``--models`` are comma-separated too):
 
 * ``models``: every (framework, model) pair runs in a fresh subprocess of this script, one after
   another, on the vendored MNIST arrays in memory, with Adam (lr 1e-3) and sparse cross-entropy at
-  the reference batch size; 200 timed steps x 3 repeats (quick: dense, cnn_simple and convnet, 30
-  steps x 2 repeats). Each timed run shuffles the ``batch x steps`` images it trains on, as
-  Keras's ``fit`` does: a whole 60,000-image shuffle per 200 steps would weigh 9x more than in
-  an epoch (it is 48 ms on 2 cores for JAX's sort-based permutation, 66 ms of ``dense`` steps).
-  Seconds per epoch are the median time per step times the steps of a 60,000-image epoch.
-  Startup is process start to the end of the first (compiled) step. GFLOP/s uses the training
-  FLOPs per step that XLA counts for the flaxmnist step, for every framework, against this
-  machine's measured matmul peak.
+  the reference batch size. flaxmnist and PyTorch: 200 timed steps x 3 repeats after a warm-up
+  run (quick: dense, cnn_simple and convnet, 30 steps x 2 repeats); each timed run shuffles the
+  ``batch x steps`` images it trains on (a whole 60,000-image shuffle per 200 steps would weigh
+  9x more than in an epoch: 48 ms on 2 cores for JAX's sort-based permutation, 66 ms of
+  ``dense`` steps). Keras: one ``fit`` of ``1 + repeats`` whole 60,000-image epochs, the first
+  the warm-up (it compiles the last, partial batch too), so ``fit``'s fixed cost weighs what it
+  does in a real epoch. Seconds per epoch are the median time per step times the steps of a
+  60,000-image epoch. Startup is process start (``/proc``) to the first compiled training step
+  done, timed apart from the timed runs (Keras: a one-batch ``fit`` first). GFLOP/s uses the
+  training FLOPs per step that XLA counts for the flaxmnist step, for every framework, against
+  this machine's measured matmul peak. ``--smoke``: a few hundred images per run, results
+  printed only (checks the commands).
+* ``race`` (``race.py``): launch-to-exit wall time to >= 99 % test accuracy, each run a fresh
+  process, the contestants interleaved over fresh seeds (``--seeds``; ``--contestants``): our
+  ``fast`` preset, the same recipe in Keras and in PyTorch, and the published references (Keras's
+  simple convnet, pytorch/examples mnist), with s/epoch, GFLOP/s, peak RSS and test accuracy.
 * ``time99``, ``startup`` (``end_to_end.py``): wall time from process launch to 99 % test
-  accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet; process start to the first
+  accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet at ``compile()``'s
+  defaults, one run each (the former method, replaced by ``race``); process start to the first
   training step with a cold, then a warm compilation cache (``--repeats`` warm runs).
 * ``pipelines``: the three input pipelines side by side on the CNN and recipe of Flax's MNIST
   example (SGD lr 0.1, momentum 0.9, batch 128, all 60,000 training images): each run is a fresh
@@ -37,12 +48,16 @@ Writes ``results/benchmark.{json,md,png}`` and ``results/throughput_vs_batch.png
 file; sections that do not run keep their previous results in the JSON and markdown. Bad flags
 end in one line on stderr and exit status 2.
 
-Frameworks: ``flaxmnist`` (device-resident ``lax.scan`` path), ``flaxmnist_tfds`` (tf.data
-streaming path), ``keras`` (Keras 3 on TensorFlow, ``model.fit``), ``torch`` (eager PyTorch loop).
+Frameworks (:data:`FRAMEWORK_SETTINGS`): ``flaxmnist`` (device-resident ``lax.scan`` path),
+``flaxmnist_tfds`` (tf.data streaming path), ``keras`` (Keras 3 on TensorFlow, ``model.fit``
+with ``jit_compile=True`` and ``--keras_steps_per_execution``), ``keras_default`` (the same at
+``compile()``'s defaults: no XLA, one step per call), ``torch`` (``torch.compile``) and
+``torch_eager`` (eager PyTorch). The ratios compare with each framework's faster variant.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -50,6 +65,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -67,16 +83,30 @@ DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 DOC_BEGIN = "<!-- pipelines:begin (written by experiments/bench/benchmark.py) -->"
 DOC_END = "<!-- pipelines:end -->"
 MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
-FRAMEWORKS = ("flaxmnist", "flaxmnist_tfds", "keras", "torch")
+FRAMEWORK_SETTINGS = {
+    "flaxmnist": "lax.scan, device-resident",
+    "flaxmnist_tfds": "tf.data streaming",
+    "keras": "jit_compile, {spe} steps/execution",
+    "keras_default": "compile() defaults",
+    "torch": "torch.compile",
+    "torch_eager": "eager",
+}
+FRAMEWORKS = tuple(FRAMEWORK_SETTINGS)
+# The reference columns: each framework's faster variant ("where it pays").
+REFERENCES = {"Keras": ("keras", "keras_default"), "PyTorch": ("torch", "torch_eager")}
 QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
-SECTIONS = ("models", "pipelines", "time99", "startup", "batch", "tiling")
+SECTIONS = ("models", "pipelines", "race", "time99", "startup", "batch", "tiling")
 QUICK_SECTIONS = ("models",)
+SMOKE_SECTIONS = ("models", "race")
 TRAIN_EXAMPLES = 60_000
 WORKER_TIMEOUT_S = 1800
 PIPELINES = ("device", "tfds", "grain")
 PIPELINE_BATCH = 128  # the Flax MNIST example's recipe
 FLAG_NAMES = ("quick", "sections", "steps", "repeats", "frameworks", "models")
+FLAG_NAMES += ("smoke", "seeds", "contestants", "keras_steps_per_execution")
 FLAG_NAMES += ("worker", "batch", "tile", "epochs")  # the workers' (and --epochs the pipelines')
+SMOKE_STEPS = 4  # --smoke: steps per timed run (and Keras's epochs are this many batches)
+KERAS_STEPS_PER_EXECUTION = 50  # see keras_recipe.py
 
 
 def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -100,33 +130,36 @@ def flax_worker(
     import jax
 
     from flaxmnist.data import input_pipeline
-    from flaxmnist.data.datasets import ArraySplit
 
     images, labels = mnist_arrays(tile=tile)
     state, fns = flax_state_and_steps(model_name)
     rng = jax.random.key(1)
     flops = training_flops(model_name, batch)
-    if streaming:
-        split = ArraySplit(images[: batch * steps], labels[: batch * steps])
+    if streaming:  # the split as the tfds pipeline holds it: one cached tf.data element
+        tf = input_pipeline.import_tensorflow()
+        n = batch * steps
+        whole = {"image": images[:n], "label": labels[:n]}
+        split = input_pipeline.CachedSplit(tf.data.Dataset.from_tensors(whole).cache(), n)
 
-        def run(state, epoch):
+        def run(state, epoch, run_steps=steps):
             dataset = input_pipeline.tf_train_dataset(split, batch, seed=0, epoch=epoch)
-            for item in dataset.take(steps).as_numpy_iterator():
+            for item in dataset.take(run_steps).as_numpy_iterator():
                 state, metrics = fns.train_step(state, item, rng)
             jax.block_until_ready(metrics)
             return state
     else:
         device_images, device_labels = jax.device_put((images, labels))
 
-        def run(state, epoch):
+        def run(state, epoch, run_steps=steps):
             order = input_pipeline.epoch_batch_indices(
-                rng, epoch, num_examples=batch * steps, batch_size=batch
+                rng, epoch, num_examples=batch * run_steps, batch_size=batch
             )
             state, metrics = fns.train_on_indices(state, device_images, device_labels, order, rng)
             jax.block_until_ready(metrics)
             return state
 
-    return time_repeats(run, state, repeats, flops)
+    first_step = functools.partial(run, epoch=0, run_steps=1)  # its own (one-step) program
+    return time_repeats(run, state, repeats, flops, steps, first_step)
 
 
 def flax_state_and_steps(model_name: str, **overrides):
@@ -163,16 +196,40 @@ def training_flops(model_name: str, batch: int) -> float:
     return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
 
 
-def time_repeats(run, state, repeats: int, flops: float) -> dict:
-    """Runs ``run`` once to compile/warm up, then ``repeats`` timed times."""
-    state = run(state, 0)
-    startup = time.perf_counter() - START
+def time_repeats(run, state, repeats: int, flops: float, steps: int, first_step) -> dict:
+    """Times the first step from process start, then ``repeats`` runs after a warm-up run.
+
+    Args:
+      run: ``run(state, epoch) -> state`` trains ``steps`` steps (blocking until done).
+      state: what ``run`` and ``first_step`` thread through (None for Keras and PyTorch).
+      repeats: timed runs.
+      flops: training FLOPs per step (0 when the framework does not count them).
+      steps: steps per run.
+      first_step: ``first_step(state) -> state`` trains one step, compiling what it needs.
+
+    Returns:
+      ``startup_s`` (process start to the first step done), ``run_s`` (each timed run),
+      ``run_steps`` and ``flops_per_step``.
+    """
+    state = first_step(state)
+    startup = process_age_s()
+    state = run(state, 0)  # warm-up: compiles the timed program, fills the caches
     times = []
     for epoch in range(1, repeats + 1):
         begin = time.perf_counter()
         state = run(state, epoch)
         times.append(time.perf_counter() - begin)
-    return {"startup_s": startup, "run_s": times, "flops_per_step": flops}
+    return {"startup_s": startup, "run_s": times, "run_steps": steps, "flops_per_step": flops}
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (``/proc``; since this module's import elsewhere)."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return time.perf_counter() - START
+    return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time in ticks
 
 
 def keras_model(name: str):
@@ -213,8 +270,12 @@ def keras_model(name: str):
     return keras.Sequential([keras.Input((28, 28, 1)), *stacks[name], layers.Dense(10)])
 
 
-def compiled_keras_model(name: str):
-    """``keras_model(name)`` compiled with Adam (lr 1e-3), sparse cross-entropy and accuracy."""
+def compiled_keras_model(name: str, **settings):
+    """``keras_model(name)`` compiled with Adam (lr 1e-3), sparse cross-entropy and accuracy.
+
+    ``settings`` go to ``model.compile`` (``jit_compile``, ``steps_per_execution``); none:
+    Keras's defaults.
+    """
     import keras
 
     model = keras_model(name)
@@ -222,21 +283,40 @@ def compiled_keras_model(name: str):
         optimizer=keras.optimizers.Adam(1e-3),
         metrics=["accuracy"],
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **settings,
     )
     return model
 
 
-def keras_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    """Times Keras 3 ``model.fit`` on TensorFlow."""
+def keras_worker(
+    model_name: str, batch: int, repeats: int, settings: str, steps_per_execution: int, examples
+) -> dict:
+    """Times Keras 3 ``model.fit`` on TensorFlow over whole epochs of ``examples`` images.
+
+    A one-batch ``fit`` first gives the startup (its compiled step, and the ``fit`` machinery a
+    user's first step pays); then one ``fit`` of ``1 + repeats`` epochs, the first the warm-up,
+    each epoch timed by a callback.
+    """
+    import keras_recipe
+
     images, labels = mnist_arrays()
-    x, y = images[: batch * steps].astype("float32") / 255.0, labels[: batch * steps]
-    model = compiled_keras_model(model_name)
-
-    def run(state, epoch):
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True)
-        return state
-
-    return time_repeats(run, None, repeats, 0.0)
+    x, y = images[:examples].astype("float32") / 255.0, labels[:examples]
+    compile_settings = keras_recipe.compile_settings(settings, steps_per_execution)
+    model = compiled_keras_model(model_name, **compile_settings)
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)
+    startup = process_age_s()
+    timer = keras_recipe.EpochTimer()
+    model.fit(
+        x, y, batch_size=batch, epochs=1 + repeats, verbose=0, shuffle=True, callbacks=[timer]
+    )
+    run_steps = -(-len(x) // batch)
+    return {
+        "startup_s": startup,
+        "run_s": timer.epoch_s[1:],
+        "run_steps": run_steps,
+        "flops_per_step": 0.0,
+        "settings": compile_settings,
+    }
 
 
 def torch_model(name: str):
@@ -279,8 +359,8 @@ def torch_model(name: str):
     return nn.Sequential(*stacks[name])
 
 
-def torch_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
-    """Times an eager PyTorch training loop."""
+def torch_worker(model_name: str, batch: int, steps: int, repeats: int, compiled: bool) -> dict:
+    """Times a PyTorch training loop, its model through ``torch.compile`` when ``compiled``."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -288,20 +368,22 @@ def torch_worker(model_name: str, batch: int, steps: int, repeats: int) -> dict:
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype("float32") / 255.0)
     y = torch.from_numpy(labels.astype("int64"))
     model = torch_model(model_name)
+    step_model = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    def run(state, epoch):
+    def run(state, epoch, run_steps=steps):
         order = torch.randperm(batch * steps, generator=torch.Generator().manual_seed(epoch))
-        for step in range(steps):
+        for step in range(run_steps):
             index = order[step * batch : (step + 1) * batch]
             optimizer.zero_grad()
-            loss = loss_fn(model(x[index]), y[index])
+            loss = loss_fn(step_model(x[index]), y[index])
             loss.backward()
             optimizer.step()
         return state
 
-    return time_repeats(run, None, repeats, 0.0)
+    first_step = functools.partial(run, epoch=0, run_steps=1)
+    return time_repeats(run, None, repeats, 0.0, steps, first_step)
 
 
 def flax_example_cnn():
@@ -383,12 +465,29 @@ def worker_main(framework: str, model: str, args: types.SimpleNamespace) -> None
     elif framework.startswith("flaxmnist"):
         streaming = framework == "flaxmnist_tfds"
         result = flax_worker(model, batch, steps, repeats, streaming, args.tile)
-    elif framework == "keras":
-        result = keras_worker(model, batch, steps, repeats)
+    elif framework.startswith("keras"):
+        settings = "xla" if framework == "keras" else "default"
+        examples = batch * steps if args.smoke else TRAIN_EXAMPLES
+        spe = args.keras_steps_per_execution
+        result = keras_worker(model, batch, repeats, settings, spe, examples)
     else:
-        result = torch_worker(model, batch, steps, repeats)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = torch_worker(model, batch, steps, repeats, compiled=framework == "torch")
+    result["peak_rss_mb"] = peak_rss_mb()
     emit_result(result)
+
+
+def peak_rss_mb() -> float:
+    """The peak resident size of this process since its ``exec``, MiB (``VmHWM``).
+
+    ``getrusage``'s ``ru_maxrss`` would include the parent's size at the spawn (Linux carries the
+    pre-``exec`` high-water mark over): a driver that has loaded TensorFlow would raise it.
+    """
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    return int(kib[0]) / 1024
 
 
 def emit_result(result: dict) -> None:
@@ -444,26 +543,82 @@ def run_worker(command: list[str]) -> dict:
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+# Runs argv[3:], killed after argv[2] s; writes its exit status, wall and peak RSS to argv[1].
+LAUNCHER = """
+import json, os, subprocess, sys, threading, time
+begin = time.perf_counter()
+child = subprocess.Popen(sys.argv[3:])
+timer = threading.Timer(float(sys.argv[2]), child.kill)
+timer.start()
+_, status, usage = os.wait4(child.pid, 0)
+wall_s = time.perf_counter() - begin
+timer.cancel()
+child.returncode = os.waitstatus_to_exitcode(status)
+report = {"returncode": child.returncode, "wall_s": wall_s, "peak_rss_mb": usage.ru_maxrss / 1024}
+with open(sys.argv[1], "w") as f:
+    json.dump(report, f)
+"""
+
+
+def measured_run(command: list[str], timeout_s: float = WORKER_TIMEOUT_S, **popen) -> dict:
+    """Runs ``command`` to its end: exit status, output, wall and peak RSS of that child alone.
+
+    A small launcher process starts the command and times it: a child's ``ru_maxrss`` starts
+    from its parent's resident size at the spawn (Linux carries the pre-``exec`` high-water mark
+    over), so a child spawned straight from this process (with JAX or TensorFlow loaded) would
+    report at least this process's size. The launcher's ``os.wait4`` gives the child's own
+    usage, whose ``ru_maxrss`` includes the processes the child waited for itself (compiler
+    workers; the maximum, not the sum). A command still running after ``timeout_s`` is killed
+    (exit status -9).
+
+    Returns:
+      ``returncode``, ``stdout``, ``stderr``, ``wall_s`` (launch to exit), ``peak_rss_mb``.
+    """
+    with tempfile.TemporaryDirectory(prefix="flaxmnist-run-") as tmp:
+        report, out, err = (Path(tmp) / name for name in ("report.json", "stdout", "stderr"))
+        with out.open("w") as stdout, err.open("w") as stderr:
+            launcher = [sys.executable, "-c", LAUNCHER, str(report), str(timeout_s), *command]
+            subprocess.run(launcher, stdout=stdout, stderr=stderr, check=False, **popen)
+        result = json.loads(report.read_text()) if report.exists() else {"returncode": -9}
+        return {**result, "stdout": out.read_text(), "stderr": err.read_text()}
+
+
+def worker_command(framework: str, model: str, **flag_values) -> list[str]:
+    """The command line of one (framework, model) worker of this script."""
+    command = [sys.executable, __file__, f"--worker={framework},{model}"]
+    return command + [f"--{flag}={value}" for flag, value in flag_values.items()]
+
+
 def run_pair(
-    framework: str, model: str, steps: int, repeats: int, batch: int | None = None, tile: int = 1
+    framework: str,
+    model: str,
+    steps: int,
+    repeats: int,
+    batch: int | None = None,
+    tile: int = 1,
+    **worker_flags,
 ) -> dict:
     """Runs one worker subprocess and summarises its timings.
 
     ``batch`` defaults to the model's reference batch; ``tile`` repeats the training set (flaxmnist
-    frameworks only). ``timed_s`` is the median time of one timed run of ``steps`` steps.
+    frameworks only); ``worker_flags`` go to the worker (``smoke``,
+    ``keras_steps_per_execution``). ``timed_s`` is the median time of one timed run (``steps``
+    steps; Keras: a whole epoch).
     """
     batch = batch or MODELS[model]
     pair = {"framework": framework, "model": model, "batch": batch, "tile": tile}
-    command = [sys.executable, __file__, f"--worker={framework},{model}"]
-    for flag, value in (("batch", batch), ("tile", tile), ("steps", steps), ("repeats", repeats)):
-        command.append(f"--{flag}={value}")
-    raw = run_worker(command)
+    flag_values = {"batch": batch, "tile": tile, "steps": steps, "repeats": repeats}
+    raw = run_worker(worker_command(framework, model, **flag_values, **worker_flags))
     if "error" in raw:
         return {**pair, "error": raw["error"]}
+    return {**pair, **pair_timings(raw, batch)}
+
+
+def pair_timings(raw: dict, batch: int) -> dict:
+    """A worker's raw result (``run_s`` of ``run_steps`` steps each) as per-epoch figures."""
     timed_s = statistics.median(raw["run_s"])
-    step_s = timed_s / steps
+    step_s = timed_s / raw["run_steps"]
     return {
-        **pair,
         "epoch_s": step_s * (TRAIN_EXAMPLES // batch),
         "examples_per_s": batch / step_s,
         "startup_s": raw["startup_s"],
@@ -490,35 +645,57 @@ def sections_markdown(results: dict, renderers: dict) -> str:
     return "\n".join(render(results[key]) for key, render in renderers.items() if key in results)
 
 
+def framework_settings(framework: str, machine: dict) -> str:
+    """The settings cell of ``framework``'s rows (results older than the settings: "old")."""
+    if "keras_steps_per_execution" not in machine and framework in ("keras", "torch"):
+        return "old: defaults, eager; fit per 200 steps"
+    spe = machine.get("keras_steps_per_execution", KERAS_STEPS_PER_EXECUTION)
+    return FRAMEWORK_SETTINGS.get(framework, "").format(spe=spe)
+
+
+def best_epoch_s(by_pair: dict, model: str, variants: tuple[str, ...]) -> float | None:
+    """The fastest seconds per epoch of ``model`` among a framework's ``variants`` (None: none)."""
+    times = [by_pair[(v, model)]["epoch_s"] for v in variants if (v, model) in by_pair]
+    return min(times) if times else None
+
+
 def markdown(rows: list[dict], machine: dict) -> str:
-    """The results as a markdown table with per-model speed-up ratios."""
+    """The results as a markdown table with per-model speed-up ratios.
+
+    The ratios divide the faster of a framework's variants (Keras with XLA or at its defaults,
+    PyTorch compiled or eager) by the row's seconds per epoch.
+    """
+    timing = (
+        f"{machine['steps']} timed steps x {machine['repeats']} repeats (Keras: "
+        f"{machine['repeats']} whole epochs in one fit, after a warm-up epoch)"
+    )
     lines = [
         f"Measured on {machine['cpu']}, {machine['cores']} cores, matmul peak "
-        f"{machine['matmul_gflops']:.0f} GFLOP/s; {machine['steps']} timed steps x "
-        f"{machine['repeats']} repeats, medians.",
+        f"{machine['matmul_gflops']:.0f} GFLOP/s; {timing}, medians; startup: process start to "
+        "the first compiled step done. vs Keras / vs PyTorch: the faster of each framework's "
+        "settings over the row's s/epoch.",
         "",
-        "| model | batch | framework | s/epoch | examples/s | startup s | peak RSS MB | GFLOP/s "
-        "| vs Keras | vs PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | framework | settings | s/epoch | examples/s | startup s | peak RSS MB "
+        "| GFLOP/s | vs Keras | vs PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_pair = {(r["framework"], r["model"]): r for r in rows if "error" not in r}
     for model in dict.fromkeys(r["model"] for r in rows):
         flops = by_pair.get(("flaxmnist", model), {}).get("flops_per_step", 0.0)
-        for framework in FRAMEWORKS:
+        best = {name: best_epoch_s(by_pair, model, v) for name, v in REFERENCES.items()}
+        ran = {r["framework"] for r in rows if r["model"] == model}
+        for framework in [f for f in FRAMEWORKS if f in ran]:
+            cells = f"| {model} | {MODELS[model]} | {framework} | "
+            cells += f"{framework_settings(framework, machine)} |"
             r = by_pair.get((framework, model))
             if r is None:
-                lines.append(f"| {model} | {MODELS[model]} | {framework} | failed | | | | | | |")
+                lines.append(f"{cells} failed | | | | | | |")
                 continue
-            ratios = [
-                f"{by_pair[(ref, model)]['epoch_s'] / r['epoch_s']:.2f}x"
-                if (ref, model) in by_pair
-                else "-"
-                for ref in ("keras", "torch")
-            ]
+            ratios = [f"{b / r['epoch_s']:.2f}x" if b else "-" for b in best.values()]
             lines.append(
-                f"| {model} | {r['batch']} | {framework} | {r['epoch_s']:.2f} | "
-                f"{r['examples_per_s']:,.0f} | {r['startup_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                f"{gflops(flops, r['step_ms']):.1f} | {ratios[0]} | {ratios[1]} |"
+                f"{cells} {r['epoch_s']:.2f} | {r['examples_per_s']:,.0f} | {r['startup_s']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} | {gflops(flops, r['step_ms']):.1f} | {ratios[0]} | "
+                f"{ratios[1]} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -531,9 +708,10 @@ def chart(rows: list[dict], path: Path) -> None:
     ax = figure.subplots()
     by_pair = {(r["framework"], r["model"]): r["epoch_s"] for r in rows if "error" not in r}
     models = list(dict.fromkeys(r["model"] for r in rows))
+    frameworks = [f for f in FRAMEWORKS if any(r["framework"] == f for r in rows)]
     x = np.arange(len(models))
-    width = 0.8 / len(FRAMEWORKS)
-    for i, framework in enumerate(FRAMEWORKS):
+    width = 0.8 / len(frameworks)
+    for i, framework in enumerate(frameworks):
         heights = [by_pair.get((framework, m), np.nan) for m in models]
         ax.bar(x - 0.4 + (i + 0.5) * width, heights, width, label=framework)
     ax.set_xticks(x, [f"{m}\n(batch {MODELS[m]})" for m in models])
@@ -544,7 +722,14 @@ def chart(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def models_section(models: list[str], frameworks: list[str], steps: int, repeats: int) -> dict:
+def models_section(
+    models: list[str],
+    frameworks: list[str],
+    steps: int,
+    repeats: int,
+    keras_steps_per_execution: int = KERAS_STEPS_PER_EXECUTION,
+    smoke: bool = False,
+) -> dict:
     """Every (framework, model) pair: the ``machine`` and ``rows`` entries of the results."""
     machine = {
         "cpu": cpu_model(),
@@ -552,9 +737,12 @@ def models_section(models: list[str], frameworks: list[str], steps: int, repeats
         "matmul_gflops": matmul_peak_gflops(),
         "steps": steps,
         "repeats": repeats,
+        "keras_steps_per_execution": keras_steps_per_execution,
+        "smoke": smoke,
     }
+    worker_flags = {"keras_steps_per_execution": keras_steps_per_execution, "smoke": smoke}
     rows = [
-        logged(run_pair(framework, model, steps, repeats))
+        logged(run_pair(framework, model, steps, repeats, **worker_flags))
         for model in models
         for framework in frameworks
     ]
@@ -683,11 +871,16 @@ def write_data_doc_table(results: dict, doc: Path = DATA_DOC) -> None:
 def run_section(name: str, args: types.SimpleNamespace) -> dict:
     """Runs section ``name``; returns the entries of the results it (re)writes."""
     import end_to_end
+    import race
     import scaling
 
     if name == "models":
         models = args.models or (QUICK_MODELS if args.quick else list(MODELS))
-        return models_section(models, args.frameworks, args.steps, args.repeats)
+        spe = args.keras_steps_per_execution
+        return models_section(models, args.frameworks, args.steps, args.repeats, spe, args.smoke)
+    if name == "race":
+        spe = args.keras_steps_per_execution
+        return {"race": race.race_section(args.contestants, args.seeds, args.smoke, spe)}
     if name == "pipelines":
         return pipelines_section(args.repeats, args.epochs)
     if name == "time99":
@@ -702,10 +895,12 @@ def run_section(name: str, args: types.SimpleNamespace) -> dict:
 def document(results: dict) -> str:
     """``benchmark.md``: the per-model table, then every further section that has results."""
     import end_to_end
+    import race
     import scaling
 
     parts = [markdown(results["rows"], results["machine"])] if results.get("rows") else []
-    parts += [pipelines_markdown(results), end_to_end.markdown(results), scaling.markdown(results)]
+    parts += [pipelines_markdown(results), race.markdown(results)]
+    parts += [end_to_end.markdown(results), scaling.markdown(results)]
     return "\n".join(part for part in parts if part)
 
 
@@ -736,6 +931,18 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     )
     flags.DEFINE_integer("repeats", None, "Repeats (3; --quick: 2).", lower_bound=1, **fv)
     flags.DEFINE_list("frameworks", list(FRAMEWORKS), "Frameworks of the models section.", **fv)
+    flags.DEFINE_bool(
+        "smoke", False, "Tiny runs that check the commands; prints, writes no results.", **fv
+    )
+    flags.DEFINE_list("seeds", ["10", "11", "12", "13", "14"], "Seeds of the race.", **fv)
+    flags.DEFINE_list("contestants", None, "Contestants of the race (race.py).", **fv)
+    flags.DEFINE_integer(
+        "keras_steps_per_execution",
+        KERAS_STEPS_PER_EXECUTION,
+        "Keras with XLA: steps per execution.",
+        lower_bound=1,
+        **fv,
+    )
     flags.DEFINE_list("models", None, "Models of the models and batch sections.", **fv)
     flags.DEFINE_list("worker", None, "FRAMEWORK,MODEL: run one worker (the driver's).", **fv)
     flags.DEFINE_integer("batch", None, "Worker: batch size.", lower_bound=1, **fv)
@@ -756,8 +963,11 @@ def settings(flag_values: flags.FlagValues) -> types.SimpleNamespace:
     Raises:
       ConfigError: a list flag names something unknown, or --worker is not two names.
     """
+    import race
+
     args = types.SimpleNamespace(**{name: flag_values[name].value for name in FLAG_NAMES})
-    for name, known in (("sections", SECTIONS), ("frameworks", FRAMEWORKS), ("models", MODELS)):
+    lists = [("sections", SECTIONS), ("frameworks", FRAMEWORKS), ("models", MODELS)]
+    for name, known in [*lists, ("contestants", race.CONTESTANTS)]:
         unknown = [item for item in getattr(args, name) or () if item not in known]
         if unknown:
             raise ConfigError(
@@ -765,11 +975,27 @@ def settings(flag_values: flags.FlagValues) -> types.SimpleNamespace:
             )
     if args.worker is not None and len(args.worker) != 2:
         raise ConfigError(f"--worker: expected FRAMEWORK,MODEL, got {','.join(args.worker)!r}")
-    args.steps = args.steps or (30 if args.quick else 200)
-    args.repeats = args.repeats or (2 if args.quick else 3)
-    chosen = args.sections or (QUICK_SECTIONS if args.quick else SECTIONS)
+    args.seeds = seed_list(args.seeds)
+    args.contestants = args.contestants or list(race.DEFAULT_CONTESTANTS)
+    args.steps = args.steps or (SMOKE_STEPS if args.smoke else 30 if args.quick else 200)
+    args.repeats = args.repeats or (1 if args.smoke else 2 if args.quick else 3)
+    chosen = args.sections or (
+        SMOKE_SECTIONS if args.smoke else QUICK_SECTIONS if args.quick else SECTIONS
+    )
     args.sections = [name for name in SECTIONS if name in chosen]
     return args
+
+
+def seed_list(items: list[str]) -> list[int]:
+    """``--seeds`` as integers, each once, in order.
+
+    Raises:
+      ConfigError: an item is not a non-negative integer.
+    """
+    bad = [item for item in items if not item.isdigit()]
+    if bad or not items:
+        raise ConfigError(f"--seeds: expected non-negative integers, got {','.join(items)!r}")
+    return list(dict.fromkeys(int(item) for item in items))
 
 
 def main(argv: list[str]) -> None:
@@ -786,11 +1012,15 @@ def main(argv: list[str]) -> None:
     with errors.reported(RESULTS):
         path = RESULTS / "benchmark.json"
         results = json.loads(path.read_text()) if path.exists() else {}
+        ran = {}
         for name in args.sections:
             begin = time.perf_counter()
-            results.update(run_section(name, args))
+            ran.update(run_section(name, args))
             print(f"section {name}: {time.perf_counter() - begin:.0f} s", flush=True)
-        write_results(results, args.sections)
+        if args.smoke:  # a check of the commands, not a measurement
+            print(document(ran))
+            return
+        write_results({**results, **ran}, args.sections)
 
 
 if __name__ == "__main__":

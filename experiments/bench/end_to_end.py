@@ -3,10 +3,12 @@
 Both launch real training processes and time them from the outside, so interpreter start-up,
 imports, data loading and XLA compilation all count:
 
-* ``time99``: ``python -m flaxmnist.train --config=fast`` with a fresh, empty compilation cache,
-  launch to exit, against the Keras reference recipe (the "simple MNIST convnet": Adam lr 1e-3,
-  batch 128, validation_split 0.1) trained epoch by epoch in a subprocess of this file until the
-  first epoch whose test accuracy reaches 99 % (at most 15 epochs), launch to that evaluation.
+* ``time99`` (the former method, replaced by ``race.py``'s interleaved, multi-seed race at
+  each framework's best settings): ``python -m flaxmnist.train --config=fast`` with a fresh,
+  empty compilation cache, launch to exit, against the Keras reference recipe (the "simple
+  MNIST convnet": Adam lr 1e-3, batch 128, validation_split 0.1) at ``compile()``'s defaults,
+  trained epoch by epoch in a subprocess of this file until the first epoch whose test accuracy
+  reaches 99 % (at most 15 epochs), launch to that evaluation; one run each.
 * ``startup``: one epoch of the ``fast`` preset with one training step per chunk, so the run's
   ``time_to_first_chunk_s`` is process start to the first step done; first with an empty
   compilation cache (cold), then again with the cache that run filled (warm).
@@ -39,12 +41,9 @@ METRIC_KEYS = ("test_accuracy", "epochs_completed", "time_to_first_chunk_s", "to
 # ------------------------------------------------------------------------------------ flaxmnist
 
 
-def run_fast(workdir: Path, cache_dir: Path, *overrides: str) -> dict:
-    """Runs ``python -m flaxmnist.train --config=fast`` to the end.
-
-    Returns ``wall_s`` (launch to exit) and a few fields of its metrics.json, or ``{"error": ...}``.
-    """
-    command = [
+def fast_command(workdir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    """The command line of ``python -m flaxmnist.train --config=fast`` in ``workdir``."""
+    return [
         sys.executable,
         "-m",
         "flaxmnist.train",
@@ -53,6 +52,14 @@ def run_fast(workdir: Path, cache_dir: Path, *overrides: str) -> dict:
         f"--config.compilation_cache_dir={cache_dir}",
         *overrides,
     ]
+
+
+def run_fast(workdir: Path, cache_dir: Path, *overrides: str) -> dict:
+    """Runs ``python -m flaxmnist.train --config=fast`` to the end.
+
+    Returns ``wall_s`` (launch to exit) and a few fields of its metrics.json, or ``{"error": ...}``.
+    """
+    command = fast_command(workdir, cache_dir, *overrides)
     begin = time.perf_counter()
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=bench.WORKER_TIMEOUT_S, cwd=REPO_ROOT

@@ -7,26 +7,205 @@ The same model, Adam (lr 1e-3) and cross-entropy as the benchmark's Keras rows, 
 ``validation_split=0.1`` like the reference notebooks; prints one JSON line per seed with its test
 accuracy. It answers whether a reference figure that our runs miss is one Keras reaches reliably.
 Needs the ``bench`` extra (tensorflow-cpu).
+
+It also holds the race's Keras contestants (``race.py``): :func:`train` runs a
+:class:`recipes.Recipe` (the ``fast`` preset, or the "simple MNIST convnet" reference) in one
+``model.fit`` call, as a Keras user would, with a callback that times every epoch and tests where
+the recipe says. ``settings``:
+
+* ``xla``: ``model.compile(jit_compile=True, steps_per_execution=50)``: XLA-compiled steps
+  (Keras 3 leaves XLA off on CPU-only TensorFlow), 50 steps per ``tf.function`` call, which
+  makes Keras's per-call dispatch a fraction of a percent of a 10 ms step while the callbacks
+  still run ten times an epoch (a whole epoch per call would leave no per-step clock at all);
+* ``default``: ``model.compile()``'s defaults: no XLA, one step per call.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import benchmark as bench
+import keras
+import recipes
+
+SETTINGS = ("xla", "default")
+STEPS_PER_EXECUTION = 50
 
 
 def train_and_test(model_name: str, epochs: int, batch: int, seed: int) -> float:
     """Test accuracy of ``model_name`` after ``epochs`` epochs of the Keras recipe with ``seed``."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     (x, y), (test_x, test_y) = (bench.mnist_arrays(split) for split in ("train", "test"))
     model = bench.compiled_keras_model(model_name)
     x, test_x = x.astype("float32") / 255.0, test_x.astype("float32") / 255.0
     model.fit(x, y, batch_size=batch, epochs=epochs, validation_split=0.1, verbose=0)
     return float(model.evaluate(test_x, test_y, verbose=0)[1])
+
+
+def build_model(recipe: recipes.Recipe) -> keras.Sequential:
+    """The recipe's model (Keras's default Glorot-uniform kernels and zero biases)."""
+    make = {
+        "conv": lambda width: keras.layers.Conv2D(width, 3),
+        "pool": keras.layers.MaxPooling2D,
+        "relu": keras.layers.ReLU,
+        "batch_norm": lambda momentum: keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=recipes.BATCH_NORM_EPSILON
+        ),
+        "dropout": keras.layers.Dropout,
+        "flatten": keras.layers.Flatten,
+        "dense": keras.layers.Dense,
+    }
+    stack = [make[op](*args) for op, *args in recipes.layers(recipe.model)]
+    return keras.Sequential([keras.Input((28, 28, 1)), *stack])
+
+
+def learning_rate(recipe: recipes.Recipe, steps_per_epoch: int):
+    """The recipe's learning rate: a float, or Keras's warm-up + cosine schedule for ``fast``."""
+    if recipe.schedule != "warmup_cosine":
+        return recipe.learning_rate
+    warmup = recipes.warmup_steps(recipe, steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0,
+        decay_steps=recipe.max_epochs * steps_per_epoch - warmup,
+        warmup_target=recipe.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def compile_settings(settings: str, steps_per_execution: int = STEPS_PER_EXECUTION) -> dict:
+    """``model.compile`` keywords of ``settings`` (``xla`` or ``default``)."""
+    if settings == "xla":
+        return {"jit_compile": True, "steps_per_execution": steps_per_execution}
+    return {}
+
+
+def compiled_model(
+    recipe: recipes.Recipe, settings: str, steps_per_epoch: int, steps_per_execution: int
+) -> keras.Sequential:
+    """:func:`build_model` compiled with the recipe's Adam, cross-entropy and accuracy."""
+    model = build_model(recipe)
+    beta_1, beta_2 = recipe.adam_betas
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate(recipe, steps_per_epoch), beta_1, beta_2, recipe.epsilon
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        **compile_settings(settings, steps_per_execution),
+    )
+    return model
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Times each epoch of a ``fit``, less its validation pass, and the first step's end.
+
+    ``first_step_s`` is process start to the first ``on_train_batch_end``: with
+    ``steps_per_execution`` > 1 that is the end of the first call (its compiled steps).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_s: list[float] = []
+        self.val_s: list[float] = []
+        self.first_step_s: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):  # noqa: D102 (Keras's hooks)
+        self.begin, self.validating = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, batch, logs=None):  # noqa: D102
+        if self.first_step_s is None:
+            self.first_step_s = bench.process_age_s()
+
+    def on_test_begin(self, logs=None):  # noqa: D102 (the validation pass inside fit)
+        self.test_begin = time.perf_counter()
+
+    def on_test_end(self, logs=None):  # noqa: D102
+        self.validating += time.perf_counter() - self.test_begin
+
+    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+        self.epoch_s.append(time.perf_counter() - self.begin - self.validating)
+        self.val_s.append(self.validating)
+
+
+class RecipeEpochs(EpochTimer):
+    """:class:`EpochTimer` that also tests after the epochs the recipe says and stops it there."""
+
+    def __init__(self, recipe: recipes.Recipe, test_x, test_y):
+        super().__init__()
+        self.recipe, self.test_x, self.test_y = recipe, test_x, test_y
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):  # noqa: D102
+        super().on_epoch_end(epoch, logs)
+        test = None
+        if recipes.tests_after(self.recipe, epoch + 1):
+            begin = time.perf_counter()
+            scores = self.model.evaluate(
+                self.test_x,
+                self.test_y,
+                batch_size=recipes.EVAL_BATCH,
+                verbose=0,
+                return_dict=True,
+            )
+            test = (float(scores["accuracy"]), time.perf_counter() - begin)
+        record = recipes.epoch_record(epoch + 1, self.epoch_s[-1], test)
+        self.history.append({**record, "val_s": self.val_s[-1]})
+        if recipes.stops_after(self.recipe, epoch + 1, test and test[0]):
+            self.model.stop_training = True
+
+
+def unit_arrays(split: str, examples: int | None = None):
+    """A split's first ``examples`` images as float32 in [0, 1], and its labels."""
+    images, labels = bench.mnist_arrays(split)
+    return images[:examples].astype("float32") / 255.0, labels[:examples]
+
+
+def train(
+    recipe: recipes.Recipe,
+    settings: str,
+    seed: int,
+    examples: int | None = None,
+    test_examples: int | None = None,
+    steps_per_execution: int = STEPS_PER_EXECUTION,
+) -> dict:
+    """Trains ``recipe`` in one ``model.fit`` (stopping where it says); returns its history.
+
+    Args:
+      recipe: what to train.
+      settings: ``xla`` or ``default`` (:func:`compile_settings`).
+      seed: ``keras.utils.set_random_seed``.
+      examples: train on the first ``examples`` training images (all when None; smoke runs).
+      test_examples: test on the first ``test_examples`` test images (all when None).
+      steps_per_execution: steps per call under ``xla``.
+
+    Returns:
+      ``epochs`` (:func:`recipes.epoch_record` each, plus ``val_s``), ``steps_per_epoch``,
+      ``first_step_s`` and the last ``test_accuracy``.
+    """
+    keras.utils.set_random_seed(seed)
+    x, y = unit_arrays("train", examples)
+    test_x, test_y = unit_arrays("test", test_examples)
+    steps = recipes.steps_per_epoch(recipe, len(x), drop_remainder=False)  # fit keeps the rest
+    model = compiled_model(recipe, settings, steps, steps_per_execution)
+    callback = RecipeEpochs(recipe, test_x, test_y)
+    model.fit(
+        x,
+        y,
+        batch_size=recipe.batch,
+        epochs=recipe.max_epochs,
+        validation_split=recipe.validation_fraction,
+        shuffle=True,
+        verbose=0,
+        callbacks=[callback],
+    )
+    return {
+        "epochs": callback.history,
+        "steps_per_epoch": steps,
+        "first_step_s": callback.first_step_s,
+        "test_accuracy": callback.history[-1].get("test_accuracy"),
+    }
 
 
 def main() -> None:

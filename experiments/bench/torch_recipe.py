@@ -1,0 +1,150 @@
+"""The race's recipes in PyTorch (CPU): the ``fast`` preset and pytorch/examples ``mnist``.
+
+``train(recipe, settings, seed)`` is one contestant of ``race.py``: it builds the recipe's model
+from :func:`recipes.layers`, trains it on the vendored MNIST arrays held in memory as tensors
+(the PyTorch example reads torchvision's files through a ``DataLoader``; in-memory batches only
+make it faster) and returns its per-epoch history. ``settings``:
+
+* ``compile``: the training forward and backward run through ``torch.compile`` (default mode,
+  Inductor's C++ kernels); the optimizer step and the test evaluation (eager: one or a few
+  passes, not worth compiling a second, inference graph for) stay eager;
+* ``eager``: plain PyTorch, as the published example runs.
+
+Needs the ``bench`` extra (CPU torch).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import benchmark as bench
+import numpy as np
+import recipes
+import torch
+import torch.nn.functional as F  # noqa: N812 (PyTorch's own convention)
+from torch import nn
+
+SETTINGS = ("compile", "eager")
+
+
+def build_model(recipe: recipes.Recipe) -> nn.Sequential:
+    """The recipe's model (NCHW, 28x28x1 inputs), Glorot-initialised when the recipe says so."""
+    channels, size, flat = 1, 28, None
+    modules: list[nn.Module] = []
+    for op, *args in recipes.layers(recipe.model):
+        if op == "conv":
+            modules.append(nn.Conv2d(channels, args[0], 3))
+            channels, size = args[0], size - 2
+        elif op == "pool":
+            modules.append(nn.MaxPool2d(2))
+            size //= 2
+        elif op == "relu":
+            modules.append(nn.ReLU())
+        elif op == "batch_norm":  # PyTorch's momentum is the weight of the new batch
+            norm = nn.BatchNorm1d if flat else nn.BatchNorm2d
+            width = flat or channels
+            modules.append(norm(width, eps=recipes.BATCH_NORM_EPSILON, momentum=1 - args[0]))
+        elif op == "dropout":
+            modules.append(nn.Dropout(args[0]))
+        elif op == "flatten":
+            modules.append(nn.Flatten())
+            flat = channels * size * size
+        else:  # dense
+            modules.append(nn.Linear(flat, args[0]))
+            flat = args[0]
+    model = nn.Sequential(*modules)
+    if recipe.glorot_init:
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def tensors(
+    recipe: recipes.Recipe, split: str, examples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's first ``examples`` images as standardised float NCHW and int64 labels."""
+    images, labels = bench.mnist_arrays(split)
+    images, labels = images[:examples], labels[:examples]
+    x = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - recipe.mean) / recipe.std
+    return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+
+
+def optimizer_and_schedule(recipe: recipes.Recipe, model: nn.Module, steps_per_epoch: int):
+    """The recipe's optimizer and a per-step LambdaLR giving :func:`recipes.learning_rate`."""
+    if recipe.optimizer == "adam":
+        optimizer = torch.optim.Adam(
+            model.parameters(), recipe.learning_rate, betas=recipe.adam_betas, eps=recipe.epsilon
+        )
+    else:
+        optimizer = torch.optim.Adadelta(model.parameters(), recipe.learning_rate)
+
+    def factor(step: int) -> float:
+        return recipes.learning_rate(recipe, step, steps_per_epoch) / recipe.learning_rate
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(test accuracy, seconds) in batches of :data:`recipes.EVAL_BATCH`, inference mode."""
+    begin = time.perf_counter()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), recipes.EVAL_BATCH):
+            logits = model(x[start : start + recipes.EVAL_BATCH])
+            correct += int((logits.argmax(1) == y[start : start + recipes.EVAL_BATCH]).sum())
+    model.train()
+    return correct / len(x), time.perf_counter() - begin
+
+
+def train(
+    recipe: recipes.Recipe,
+    settings: str,
+    seed: int,
+    examples: int | None = None,
+    test_examples: int | None = None,
+) -> dict:
+    """Trains ``recipe`` (stopping where it says) and returns its history.
+
+    Args:
+      recipe: what to train.
+      settings: ``compile`` or ``eager``.
+      seed: ``torch.manual_seed`` (initialisation, shuffling, dropout).
+      examples: train on the first ``examples`` training images (all when None; smoke runs).
+      test_examples: test on the first ``test_examples`` test images (all when None).
+
+    Returns:
+      ``epochs`` (:func:`recipes.epoch_record` each), ``steps_per_epoch``, ``first_step_s``
+      (process start to the first training step done) and the last ``test_accuracy``.
+    """
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    x, y = tensors(recipe, "train", examples)
+    test_x, test_y = tensors(recipe, "test", test_examples)
+    drop_remainder = recipe.name == "fast"  # flaxmnist's batching; the example keeps the rest
+    steps = recipes.steps_per_epoch(recipe, len(x), drop_remainder)
+    model = build_model(recipe)
+    step_model = torch.compile(model) if settings == "compile" else model
+    optimizer, schedule = optimizer_and_schedule(recipe, model, steps)
+    result = {"epochs": [], "steps_per_epoch": steps, "first_step_s": None}
+    for epoch in range(1, recipe.max_epochs + 1):
+        begin = time.perf_counter()
+        order = torch.randperm(len(x))
+        for step in range(steps):
+            index = order[step * recipe.batch : (step + 1) * recipe.batch]
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(step_model(x[index]), y[index]).backward()
+            optimizer.step()
+            schedule.step()
+            if result["first_step_s"] is None:
+                result["first_step_s"] = bench.process_age_s()
+        train_s = time.perf_counter() - begin
+        test = evaluate(model, test_x, test_y) if recipes.tests_after(recipe, epoch) else None
+        result["epochs"].append(recipes.epoch_record(epoch, train_s, test))
+        if recipes.stops_after(recipe, epoch, test and test[0]):
+            break
+    result["test_accuracy"] = result["epochs"][-1].get("test_accuracy")
+    return result
