@@ -463,6 +463,36 @@ def test_race_markdown():
     assert "Smoke run" in race.race_markdown(section)
 
 
+def test_a_contestant_with_wrong_compiled_gradients_is_not_timed(monkeypatch):
+    checked, timed = [], []
+
+    def measured_run(command, **_):
+        checked.append(command[2])
+        error = 1.0 if command[2] == "--contestant=torch_reference" else 1e-6
+        return {"returncode": 0, "stdout": f'RESULT {{"gradient_error": {error}}}\n'}
+
+    def run_contestant(name, seed, *_):
+        timed.append((name, seed))
+        return race_run(name, seed, 20.0, 0.992)
+
+    monkeypatch.setattr(race.bench, "measured_run", measured_run)
+    monkeypatch.setattr(race.bench, "matmul_peak_gflops", lambda: 100.0)
+    monkeypatch.setattr(race, "recipe_flops", lambda names: {"fast": 1e9})
+    monkeypatch.setattr(race, "run_contestant", run_contestant)
+    names = ["flaxmnist_fast", "torch_fast", "torch_reference", "torch_reference_eager"]
+    section = race.race_section(names, [10, 11])
+    assert checked == ["--contestant=torch_fast", "--contestant=torch_reference"]  # compiled only
+    assert {name for name, _ in timed} == {"flaxmnist_fast", "torch_fast", "torch_reference_eager"}
+    assert len(timed) == 6
+    assert section["summary"]["torch_reference"] == {
+        "excluded": "torch.compile's gradients differ from eager ones "
+        "(max relative error 1.00 on one batch)"
+    }
+    assert "| torch.compile | not timed: torch.compile's gradients differ" in race.markdown(
+        {"race": section}
+    )
+
+
 def test_flaxmnist_result_reads_the_run_directory(tmp_path):
     (tmp_path / "metrics.json").write_text(
         '{"test_accuracy": 0.9921, "steps": 936, "epochs_completed": 2, '
@@ -488,6 +518,7 @@ def test_race_worker_flags():
     values = race.worker_settings(parsed_flags(race, "--contestant=torch_fast", "--seed=12"))
     assert values == {
         "contestant": "torch_fast", "seed": 12, "smoke": False, "keras_steps_per_execution": 50,
+        "check_gradients": False,
     }  # fmt: skip
     for args in ([], ["--contestant=flaxmnist_fast"], ["--contestant=jax_fast"]):
         with pytest.raises(ConfigError, match="--contestant: expected one of keras_fast"):
