@@ -559,7 +559,10 @@ def test_models_table_compares_with_each_frameworks_faster_settings():
                "torch_eager": 5.0}  # fmt: skip
     rows = [{**pair_row(), "framework": f, "epoch_s": s} for f, s in epoch_s.items()]
     rows.append({"framework": "flaxmnist_tfds", "model": "cnn_simple", "error": "x"})
+    reason = benchmark.wrong_gradients(1.0)
+    rows.append({"framework": "torch", "model": "dense", "error": f"not timed: {reason}"})
     text = benchmark.markdown(rows, machine)
+    assert f"| dense | 32 | torch | torch.compile | not timed: {reason} |" in text
     lines = text.splitlines()
     frameworks = [line.split(" | ")[2] for line in lines if line.startswith("| cnn_simple")]
     assert frameworks == ["flaxmnist", "flaxmnist_tfds", "keras", "keras_default", "torch",
@@ -610,6 +613,31 @@ def test_torch_recipes_build_flaxmnists_models_and_train():
     assert [e["epoch"] for e in result["epochs"]] == [1, 2]
     assert result["steps_per_epoch"] == 4 and 0 <= result["test_accuracy"] <= 1
     assert result["first_step_s"] > 0 and "eval_s" in result["epochs"][0]
+
+
+@pytest.mark.slow  # imports PyTorch and compiles a model
+def test_the_gradient_check_passes_a_right_compile_and_catches_a_wrong_one(monkeypatch):
+    torch = pytest.importorskip("torch", reason="PyTorch is in the bench extra, not the dev one")
+    torch_recipe = load("torch_recipe")
+    x, y = torch.randn(8, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Flatten(),
+            torch.nn.Linear(32, 3),
+        )  # fmt: skip
+
+    assert torch_recipe.model_gradient_error(model(), x, y) < benchmark.GRADIENT_TOLERANCE
+    assert benchmark.wrong_gradients(1e-4) is None
+
+    def detached_convolution(module):  # what Inductor did to the pytorch/examples Net
+        module[0].weight.register_hook(torch.zeros_like)
+        return module
+
+    monkeypatch.setattr(torch, "compile", detached_convolution)
+    assert torch_recipe.model_gradient_error(model(), x, y) == pytest.approx(1.0)
+    assert "max relative error 1.00" in benchmark.wrong_gradients(1.0)
 
 
 @pytest.mark.slow  # imports and trains Keras

@@ -57,6 +57,7 @@ with ``jit_compile=True`` and ``--keras_steps_per_execution``), ``keras_default`
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -107,6 +108,8 @@ FLAG_NAMES += ("smoke", "seeds", "contestants", "keras_steps_per_execution")
 FLAG_NAMES += ("worker", "batch", "tile", "epochs")  # the workers' (and --epochs the pipelines')
 SMOKE_STEPS = 4  # --smoke: steps per timed run (and Keras's epochs are this many batches)
 KERAS_STEPS_PER_EXECUTION = 50  # see keras_recipe.py
+GRADIENT_TOLERANCE = 1e-3  # max relative error of torch.compile's gradients against eager ones
+GRADIENT_CHECK_EXAMPLES = 64
 
 
 def mnist_arrays(split: str = "train", tile: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -359,15 +362,35 @@ def torch_model(name: str):
     return nn.Sequential(*stacks[name])
 
 
+def wrong_gradients(error: float) -> str | None:
+    """Why a ``torch.compile`` run with this gradient error is not timed (None: it is right)."""
+    if error <= GRADIENT_TOLERANCE:
+        return None
+    return (
+        "torch.compile's gradients differ from eager ones (max relative error "
+        f"{error:.2f} on one batch)"
+    )
+
+
 def torch_worker(model_name: str, batch: int, steps: int, repeats: int, compiled: bool) -> dict:
-    """Times a PyTorch training loop, its model through ``torch.compile`` when ``compiled``."""
+    """Times a PyTorch training loop, its model through ``torch.compile`` when ``compiled``.
+
+    A compiled model's gradients are checked against eager ones first (on a copy, so the
+    timed run compiles as a user's would): a model they differ for is not timed.
+    """
     import torch
+    import torch_recipe
 
     torch.set_num_threads(os.cpu_count() or 1)
     images, labels = mnist_arrays()
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype("float32") / 255.0)
     y = torch.from_numpy(labels.astype("int64"))
     model = torch_model(model_name)
+    if compiled:
+        probe = (copy.deepcopy(model), x[:GRADIENT_CHECK_EXAMPLES], y[:GRADIENT_CHECK_EXAMPLES])
+        reason = wrong_gradients(torch_recipe.model_gradient_error(*probe))
+        if reason:
+            return {"error": f"not timed: {reason}"}
     step_model = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -653,6 +676,13 @@ def framework_settings(framework: str, machine: dict) -> str:
     return FRAMEWORK_SETTINGS.get(framework, "").format(spe=spe)
 
 
+def failure(rows: list[dict], framework: str, model: str) -> str:
+    """The cell of a pair without timings: why it was not timed, or "failed"."""
+    pair = (framework, model)
+    reasons = [r.get("error", "") for r in rows if (r["framework"], r["model"]) == pair]
+    return next((e for e in reasons if e.startswith("not timed")), "failed")
+
+
 def best_epoch_s(by_pair: dict, model: str, variants: tuple[str, ...]) -> float | None:
     """The fastest seconds per epoch of ``model`` among a framework's ``variants`` (None: none)."""
     times = [by_pair[(v, model)]["epoch_s"] for v in variants if (v, model) in by_pair]
@@ -689,7 +719,7 @@ def markdown(rows: list[dict], machine: dict) -> str:
             cells += f"{framework_settings(framework, machine)} |"
             r = by_pair.get((framework, model))
             if r is None:
-                lines.append(f"{cells} failed | | | | | | |")
+                lines.append(f"{cells} {failure(rows, framework, model)} | | | | | | |")
                 continue
             ratios = [f"{b / r['epoch_s']:.2f}x" if b else "-" for b in best.values()]
             lines.append(

@@ -53,7 +53,6 @@ SMOKE_EXAMPLES = 2048  # --smoke: training images, test images and epochs of a K
 SMOKE_TEST_EXAMPLES = 1000
 SMOKE_MAX_EPOCHS = 2
 FLAG_NAMES = ("contestant", "seed", "smoke", "keras_steps_per_execution", "check_gradients")
-GRADIENT_TOLERANCE = 1e-3  # max relative error of compiled against eager gradients
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +160,8 @@ def gradient_exclusions(contestants: list[str]) -> dict[str, str]:
         result = bench.logged(worker_result(bench.measured_run(command, cwd=REPO_ROOT)))
         if "error" in result:
             excluded[name] = "the gradient check failed: " + result["error"].splitlines()[-1]
-        elif result["gradient_error"] > GRADIENT_TOLERANCE:
-            excluded[name] = (
-                "torch.compile's gradients differ from eager ones (max relative error "
-                f"{result['gradient_error']:.2f} on one batch)"
-            )
+        elif reason := bench.wrong_gradients(result["gradient_error"]):
+            excluded[name] = reason
     return excluded
 
 

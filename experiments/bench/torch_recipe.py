@@ -10,10 +10,11 @@ make it faster) and returns its per-epoch history. ``settings``:
   passes, not worth compiling a second, inference graph for) stay eager;
 * ``eager``: plain PyTorch, as the published example runs.
 
-:func:`compiled_gradient_error` checks ``torch.compile``'s gradients against eager ones before a
-compiled contestant is timed: on torch 2.13.0+cpu (Inductor) the pytorch/examples ``Net``'s
-compiled backward gives both convolutions zero gradients, so that run trained only its dense head
-(97.7 % after 14 epochs); the ``fast`` model's compiled gradients agree.
+:func:`model_gradient_error` checks ``torch.compile``'s gradients against eager ones before a
+compiled contestant (or a ``torch`` row of the benchmark's models section) is timed: on torch
+2.13.0+cpu (Inductor) the pytorch/examples ``Net``'s compiled backward gives both convolutions
+zero gradients, so that run trained only its dense head (97.7 % after 14 epochs); the ``fast``
+model's compiled gradients agree.
 
 Needs the ``bench`` extra (CPU torch).
 """
@@ -107,27 +108,32 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 
 def compiled_gradient_error(recipe: recipes.Recipe, examples: int = 64) -> float:
-    """How far ``torch.compile``'s gradients are from eager ones on one batch, dropout off.
+    """:func:`model_gradient_error` of the recipe's model (seed 0) on the first training images."""
+    torch.manual_seed(0)
+    return model_gradient_error(build_model(recipe), *tensors(recipe, "train", examples))
+
+
+def model_gradient_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """How far ``torch.compile``'s gradients of ``model`` are from eager ones, dropout off.
 
     Args:
-      recipe: whose model to check (PyTorch's default initialisation, seed 0).
-      examples: the batch: the first training images.
+      model: the model to check (a copy goes through ``torch.compile``; ``model`` is unchanged
+        except for its ``.grad`` fields and dropout rates).
+      x: one batch of NCHW inputs.
+      y: its integer labels.
 
     Returns:
       The largest ``max |compiled - eager| / max |eager|`` over the parameters (1.0 where a
       compiled gradient is zero or missing).
     """
-    torch.manual_seed(0)
-    eager = build_model(recipe)
-    for module in eager.modules():
+    for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0  # the same function in both, so the gradients must agree
-    compiled = copy.deepcopy(eager)
-    x, y = tensors(recipe, "train", examples)
-    F.cross_entropy(eager(x), y).backward()
+    compiled = copy.deepcopy(model)
+    F.cross_entropy(model(x), y).backward()
     F.cross_entropy(torch.compile(compiled)(x), y).backward()
     errors = []
-    for mine, theirs in zip(compiled.parameters(), eager.parameters(), strict=True):
+    for mine, theirs in zip(compiled.parameters(), model.parameters(), strict=True):
         scale = float(theirs.grad.abs().max()) or 1.0
         errors.append(
             1.0 if mine.grad is None else float((mine.grad - theirs.grad).abs().max()) / scale
