@@ -50,8 +50,8 @@ def test_settings_fill_section_defaults():
     quick = settings("--quick")
     assert quick.sections == list(benchmark.QUICK_SECTIONS)
     assert (quick.steps, quick.repeats, quick.models) == (30, 2, None)
-    chosen = settings("--sections=tiling,time99")
-    assert chosen.sections == ["time99", "tiling"]  # in the order of SECTIONS
+    chosen = settings("--sections=tiling,startup")
+    assert chosen.sections == ["startup", "tiling"]  # in the order of SECTIONS
     spaced = settings("--sections", "pipelines", "--repeats", "3", "--epochs", "3")
     assert (spaced.sections, spaced.repeats, spaced.epochs) == (["pipelines"], 3, 3)
     assert settings("--worker=pipeline,grain", "--tile=2").worker == ["pipeline", "grain"]
@@ -115,17 +115,6 @@ def test_epoch_ratios_are_relative_to_the_first_row():
     assert scaling.epoch_ratios([{"tile": 1, "error": "x"}, rows[2]]) == [None, None]
 
 
-def test_keras_summary_times_the_last_evaluation_from_launch():
-    epochs = [
-        {"epoch": 1, "test_accuracy": 0.985, "evaluated_at": 130.0},
-        {"epoch": 2, "test_accuracy": 0.9905, "evaluated_at": 160.0},
-    ]
-    summary = end_to_end.keras_summary(epochs, launched=100.0)
-    assert summary["wall_s"] == pytest.approx(60.0)
-    assert (summary["epochs_completed"], summary["reached"]) == (2, True)
-    assert not end_to_end.keras_summary(epochs[:1], launched=100.0)["reached"]
-
-
 def test_startup_summary_takes_the_median_of_the_warm_runs():
     runs = [
         {"time_to_first_chunk_s": first, "wall_s": wall}
@@ -136,33 +125,6 @@ def test_startup_summary_takes_the_median_of_the_warm_runs():
     assert (summary["cold_wall_s"], summary["warm_wall_s"]) == (60.0, 49.0)
     assert summary["warm_first_step_runs_s"] == [9.0, 7.0, 8.0]
     assert end_to_end.startup_summary([*runs, {"error": "bad"}]) == {"error": "bad"}
-
-
-def time_to_99_result(keras_accuracy: float) -> dict:
-    flax = {"wall_s": 100.0, "epochs_completed": 4, "test_accuracy": 0.9918, "reached": True}
-    keras = end_to_end.keras_summary(
-        [{"epoch": 7, "test_accuracy": keras_accuracy, "evaluated_at": 250.0}], launched=0.0
-    )
-    both = keras["reached"]
-    return {
-        "machine": "CPU, 2 cores",
-        "target": 0.99,
-        "flaxmnist": flax,
-        "keras": keras,
-        "keras_over_flaxmnist": 2.5 if both else None,
-    }
-
-
-def test_time_to_99_markdown():
-    text = end_to_end.time_to_99_markdown(time_to_99_result(0.9911))
-    assert "### Time to 99 % test accuracy" in text
-    assert "| flaxmnist |" in text and "| 4 | 99.18 % | 100.0 |" in text
-    assert "| 7 | 99.11 % | 250.0 |" in text and "Keras / flaxmnist: 2.50x" in text
-    missed = end_to_end.time_to_99_markdown(time_to_99_result(0.985))
-    assert "not reached (250.0)" in missed and "Keras / flaxmnist: -" in missed
-    failed = time_to_99_result(0.9911)
-    failed["flaxmnist"] = {"error": "boom", "reached": False}
-    assert "| - | - | failed |" in end_to_end.time_to_99_markdown(failed)
 
 
 def test_startup_markdown():

@@ -3,7 +3,7 @@
     pip install -e '.[bench]'
     python experiments/bench/benchmark.py                   # every section
     python experiments/bench/benchmark.py --quick           # models section, 3 models (~3 min)
-    python experiments/bench/benchmark.py --sections=time99,startup,batch,tiling --repeats=1
+    python experiments/bench/benchmark.py --sections=startup,batch,tiling --repeats=1
     python experiments/bench/benchmark.py --sections=pipelines --repeats=3 --epochs=3
     python experiments/bench/benchmark.py --sections=race --seeds=10,11,12,13,14
     python experiments/bench/benchmark.py --sections=models,race --smoke   # commands work?
@@ -29,10 +29,8 @@ only ``models``; ``--frameworks`` and ``--models`` are comma-separated too):
   process, the contestants interleaved over fresh seeds (``--seeds``; ``--contestants``): our
   ``fast`` preset, the same recipe in Keras and in PyTorch, and the published references (Keras's
   simple convnet, pytorch/examples mnist), with s/epoch, GFLOP/s, peak RSS and test accuracy.
-* ``time99``, ``startup`` (``end_to_end.py``): wall time from process launch to 99 % test
-  accuracy, flaxmnist ``--config=fast`` vs the Keras reference convnet at ``compile()``'s
-  defaults, one run each (the former method, replaced by ``race``); process start to the first
-  training step with a cold, then a warm compilation cache (``--repeats`` warm runs).
+* ``startup`` (``end_to_end.py``): process start to the first training step of
+  ``--config=fast`` with a cold, then a warm compilation cache (``--repeats`` warm runs).
 * ``pipelines``: the three input pipelines side by side on the CNN and recipe of Flax's MNIST
   example (SGD lr 0.1, momentum 0.9, batch 128, all 60,000 training images): each run is a fresh
   subprocess that builds its feeder (``device``, ``tfds`` or ``grain``, the tfds dataset prepared
@@ -96,7 +94,7 @@ FRAMEWORKS = tuple(FRAMEWORK_SETTINGS)
 # The reference columns: each framework's faster variant ("where it pays").
 REFERENCES = {"Keras": ("keras", "keras_default"), "PyTorch": ("torch", "torch_eager")}
 QUICK_MODELS = ["dense", "cnn_simple", "convnet"]
-SECTIONS = ("models", "pipelines", "race", "time99", "startup", "batch", "tiling")
+SECTIONS = ("models", "pipelines", "race", "startup", "batch", "tiling")
 QUICK_SECTIONS = ("models",)
 SMOKE_SECTIONS = ("models", "race")
 TRAIN_EXAMPLES = 60_000
@@ -913,8 +911,6 @@ def run_section(name: str, args: types.SimpleNamespace) -> dict:
         return {"race": race.race_section(args.contestants, args.seeds, args.smoke, spe)}
     if name == "pipelines":
         return pipelines_section(args.repeats, args.epochs)
-    if name == "time99":
-        return {"time_to_99": end_to_end.time_to_99()}
     if name == "startup":
         return {"startup": end_to_end.startup(warm_runs=args.repeats)}
     if name == "batch":
