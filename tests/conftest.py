@@ -11,6 +11,23 @@ from flaxmnist.configs import default
 from flaxmnist.storage import compilation_cache
 from flaxmnist.testing import write_idx_dataset
 
+# The files that take longest (each a few minutes of one worker) start first, so the workers,
+# which take whole files (--dist loadfile), finish together instead of waiting on one of them.
+LONGEST_FIRST = (
+    "test_faults.py",
+    "test_tfds_prepare.py",
+    "test_tuning.py",
+    "test_parallel.py",
+    "test_resume.py",
+    "test_export.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Moves the tests of :data:`LONGEST_FIRST` to the front, in that order (a stable sort)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

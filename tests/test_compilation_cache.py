@@ -147,8 +147,7 @@ def test_a_nan_run_then_the_fast_preset_twice_on_one_cache(tmp_path):
         result = _train(fast, tmp_path / name, data, cache)
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
-    result = _train(fast, tmp_path / "uncached", data, "")
-    assert result.returncode == 0, result.stderr
-    expected = (tmp_path / "uncached" / "steps.csv").read_text()
-    assert (tmp_path / "first" / "steps.csv").read_text() == expected
+    # The same steps as the first run; that a cached run trains as an uncached one does is the
+    # fault drill's check (tests/test_faults.py: every run against its uncached reference).
+    expected = (tmp_path / "first" / "steps.csv").read_text()
     assert (tmp_path / "second" / "steps.csv").read_text() == expected

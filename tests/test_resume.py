@@ -357,35 +357,6 @@ def test_tensorboard_events_hold_the_history(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_workdir_of_another_model(synthetic_data_dir, tmp_path):
-    assert _finish(_launch(["--config.num_epochs=1"], tmp_path / "run", synthetic_data_dir))[0] == 0
-    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    code, _, stderr = _finish(
-        _launch(
-            ["--config.model=dense", "--config.num_epochs=1"], tmp_path / "run", synthetic_data_dir
-        )
-    )
-    assert code == 2 and "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: workdir") and "model: 'cnn_simple' -> 'dense'" in last
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
-
-
-@pytest.mark.slow
-def test_cli_falls_back_from_a_damaged_checkpoint(synthetic_data_dir, tmp_path):
-    assert _finish(_launch(["--config.num_epochs=2"], tmp_path / "run", synthetic_data_dir))[0] == 0
-    ckpt = tmp_path / "run" / "checkpoints"
-    newest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-    _truncate_every_file(ckpt / str(newest))
-    code, _, stderr = _finish(
-        _launch(["--config.num_epochs=3"], tmp_path / "run", synthetic_data_dir)
-    )
-    assert code == 0, stderr
-    assert f"warning: checkpoint step {newest} is damaged" in stderr
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_completed"] == 3
-
-
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:os.fork")  # the child only calls setrlimit before exec
 def test_cli_on_a_full_disk_fails_in_one_line_without_partial_files(synthetic_data_dir, tmp_path):
     import resource

@@ -49,9 +49,10 @@ def write_base_config(folder: Path, num_epochs: int, cache: str = "") -> Path:
     return path
 
 
-def study_spec(folder: Path, num_epochs: int, **fields) -> tuning.StudySpec:
+def study_spec(folder: Path, num_epochs: int, cache: str = "", **fields) -> tuning.StudySpec:
+    """A study of the learning rate over the base config; ``cache``: its runs' compilation cache."""
     (folder / "space.py").write_text(LEARNING_RATE_SPACE)
-    base = write_base_config(folder, num_epochs)
+    base = write_base_config(folder, num_epochs, cache)
     return tuning.StudySpec(
         config=str(base), workdir=folder / "study", space=str(folder / "space.py"), **fields
     )
@@ -183,8 +184,8 @@ def started_trials(output: str) -> set[int]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_study_and_run_every_trial_once(tmp_path):
-    spec = study_spec(tmp_path, num_epochs=2)
+def test_two_workers_share_one_study_and_run_every_trial_once(tmp_path, session_compilation_cache):
+    spec = study_spec(tmp_path, num_epochs=2, cache=str(session_compilation_cache))
     workers = [
         subprocess.Popen(tune_command(spec, 4, f"--seed={seed}"), stdout=subprocess.PIPE, text=True)
         for seed in (1, 2)
@@ -218,8 +219,10 @@ def stop_after_a_new_checkpoint(worker: subprocess.Popen, run: Path, signum: int
 
 
 @pytest.mark.slow
-def test_an_interrupted_then_killed_trial_is_resumed_until_it_finishes(tmp_path):
-    spec = study_spec(tmp_path, num_epochs=30)
+def test_an_interrupted_then_killed_trial_is_resumed_until_it_finishes(
+    tmp_path, session_compilation_cache
+):
+    spec = study_spec(tmp_path, num_epochs=30, cache=str(session_compilation_cache))
     run = spec.workdir / "trials/0000"
     command = tune_command(spec, 1, "--heartbeat_s=1")
     interrupted = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
