@@ -674,11 +674,10 @@ def framework_settings(framework: str, machine: dict) -> str:
     return FRAMEWORK_SETTINGS.get(framework, "").format(spe=spe)
 
 
-def failure(rows: list[dict], framework: str, model: str) -> str:
-    """The cell of a pair without timings: why it was not timed, or "failed"."""
-    pair = (framework, model)
-    reasons = [r.get("error", "") for r in rows if (r["framework"], r["model"]) == pair]
-    return next((e for e in reasons if e.startswith("not timed")), "failed")
+def failure(row: dict) -> str:
+    """The cell of a row without timings: why it was not timed, or "failed"."""
+    reason = row.get("error", "")
+    return reason if reason.startswith("not timed") else "failed"
 
 
 def best_epoch_s(by_pair: dict, model: str, variants: tuple[str, ...]) -> float | None:
@@ -717,7 +716,8 @@ def markdown(rows: list[dict], machine: dict) -> str:
             cells += f"{framework_settings(framework, machine)} |"
             r = by_pair.get((framework, model))
             if r is None:
-                lines.append(f"{cells} {failure(rows, framework, model)} | | | | | | |")
+                failed = next(x for x in rows if (x["framework"], x["model"]) == (framework, model))
+                lines.append(f"{cells} {failure(failed)} | | | | | | |")
                 continue
             ratios = [f"{b / r['epoch_s']:.2f}x" if b else "-" for b in best.values()]
             lines.append(
