@@ -1,17 +1,18 @@
-"""The persistent compilation cache: checked entries, and runs in sequence on one cache folder."""
+"""The persistent compilation cache: checked entries, and a second process loading them.
+
+Training runs in sequence on one cache folder (among them the NaN run, then ``fast`` twice, that
+once crashed the second ``fast`` run) are the fault drill's cache trials (``tests/test_faults.py``).
+"""
 
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT
 
 from flaxmnist.storage import compilation_cache
 from flaxmnist.storage.compilation_cache import CheckedFileCache
-from flaxmnist.testing import write_idx_dataset
 
 
 def test_an_entry_reads_back_what_was_put(tmp_path):
@@ -112,42 +113,3 @@ def test_jax_compiles_into_the_checked_store_and_a_second_process_loads_from_it(
     entries = list((tmp_path / "cache").glob("jit_*.checked"))
     assert hits == "0" and entries
     assert child() == [value, str(len(entries))]  # every program loaded, none compiled
-
-
-def _train(
-    args: list[str], workdir: Path, data: Path, cache: Path | str
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flaxmnist.train",
-            *args,
-            f"--config.data_dir={data}",
-            f"--config.compilation_cache_dir={cache}",
-            f"--workdir={workdir}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.mark.slow
-def test_a_nan_run_then_the_fast_preset_twice_on_one_cache(tmp_path):
-    """The sequence that once crashed the second ``fast`` run ("Function ... not found")."""
-    data = write_idx_dataset(tmp_path / "data" / "mnist", num_train=1024, num_test=100).parent
-    cache = tmp_path / "cache"
-    nan = ["--config=dense", "--config.optimizer=sgd", "--config.learning_rate=1e30"]
-    result = _train([*nan, "--config.num_epochs=2"], tmp_path / "nan", data, cache)
-    assert result.returncode == 2 and "loss became nan" in result.stderr
-    fast = ["--config=fast", "--config.num_epochs=1"]
-    for name in ("first", "second"):
-        result = _train(fast, tmp_path / name, data, cache)
-        assert result.returncode == 0, result.stderr
-        assert "Traceback" not in result.stderr
-    # The same steps as the first run; that a cached run trains as an uncached one does is the
-    # fault drill's check (tests/test_faults.py: every run against its uncached reference).
-    expected = (tmp_path / "first" / "steps.csv").read_text()
-    assert (tmp_path / "second" / "steps.csv").read_text() == expected
