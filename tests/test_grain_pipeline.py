@@ -97,9 +97,9 @@ def test_grain_and_tfds_pipelines_train_on_bitwise_the_same_batches(data_root, g
         tfds_prepare.streaming_builder("mnist", data_root),
         {name: grain_splits[name] for name in ("train", "test")},
     )
-    kwargs = dict(seed=SEED, epoch=3, start_step=2, steps_per_element=4)
-    by_tfds = input_pipeline.tf_train_dataset(tfds_splits["train"], 16, **kwargs)
-    by_grain = grain_pipeline.train_batches(grain_splits["train"], 16, **kwargs)
+    plan = input_pipeline.TrainEpoch(16, seed=SEED, epoch=3, start_step=2, steps_per_element=4)
+    by_tfds = input_pipeline.tf_train_dataset(tfds_splits["train"], plan)
+    by_grain = grain_pipeline.train_batches(grain_splits["train"], plan)
     for tfds_batch, grain_batch in zip(by_tfds.as_numpy_iterator(), by_grain, strict=True):
         for key in ("image", "label"):
             np.testing.assert_array_equal(tfds_batch[key], grain_batch[key])

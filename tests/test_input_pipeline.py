@@ -58,9 +58,10 @@ def streamed(request) -> tuple[str, object, datasets.ArraySplit]:
 
 
 def train_batches(pipeline: str, split, batch_size: int, **order) -> list[dict]:
+    plan = input_pipeline.TrainEpoch(batch_size, **order)
     if pipeline == "grain":
-        return list(grain_pipeline.train_batches(split, batch_size, **order))
-    return list(input_pipeline.tf_train_dataset(split, batch_size, **order).as_numpy_iterator())
+        return list(grain_pipeline.train_batches(split, plan))
+    return list(input_pipeline.tf_train_dataset(split, plan).as_numpy_iterator())
 
 
 def eval_batches(pipeline: str, split, batch_size: int, rows: slice | None = None) -> list[dict]:

@@ -71,7 +71,8 @@ def test_both_pipelines_see_the_same_examples(device_splits, tfds_splits, name):
 
 
 def test_an_epoch_trains_on_training_examples_only(device_splits, tfds_splits):
-    dataset = input_pipeline.tf_train_dataset(tfds_splits["train"], 10, seed=SEED, epoch=1)
+    plan = input_pipeline.TrainEpoch(10, seed=SEED, epoch=1)
+    dataset = input_pipeline.tf_train_dataset(tfds_splits["train"], plan)
     batches = list(dataset.as_numpy_iterator())
     assert len(batches) == 461 // 10
     seen = multiset(

@@ -231,14 +231,15 @@ def test_prepared_dataset_is_the_stock_one_in_tfrecord_with_array_record_beside(
 
 
 @pytest.mark.slow
-def test_the_check_after_building_catches_a_single_changed_pixel(prepared):
+def test_the_check_after_building_catches_a_single_changed_pixel(small):
     import tensorflow_datasets as tfds
 
-    idx = datasets.load_idx_dataset("mnist")
+    idx = datasets.load_idx_dataset("mnist", str(small))
     images = idx.test.images.copy()
-    images[1234, 14, 14, 0] ^= 0x80
+    images[123, 14, 14, 0] ^= 0x80
     changed = dataclasses.replace(idx, test=datasets.ArraySplit(images, idx.test.labels))
-    builder = tfds.builder("mnist", data_dir=str(prepared[0]))
+    (path,) = small.glob(f"mnist/tfds/*/mnist/{IDX_VERSION}")
+    builder = tfds.builder_from_directory(str(path))
     with pytest.raises(DataError, match=r"\(test: the examples differ\); nothing was installed"):
         tfds_prepare._verify(builder, changed)
 

@@ -143,7 +143,8 @@ def flax_worker(
         split = input_pipeline.CachedSplit(tf.data.Dataset.from_tensors(whole).cache(), n)
 
         def run(state, epoch, run_steps=steps):
-            dataset = input_pipeline.tf_train_dataset(split, batch, seed=0, epoch=epoch)
+            plan = input_pipeline.TrainEpoch(batch, seed=0, epoch=epoch)
+            dataset = input_pipeline.tf_train_dataset(split, plan)
             for item in dataset.take(run_steps).as_numpy_iterator():
                 state, metrics = fns.train_step(state, item, rng)
             jax.block_until_ready(metrics)

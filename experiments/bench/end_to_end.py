@@ -114,7 +114,4 @@ def startup_markdown(result: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The markdown of this module's sections that have results ("" when none has)."""
-    return bench.sections_markdown(
-        results, {"startup": startup_markdown}
-    )
-
+    return bench.sections_markdown(results, {"startup": startup_markdown})

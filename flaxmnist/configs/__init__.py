@@ -32,8 +32,7 @@ def resolve(value: str) -> str:
     if path_part.endswith(".py") and Path(path_part).is_file():
         return value
     raise ConfigError(
-        f"unknown config {value!r}: not a file and not a preset "
-        f"({', '.join(preset_names())})"
+        f"unknown config {value!r}: not a file and not a preset ({', '.join(preset_names())})"
     )
 
 

@@ -104,43 +104,23 @@ def open_splits(
     return input_pipeline.match_splits(wanted, read, take)
 
 
-def train_batches(
-    split: ArraySplit,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    start_step: int = 0,
-    rows: slice | None = None,
-    steps_per_element: int | None = None,
-) -> grain.IterDataset:
+def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.IterDataset:
     """One training epoch: the batches ``input_pipeline.tf_train_dataset`` gives, without TF.
 
-    Full batches in the order of ``input_pipeline.epoch_order(len(split), batch_size, seed=seed,
-    epoch=epoch)``, from batch ``start_step`` on (a resumed epoch gathers none of the earlier
-    ones), each cut to ``rows`` (this process's share of a global batch; None: all of it).
+    A resumed epoch (``plan.start_step``) gathers none of the earlier batches.
 
     Args:
       split: the training split, as host arrays.
-      batch_size: the global batch size.
-      seed: the run's seed.
-      epoch: the epoch.
-      start_step: the first batch to give.
-      rows: the rows of each batch to give.
-      steps_per_element: how many batches each element stacks (``[steps, rows, ...]``; the
-        last element stacks the rest); None: one ``[rows, ...]`` batch per element.
+      plan: which batches, cut to which rows, stacked how.
 
     Returns:
       A Grain dataset of ``{"image", "label"}`` numpy batches, prefetched on one thread.
     """
-    order = input_pipeline.epoch_order(len(split), batch_size, seed=seed, epoch=epoch)
-    order = order[start_step:] if rows is None else order[start_step:, rows]
-    if steps_per_element is None:
-        elements = list(order)
-    else:
-        elements = [
-            order[i : i + steps_per_element] for i in range(0, len(order), steps_per_element)
-        ]
+    order = plan.batch_indices(len(split))
+    step = plan.steps_per_element
+    elements = (
+        list(order) if step is None else [order[i : i + step] for i in range(0, len(order), step)]
+    )
     import grain
 
     return prefetched(grain.MapDataset.source(elements).map(functools.partial(gather, split)))

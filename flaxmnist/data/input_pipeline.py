@@ -353,20 +353,11 @@ def epoch_order(num_examples: int, batch_size: int, *, seed: int, epoch: int) ->
     return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
-def tf_train_dataset(
-    split: CachedSplit,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    start_step: int = 0,
-    rows: slice | None = None,
-    steps_per_element: int | None = None,
-) -> tf.data.Dataset:
-    """One training epoch: full batches in the order of :func:`epoch_order`, prefetched.
+@dataclasses.dataclass(frozen=True)
+class TrainEpoch:
+    """Which batches of a training epoch a streaming pipeline gives, and how it groups them.
 
-    Args:
-      split: the cached training split.
+    Attributes:
       batch_size: the global batch size.
       seed: the run's seed.
       epoch: the epoch.
@@ -374,20 +365,48 @@ def tf_train_dataset(
       rows: this process's rows of each global batch (None: all).
       steps_per_element: batches stacked per element into ``[steps, rows, ...]`` arrays (the
         last element holds the batches left over); None: one batch per element.
+    """
+
+    batch_size: int
+    seed: int
+    epoch: int
+    start_step: int = 0
+    rows: slice | None = None
+    steps_per_element: int | None = None
+
+    def batch_indices(self, num_examples: int) -> np.ndarray:
+        """The example indices of the batches to give, ``[steps, rows]``, in :func:`epoch_order`.
+
+        Args:
+          num_examples: the training split's size.
+
+        Returns:
+          The full batches from ``start_step`` on, each cut to ``rows``.
+        """
+        order = epoch_order(num_examples, self.batch_size, seed=self.seed, epoch=self.epoch)
+        order = order[self.start_step :]
+        return order if self.rows is None else order[:, self.rows]
+
+
+def tf_train_dataset(split: CachedSplit, plan: TrainEpoch) -> tf.data.Dataset:
+    """One training epoch: full batches in the order of :func:`epoch_order`, prefetched.
+
+    Args:
+      split: the cached training split.
+      plan: which batches, cut to which rows, stacked how.
 
     Returns:
       A dataset of ``{"image", "label"}`` batches of ``rows`` (or all ``batch_size``) examples.
     """
     tf = import_tensorflow()
-    order = epoch_order(split.size, batch_size, seed=seed, epoch=epoch)[start_step:]
-    indices = tf.data.Dataset.from_tensor_slices(order if rows is None else order[:, rows])
+    indices = tf.data.Dataset.from_tensor_slices(plan.batch_indices(split.size))
 
     def gather(whole: dict, batch_indices: tf.Tensor) -> dict:
         return {key: tf.gather(value, batch_indices) for key, value in whole.items()}
 
     batches = tf.data.Dataset.zip(split.dataset.repeat(), indices).map(gather)
-    if steps_per_element is not None:
-        batches = batches.batch(steps_per_element)
+    if plan.steps_per_element is not None:
+        batches = batches.batch(plan.steps_per_element)
     return lean(batches).prefetch(PREFETCH_BATCHES)
 
 

@@ -110,7 +110,7 @@ class StreamingFeeder(Feeder):
     and ``fashion_mnist``): the same examples as the arrays of ``inputs``, which the device path
     trains on. A subclass names how: :meth:`find_builder` finds the dataset, :meth:`open_splits`
     reads the splits, :meth:`train_batches` and :meth:`eval_batches` give their host batches,
-    with the arguments of ``input_pipeline.tf_train_dataset`` and ``tf_eval_dataset``.
+    as ``input_pipeline.tf_train_dataset`` and ``tf_eval_dataset`` take them.
     """
 
     def __init__(self, inputs: FeederInputs):
@@ -130,8 +130,8 @@ class StreamingFeeder(Feeder):
 
     @staticmethod
     @abc.abstractmethod
-    def train_batches(split: Any, batch_size: int, **order: Any) -> Iterable[Any]:
-        """An epoch's host batches of ``split`` (``seed``, ``epoch``, ``start_step``, ...)."""
+    def train_batches(split: Any, plan: input_pipeline.TrainEpoch) -> Iterable[Any]:
+        """An epoch's host batches of ``split``: those ``plan`` names."""
 
     @staticmethod
     @abc.abstractmethod
@@ -147,8 +147,7 @@ class StreamingFeeder(Feeder):
         its batches arrive stacked, and ``train_step`` runs over them in one call.
         """
         steps = len(self.inputs.train) // self.config.batch_size
-        batches = self.train_batches(
-            self.splits["train"],
+        plan = input_pipeline.TrainEpoch(
             self.config.batch_size,
             seed=self.config.seed,
             epoch=epoch,
@@ -156,6 +155,7 @@ class StreamingFeeder(Feeder):
             rows=parallel.process_rows(self.mesh, self.config.batch_size),
             steps_per_element=math.ceil(steps / self.config.chunks_per_epoch),
         )
+        batches = self.train_batches(self.splits["train"], plan)
         for chunk in self.on_device(batches, leading_axes=1):
             state, metrics = self.fns.train_on_batches(state, chunk, rng)
             yield state, jax.device_get(metrics)
@@ -185,9 +185,9 @@ class TfdsFeeder(StreamingFeeder):
     open_splits = staticmethod(input_pipeline.open_splits)  # tf.data caches
 
     @staticmethod
-    def train_batches(split: Any, batch_size: int, **order: Any) -> Iterable[Any]:
+    def train_batches(split: Any, plan: input_pipeline.TrainEpoch) -> Iterable[Any]:
         """``input_pipeline.tf_train_dataset``'s batches as numpy."""
-        return input_pipeline.tf_train_dataset(split, batch_size, **order).as_numpy_iterator()
+        return input_pipeline.tf_train_dataset(split, plan).as_numpy_iterator()
 
     @staticmethod
     def eval_batches(split: Any, batch_size: int, rows: slice) -> Iterable[Any]:
