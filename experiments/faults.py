@@ -52,6 +52,8 @@ DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 
 # The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
 RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
+# The quick trials' moments: as the first checkpoint starts to be written, or once it is.
+WRITING, WRITTEN = "writing", "written"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,20 +442,32 @@ def small_tmpfs(drill: Drill, size: str) -> Iterator[Path | None]:
 
 
 def interrupt_and_resume(
-    drill: Drill, row: Row, signum: int, cache: Path, expected_codes: set[int]
+    drill: Drill,
+    row: Row,
+    signum: int,
+    cache: Path,
+    expected_codes: set[int],
+    checkpoint: str | None = None,
 ) -> None:
-    """One trial: start the resumable run, signal it at a random moment, rerun, compare."""
-    lifetime = drill.warm_run_seconds(cache)
+    """One trial: start the resumable run, signal it, rerun, compare with the reference.
+
+    The signal lands at a random moment, or, given ``checkpoint`` (:data:`WRITING` or
+    :data:`WRITTEN`), as the first checkpoint starts to be written or once it is (the quick
+    trials: no timing runs needed, and a moment the run must survive every time).
+    """
     workdir = drill.fresh(signal.Signals(signum).name.lower())
+    lifetime = None if checkpoint else drill.warm_run_seconds(cache)
     process = drill.launch(RESUMABLE, workdir, cache)
-    if drill.rng.random() < 0.25:  # aim at a checkpoint being written
+    if checkpoint:
+        sent = signal_at_first_checkpoint(process, workdir, signum, checkpoint)
+    elif drill.rng.random() < 0.25:  # aim at a checkpoint being written
         sent = signal_during_checkpoint_write(process, workdir, signum)
     else:
         sent = kill_at(process, drill.rng.uniform(0.2, 0.9 * lifetime), signum)
     where = moment(workdir, 3) if sent else "after exit"
     outcome = finish(process)
-    if not sent:
-        first_ok = outcome.code == 0
+    if not sent:  # a fixed moment must be reached; a random one may come after the end
+        first_ok = outcome.code == 0 and checkpoint is None
     else:
         # Killed by the signal itself (kill -9, or at interpreter shutdown): nothing to print.
         first_ok = outcome.code in expected_codes and (outcome.code == -signum or outcome.clean)
@@ -479,25 +493,50 @@ def signal_during_checkpoint_write(process: subprocess.Popen, workdir: Path, sig
     return False
 
 
+def signal_at_first_checkpoint(
+    process: subprocess.Popen, workdir: Path, signum: int, checkpoint: str
+) -> bool:
+    """Sends ``signum`` as the first checkpoint is :data:`WRITING` or once :data:`WRITTEN`.
+
+    Returns whether it was sent (the process may end first).
+    """
+    ckpt = workdir / "checkpoints"
+    counts = (lambda p: p.name.isdigit()) if checkpoint == WRITTEN else (lambda p: True)
+    while process.poll() is None:
+        if ckpt.is_dir() and any(map(counts, ckpt.iterdir())):
+            process.send_signal(signum)
+            return True
+        time.sleep(0.002)
+    return False
+
+
 def kill9(drill: Drill, quick: bool) -> Row:
-    """SIGKILL at random moments; every resumed run must end bitwise-equal to the reference."""
+    """SIGKILL at random moments; every resumed run must end bitwise-equal to the reference.
+
+    Quick: once, as the first checkpoint is written.
+    """
     row = Row("kill -9 at random moments, then resume")
     cache = drill.cache(quick)
     for _ in range(1 if quick else 24):
-        interrupt_and_resume(drill, row, signal.SIGKILL, cache, {-signal.SIGKILL})
+        checkpoint = WRITING if quick else None
+        interrupt_and_resume(drill, row, signal.SIGKILL, cache, {-signal.SIGKILL}, checkpoint)
     summarize_moments(row)
     return row
 
 
 def signals(drill: Drill, quick: bool) -> Row:
-    """SIGINT / SIGTERM at random moments: exit 130 / 143, and the rerun finishes the run."""
+    """SIGINT / SIGTERM at random moments: exit 130 / 143, and the rerun finishes the run.
+
+    Quick: SIGINT as the first checkpoint is written, SIGTERM in the epoch after it.
+    """
     row = Row("SIGINT / SIGTERM at random moments, then resume")
     cache = drill.cache(quick)
     # 128 + signal; or killed by the signal itself when it lands while the interpreter shuts
     # down after a finished run (Python resets its handlers there; shells report the same 130).
+    sigint_at, sigterm_at = (WRITING, WRITTEN) if quick else (None, None)
     for _ in range(1 if quick else 12):
-        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130, -signal.SIGINT})
-        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143, -signal.SIGTERM})
+        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130, -signal.SIGINT}, sigint_at)
+        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143, -signal.SIGTERM}, sigterm_at)
     summarize_moments(row)
     return row
 
