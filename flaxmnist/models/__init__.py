@@ -228,7 +228,7 @@ _register(
 _register(
     "cnn_dropout", CNN, blocks=((32, 64),), hidden=(128,), block_dropout=0.25, head_dropout=0.5
 )  # 1,199,882
-# Residual networks (issue #8); counts exclude the BatchNorm statistics (batch_stats).
+# Residual networks; counts exclude the BatchNorm statistics (batch_stats).
 _register("resnet", ResNet, stage_widths=(32, 64, 128), blocks_per_stage=1)  # 308,746
 # A quarter of resnet's compute (about convnet's): the `fast_fashion` candidate.
 _register("resnet_small", ResNet, stage_widths=(16, 32, 64), blocks_per_stage=1)  # 78,090
