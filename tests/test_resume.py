@@ -20,8 +20,9 @@ from flaxmnist.training import early_stopping, experiment, interruption, loop
 
 
 def _launch(
-    config_args: list[str], workdir: Path, data_dir: Path, cache_dir: str = ""
+    config_args: list[str], workdir: Path, data_dir: Path, cache_dir: Path
 ) -> subprocess.Popen:
+    """Starts ``python -m flaxmnist.train`` on cnn_simple (``cache_dir``: the session's cache)."""
     command = [
         sys.executable,
         "-m",
@@ -170,18 +171,22 @@ def test_a_second_run_on_a_locked_workdir_refuses(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_locked_workdir(synthetic_data_dir, tmp_path):
+def test_cli_refuses_a_locked_workdir(synthetic_data_dir, tmp_path, session_compilation_cache):
     with run_directory.RunDirectory(tmp_path / "run"):
-        code, _, stderr = _finish(_launch([], tmp_path / "run", synthetic_data_dir))
+        run = _launch([], tmp_path / "run", synthetic_data_dir, session_compilation_cache)
+        code, _, stderr = _finish(run)
     assert code == 2 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: workdir")
     assert "in use by another run" in stderr
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_naming_epoch_and_step(synthetic_data_dir, tmp_path):
+def test_nan_loss_stops_naming_epoch_and_step(
+    synthetic_data_dir, tmp_path, session_compilation_cache
+):
     args = ["--config.optimizer=sgd", "--config.learning_rate=1e12", "--config.num_epochs=2"]
-    code, _, stderr = _finish(_launch(args, tmp_path / "run", synthetic_data_dir))
+    run = _launch(args, tmp_path / "run", synthetic_data_dir, session_compilation_cache)
+    code, _, stderr = _finish(run)
     assert code == 2 and "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss became nan at epoch 1, step ") or "inf at epoch 1" in last
@@ -318,7 +323,7 @@ def test_cli_on_a_full_disk_fails_in_one_line_without_partial_files(synthetic_da
 
 @pytest.mark.slow
 def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_finishes(
-    synthetic_data_dir, tmp_path
+    synthetic_data_dir, tmp_path, session_compilation_cache
 ):
     # A library failing after training (as a bug would): patched in through import_modules.
     plugin = tmp_path / "fails_after_training.py"
@@ -330,7 +335,7 @@ def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_fin
     )
     workdir = tmp_path / "run"
     args = ["--config.num_epochs=2", f"--config.import_modules={plugin}"]
-    code, _, stderr = _finish(_launch(args, workdir, synthetic_data_dir))
+    code, _, stderr = _finish(_launch(args, workdir, synthetic_data_dir, session_compilation_cache))
     assert code == 1
     assert stderr.strip().splitlines()[-1] == (
         "error: internal error (RuntimeError: simulated library failure); "
@@ -339,7 +344,9 @@ def test_an_internal_error_ends_in_one_line_with_its_traceback_and_the_rerun_fin
     assert "Traceback" not in stderr
     assert "simulated library failure" in (workdir / "error.log").read_text()
     assert not (workdir / "metrics.json").exists()
-    code, stdout, stderr = _finish(_launch(["--config.num_epochs=2"], workdir, synthetic_data_dir))
+    args = ["--config.num_epochs=2"]
+    rerun = _launch(args, workdir, synthetic_data_dir, session_compilation_cache)
+    code, stdout, stderr = _finish(rerun)
     assert code == 0, stderr
     assert "resuming" in stdout + stderr
     assert json.loads((workdir / "metrics.json").read_text())["epochs_completed"] == 2

@@ -133,13 +133,15 @@ def test_the_config_file_runs_once_and_its_overrides_apply(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_trains_with_a_custom_loss_from_experiments(synthetic_data_dir, tmp_path):
+def test_cli_trains_with_a_custom_loss_from_experiments(
+    synthetic_data_dir, tmp_path, session_compilation_cache
+):
     result = run_cli(
         "--config=cnn_simple",
         f"--config.data_dir={synthetic_data_dir}",
         "--config.num_epochs=1",
         "--config.batch_size=32",
-        "--config.compilation_cache_dir=",
+        f"--config.compilation_cache_dir={session_compilation_cache}",
         f"--config.import_modules={REPO_ROOT}/experiments/custom_losses.py",
         "--config.loss=focal",
         "--config.loss_options=gamma=1.5",
