@@ -622,7 +622,7 @@ def test_keras_recipes_build_flaxmnists_models_and_train():
     }
     assert keras_recipe.compile_settings("default") == {}
     recipe = dataclasses_replace(fast, max_epochs=1)
-    result = keras_recipe.train(recipe, "xla", 0, examples=256, test_examples=200)
+    result = keras_recipe.train(recipe, "default", 0, examples=256, test_examples=200)
     assert result["steps_per_epoch"] == 2 and len(result["epochs"]) == 1
     assert 0 <= result["test_accuracy"] <= 1 and result["epochs"][0]["val_s"] == 0.0
 
