@@ -23,6 +23,12 @@ def load_experiment(name: str) -> ModuleType:
     return module
 
 
+def with_cpu_devices(count: int) -> dict[str, str]:
+    """This process's environment for a child that sees ``count`` CPU devices (XLA_FLAGS kept)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
+    return {**os.environ, "XLA_FLAGS": flags.strip()}
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Runs ``python -m flaxmnist.train ARGS`` in ``cwd`` and returns its captured output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -1,7 +1,6 @@
 """Data parallelism: the same train_step on 1 and 8 (simulated CPU) devices."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, with_cpu_devices
 
 import flaxmnist
 from flaxmnist.configs import default
@@ -47,10 +46,9 @@ print("RESULTS " + json.dumps(results))
 
 
 def _run_on_8_devices(script: str, *args: str) -> str:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     result = subprocess.run(
         [sys.executable, "-c", script, *args],
-        env=env,
+        env=with_cpu_devices(8),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -158,13 +156,10 @@ def _step_losses(workdir) -> np.ndarray:
 def test_two_processes_train_like_one(synthetic_data_dir, tmp_path, session_compilation_cache):
     """jax.distributed on CPU: 2 processes x 2 devices against 1 process x 4 devices."""
 
-    def env(devices: int) -> dict[str, str]:
-        return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-
     one = tmp_path / "one-process"
     single = subprocess.run(
         _train_command(synthetic_data_dir, one, session_compilation_cache),
-        env=env(4),
+        env=with_cpu_devices(4),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -185,7 +180,7 @@ def test_two_processes_train_like_one(synthetic_data_dir, tmp_path, session_comp
                 *cluster,
                 f"--config.multihost.process_id={i}",
             ),
-            env=env(2),
+            env=with_cpu_devices(2),
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
