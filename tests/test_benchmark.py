@@ -638,3 +638,44 @@ def test_peak_rss_is_this_process():
 
     peak = benchmark.peak_rss_mb()
     assert 10 < peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 1
+
+
+op_profile = load("op_profile")
+
+HLO = """\
+%fused_computation.1 (param_0: f32[4]) -> f32[4] {
+  %mul.1 = f32[4]{0} multiply(%param_0, %param_0), metadata={op_name="jit(f)/jvp(CNN)/Conv_0/mul"}
+  ROOT %max.1 = f32[4]{0} maximum(%mul.1, %mul.1), metadata={op_name="jit(f)/jvp(CNN)/relu/max"}
+}
+
+ENTRY %main.2 (p: f32[4]) -> f32[4] {
+  %relu_fusion = f32[4]{0} fusion(%p), calls=%fused_computation.1, metadata={op_name="jit(f)/max"}
+  %dot.3 = f32[4]{0} dot(%relu_fusion, %p), metadata={op_name="jit(f)/transpose(jvp(CNN))/head/dot"}
+  ROOT %add.4 = f32[4]{0} add(%dot.3, %p), metadata={op_name="jit(f)/adam/add"}
+}
+"""
+
+
+def test_op_profile_names_each_op_by_its_layer_and_pass():
+    metadata = op_profile.op_metadata(HLO)
+    assert metadata["relu_fusion"] == ("jit(f)/jvp(CNN)/Conv_0/mul", "jit(f)/max")  # layer, root
+    passes = {name: op_profile.layer_and_pass(layer) for name, (layer, _) in metadata.items()}
+    assert passes["relu_fusion"] == ("Conv_0", "forward")
+    assert passes["dot.3"] == ("head", "backward")
+    assert passes["add.4"] == ("adam", "rest")
+
+
+def test_op_profile_counts_self_time_once_per_op():
+    def event(name, ts, dur, tid=1):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid}
+
+    events = [
+        event("while.1", 0, 100),  # a loop around two ops: 30 us of its own
+        event("dot.1", 10, 40),
+        event("fusion.1", 60, 30),
+        event("dot.1", 200, 20),  # the same op again, later
+        event("fusion.1", 0, 50, tid=2),  # another thread
+        event("ThunkExecutor::Execute", 0, 500),  # not an op of the program: ignored
+    ]
+    known = dict.fromkeys(["while.1", "dot.1", "fusion.1"])
+    assert op_profile.self_times(events, known) == {"while.1": 30, "dot.1": 60, "fusion.1": 80}
