@@ -113,6 +113,28 @@ def test_compare_writes_a_table_and_figures(trained_runs, tmp_path):
     }
 
 
+def test_runs_without_validation_are_compared_on_their_training_curves(trained_runs, tmp_path):
+    unvalidated = []
+    for model in ("cnn_simple", "dense"):  # copies whose history has no validation metrics
+        copy = Path(shutil.copytree(trained_runs[model], tmp_path / f"{model}-no-val"))
+        history = json.loads((copy / "history.json").read_text())
+        assert "val_accuracy" in history[0]
+        stripped = [{k: v for k, v in r.items() if not k.startswith("val_")} for r in history]
+        (copy / "history.json").write_text(json.dumps(stripped))
+        metrics = json.loads((copy / "metrics.json").read_text())
+        (copy / "metrics.json").write_text(json.dumps({**metrics, "final_val_accuracy": None}))
+        unvalidated.append(copy)
+    rows = comparison.compare(unvalidated, tmp_path / "cmp")
+    assert rows[0]["final_val_accuracy"] is None
+    table_row = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()[2]
+    assert table_row.split(" | ")[-2] == "-"  # no validation accuracy
+    curves = {p.name for p in (tmp_path / "cmp").glob("*_curves.png")}
+    assert curves == {"train_accuracy_curves.png", "train_loss_curves.png"}
+    comparison.compare([unvalidated[0], trained_runs["dense"]], tmp_path / "mixed")
+    curves = {p.name for p in (tmp_path / "mixed").glob("*_curves.png")}
+    assert curves == {"val_accuracy_curves.png", "val_loss_curves.png"}
+
+
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],

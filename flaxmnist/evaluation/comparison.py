@@ -1,6 +1,7 @@
 """Trained runs side by side, like the reference notebooks' ANN vs CNN vs deeper-CNN comparison.
 
-Test accuracy and loss, parameter counts, training time, per-class accuracy and validation curves.
+Test accuracy and loss, parameter counts, training time, per-class accuracy and validation curves
+(training curves when no run held out validation data).
 
 :func:`compare` writes ``comparison.csv``, ``comparison.md`` and four figures; runs without
 ``eval/metrics.json`` are scored on the fly.
@@ -9,6 +10,7 @@ Test accuracy and loss, parameter counts, training time, per-class accuracy and 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +62,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     """The comparison as a markdown table."""
 
     def cell(value: Any) -> str:
+        if value is None:  # a run without validation data has no final_val_accuracy
+            return "-"
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def curve_metric(histories: Iterable[list[dict]], kind: str) -> str:
+    """``val_<kind>`` when any of the runs held out validation data, else ``train_<kind>``."""
+    validated = any(f"val_{kind}" in record for history in histories for record in history)
+    return f"val_{kind}" if validated else f"train_{kind}"
 
 
 def compare(workdirs: list[Path], out: Path) -> list[dict[str, Any]]:
@@ -82,7 +92,8 @@ def compare(workdirs: list[Path], out: Path) -> list[dict[str, Any]]:
         out / "model_comparison.png",
     )
     curves = {r["run"]: history for r, (_, history, _) in zip(rows, summaries, strict=True)}
-    for metric in ("val_accuracy", "val_loss"):
+    for kind in ("accuracy", "loss"):
+        metric = curve_metric(curves.values(), kind)
         figures.save_figure(
             figures.overlaid_curves(curves, metric=metric), out / f"{metric}_curves.png"
         )
