@@ -512,6 +512,16 @@ def peak_rss_mb() -> float:
     return int(kib[0]) / 1024
 
 
+def write_result_files(out: Path, stem: str, record: dict, table: str) -> None:
+    """Writes ``OUT/STEM.json`` and ``OUT/STEM.md`` (each atomically) and prints the table."""
+    from flaxmnist.storage import files
+
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
+    files.write_text_atomic(out / f"{stem}.md", table)
+    print(table)
+
+
 def emit_result(result: dict) -> None:
     """Prints a worker's result as the ``RESULT {json}`` line its driver reads."""
     print("RESULT " + json.dumps(result), flush=True)

@@ -11,7 +11,6 @@ machine spreads over both. ``--set FIELD=VALUE`` (repeated) adds config override
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -104,12 +103,7 @@ def main(argv: list[str]) -> None:
     values = flags.FLAGS
     runs = [run_seed(seed, values.set) for seed in values.seeds]
     result = summarize(runs, values.set, bench.machine_name())
-    out = Path(values.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fast_seeds.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
-    (out / "fast_seeds.md").write_text(table)
-    print(table)
+    bench.write_result_files(Path(values.out), "fast_seeds", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -215,12 +215,8 @@ def main(argv: list[str]) -> None:
             raise errors.ConfigError(f"--models: unknown presets {', '.join(unknown)}")
         results = [profile(preset, values.steps) for preset in values.models]
     machine = bench.machine_name()
-    out.mkdir(parents=True, exist_ok=True)
     record = {"machine": machine, "steps": values.steps, "results": results}
-    (out / "op_profile.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = markdown(results, machine, values.steps)
-    (out / "op_profile.md").write_text(table)
-    print(table)
+    bench.write_result_files(out, "op_profile", record, markdown(results, machine, values.steps))
 
 
 if __name__ == "__main__":
