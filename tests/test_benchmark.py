@@ -77,6 +77,18 @@ def test_a_bad_flag_is_one_line_and_exit_2():
     )
 
 
+@pytest.mark.slow  # two subprocesses
+def test_op_profile_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = run_script(
+        "experiments/bench/op_profile.py", "--models=convnet,nope", f"--out={tmp_path}"
+    )
+    assert (result.returncode, result.stderr) == (2, "error: --models: unknown presets nope\n")
+    result = run_script("experiments/bench/op_profile.py", "--steps=0", f"--out={tmp_path}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: --steps:")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_run_worker_reads_the_last_result_line_or_the_error():
     ok = "print('noise'); print('RESULT {\"a\": 1}'); print('RESULT {\"a\": 2}')"
     assert benchmark.run_worker([sys.executable, "-c", ok]) == {"a": 2}
