@@ -52,8 +52,22 @@ DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 
 # The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
 RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
-# The quick trials' moments: as the first checkpoint starts to be written, or once it is.
-WRITING, WRITTEN = "writing", "written"
+
+
+def being_written(entry: Path) -> bool:
+    """Whether a ``checkpoints/`` entry is a checkpoint Orbax is still writing."""
+    return "tmp" in entry.name
+
+
+def started(entry: Path) -> bool:
+    """Any ``checkpoints/`` entry: a checkpoint being written or written."""
+    del entry
+    return True
+
+
+def written(entry: Path) -> bool:
+    """Whether a ``checkpoints/`` entry is a finished checkpoint (Orbax renamed it to its step)."""
+    return entry.name.isdigit()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +267,7 @@ def moment(workdir: Path, num_epochs: int) -> str:
     ckpt = workdir / "checkpoints"
     if not (workdir / "config.json").exists():
         return "start-up / compilation"
-    if ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir()):
+    if ckpt.is_dir() and any(map(being_written, ckpt.iterdir())):
         return "checkpoint write"
     try:
         epochs = len(json.loads((workdir / "history.json").read_text()))
@@ -277,7 +291,7 @@ def readable_run(workdir: Path) -> bool:
     if steps.exists() and steps.read_text() and not steps.read_text().startswith("step,"):
         return False
     ckpt = workdir / "checkpoints"
-    has_checkpoint = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+    has_checkpoint = ckpt.is_dir() and any(map(written, ckpt.iterdir()))
     return not has_checkpoint or not params_digest(workdir).startswith("unloadable")
 
 
@@ -447,21 +461,21 @@ def interrupt_and_resume(
     signum: int,
     cache: Path,
     expected_codes: set[int],
-    checkpoint: str | None = None,
+    checkpoint: Callable[[Path], bool] | None = None,
 ) -> None:
     """One trial: start the resumable run, signal it, rerun, compare with the reference.
 
-    The signal lands at a random moment, or, given ``checkpoint`` (:data:`WRITING` or
-    :data:`WRITTEN`), as the first checkpoint starts to be written or once it is (the quick
-    trials: no timing runs needed, and a moment the run must survive every time).
+    The signal lands at a random moment, or, given ``checkpoint`` (:func:`started` or
+    :func:`written`), as soon as the run's first checkpoint shows that (the quick trials: no
+    timing runs needed, and a moment the run must survive every time).
     """
     workdir = drill.fresh(signal.Signals(signum).name.lower())
     lifetime = None if checkpoint else drill.warm_run_seconds(cache)
     process = drill.launch(RESUMABLE, workdir, cache)
     if checkpoint:
-        sent = signal_at_first_checkpoint(process, workdir, signum, checkpoint)
+        sent = signal_at_checkpoint(process, workdir, signum, checkpoint)
     elif drill.rng.random() < 0.25:  # aim at a checkpoint being written
-        sent = signal_during_checkpoint_write(process, workdir, signum)
+        sent = signal_at_checkpoint(process, workdir, signum, being_written)
     else:
         sent = kill_at(process, drill.rng.uniform(0.2, 0.9 * lifetime), signum)
     where = moment(workdir, 3) if sent else "after exit"
@@ -482,28 +496,16 @@ def interrupt_and_resume(
     )
 
 
-def signal_during_checkpoint_write(process: subprocess.Popen, workdir: Path, signum: int) -> bool:
-    """Sends ``signum`` as soon as a checkpoint folder is being written; whether it was sent."""
-    ckpt = workdir / "checkpoints"
-    while process.poll() is None:
-        if ckpt.is_dir() and any("tmp" in p.name for p in ckpt.iterdir()):
-            process.send_signal(signum)
-            return True
-        time.sleep(0.002)
-    return False
-
-
-def signal_at_first_checkpoint(
-    process: subprocess.Popen, workdir: Path, signum: int, checkpoint: str
+def signal_at_checkpoint(
+    process: subprocess.Popen, workdir: Path, signum: int, shows: Callable[[Path], bool]
 ) -> bool:
-    """Sends ``signum`` as the first checkpoint is :data:`WRITING` or once :data:`WRITTEN`.
+    """Sends ``signum`` once an entry of ``workdir/checkpoints`` ``shows``; whether it was sent.
 
-    Returns whether it was sent (the process may end first).
+    Returns False when the process ended first.
     """
     ckpt = workdir / "checkpoints"
-    counts = (lambda p: p.name.isdigit()) if checkpoint == WRITTEN else (lambda p: True)
     while process.poll() is None:
-        if ckpt.is_dir() and any(map(counts, ckpt.iterdir())):
+        if ckpt.is_dir() and any(map(shows, ckpt.iterdir())):
             process.send_signal(signum)
             return True
         time.sleep(0.002)
@@ -517,8 +519,8 @@ def kill9(drill: Drill, quick: bool) -> Row:
     """
     row = Row("kill -9 at random moments, then resume")
     cache = drill.cache(quick)
+    checkpoint = started if quick else None
     for _ in range(1 if quick else 24):
-        checkpoint = WRITING if quick else None
         interrupt_and_resume(drill, row, signal.SIGKILL, cache, {-signal.SIGKILL}, checkpoint)
     summarize_moments(row)
     return row
@@ -533,7 +535,7 @@ def signals(drill: Drill, quick: bool) -> Row:
     cache = drill.cache(quick)
     # 128 + signal; or killed by the signal itself when it lands while the interpreter shuts
     # down after a finished run (Python resets its handlers there; shells report the same 130).
-    sigint_at, sigterm_at = (WRITING, WRITTEN) if quick else (None, None)
+    sigint_at, sigterm_at = (started, written) if quick else (None, None)
     for _ in range(1 if quick else 12):
         interrupt_and_resume(drill, row, signal.SIGINT, cache, {130, -signal.SIGINT}, sigint_at)
         interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143, -signal.SIGTERM}, sigterm_at)
@@ -623,7 +625,7 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
 
     def newest_checkpoint(workdir: Path) -> Path:
         return max(
-            (p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()),
+            filter(written, (workdir / "checkpoints").iterdir()),
             key=lambda p: int(p.name),
         )
 

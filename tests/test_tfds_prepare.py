@@ -239,8 +239,7 @@ def test_the_check_after_building_catches_a_single_changed_pixel(small):
     images = idx.test.images.copy()
     images[123, 14, 14, 0] ^= 0x80
     changed = dataclasses.replace(idx, test=datasets.ArraySplit(images, idx.test.labels))
-    (path,) = small.glob(f"mnist/tfds/*/mnist/{IDX_VERSION}")
-    builder = tfds.builder_from_directory(str(path))
+    builder = tfds.builder_from_directory(str(version_dir(small)))
     with pytest.raises(DataError, match=r"\(test: the examples differ\); nothing was installed"):
         tfds_prepare._verify(builder, changed)
 
@@ -305,11 +304,16 @@ def small(tmp_path_factory) -> Path:
     return root
 
 
+def version_dir(root: Path) -> Path:
+    """The version dir of the dataset prepared from the IDX files in ``root/mnist``."""
+    (path,) = root.glob(f"mnist/tfds/*/mnist/{IDX_VERSION}")
+    return path
+
+
 def copy_of(small: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of ``small`` (its IDX files and prepared dataset) and its dataset's version dir."""
     root = Path(shutil.copytree(small, tmp_path / "small"))
-    (path,) = root.glob(f"mnist/tfds/*/mnist/{IDX_VERSION}")
-    return root, path
+    return root, version_dir(root)
 
 
 def as_written_before_array_record(path: Path, keep_files: bool = False) -> None:
