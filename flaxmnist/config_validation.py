@@ -36,7 +36,7 @@ NAN_POLICIES = ("stop", "skip_step")
 ACTIVATIONS = ("elu", "gelu", "leaky_relu", "relu", "selu", "sigmoid", "swish", "tanh")
 DTYPES = ("float32", "bfloat16")
 CONV_IMPLS = ("auto", "xla", "im2col")
-POOL_IMPLS = ("auto", "xla", "fast")
+POOL_IMPLS = ("auto", "xla", "fast", "fused")
 # Early stopping's monitored values and whether lower or higher is better.
 MONITORS = {"val_loss": "min", "val_accuracy": "max", "train_loss": "min", "train_accuracy": "max"}
 MULTIHOST_MODES = ("auto", "on", "off")

@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from flaxmnist.evaluation import comparison, evaluator
-from flaxmnist.training import loop
+from flaxmnist.training import loop, step_functions
 
 # Every test here evaluates the runs trained once for the module.
 pytestmark = pytest.mark.slow
@@ -94,9 +95,17 @@ def test_feature_maps_have_one_entry_per_conv_layer(trained_runs):
     import flaxmnist
 
     run = flaxmnist.load_run(trained_runs["cnn_simple"])
-    maps = evaluator.conv_feature_maps(run, np.zeros((28, 28, 1), np.uint8))
+    image = np.random.default_rng(0).integers(0, 256, (28, 28, 1), np.uint8)
+    maps = evaluator.conv_feature_maps(run, image)
     assert [name for name, _ in maps] == ["Conv_0"]
-    assert maps[0][1].shape == (26, 26, 32) and (maps[0][1] >= 0).all()  # after ReLU
+    # The full 26×26 map after ReLU, although the layer max-pools inside: conv + bias, then ReLU.
+    params = run.state.params["Conv_0"]
+    x = step_functions.normalize_images(image[None], **run.normalization)
+    conv = jax.lax.conv_general_dilated(
+        x, params["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    expected = np.maximum(np.asarray(conv + params["bias"])[0], 0)
+    np.testing.assert_allclose(maps[0][1], expected, atol=1e-5)
 
 
 def test_compare_writes_a_table_and_figures(trained_runs, tmp_path):

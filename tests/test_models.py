@@ -1,6 +1,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -154,20 +155,38 @@ def test_batch_norm_updates_statistics_only_in_training(name):
     chex.assert_trees_all_equal(statistics_after(False), variables["batch_stats"])
 
 
+def _conv_activation_pool_reference(params, x, activation):
+    """The Keras order, one op after another: conv + bias -> activation -> max-pool, then head."""
+    for name in ("Conv_0", "Conv_1"):
+        conv = jax.lax.conv_general_dilated(
+            x, params[name]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        x = nn.max_pool(activation(conv + params[name]["bias"]), (2, 2), strides=(2, 2))
+    return x.reshape(x.shape[0], -1) @ params["head"]["kernel"] + params["head"]["bias"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_pooling_first_is_the_same_function_without_batch_norm(activation):
-    # max-pool commutes with a monotonic activation: same logits and gradients, fewer values.
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_cnn_without_batch_norm_is_conv_activation_pool(activation):
+    # The pool runs inside the conv, before the activation, where the two commute (relu, tanh);
+    # gelu is not monotonic, so there it stays after the activation.
     x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
     act = models.ACTIVATIONS[activation]
-    plain = models.CNN(num_classes=10, blocks=((4,), (8,)), activation=act)
-    pooled_first = plain.clone(pool_first=True)
-    variables = plain.init(jax.random.key(0), x)
+    model = models.CNN(num_classes=10, blocks=((4,), (8,)), activation=act)
+    variables = model.init(jax.random.key(0), x)
+    fused = "_conv_max_pool_forward" in str(jax.make_jaxpr(model.apply)(variables, x))
+    assert fused == (activation != "gelu")
 
-    def loss_and_grads(model):
-        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(model.apply(v, x) ** 2)))(variables)
+    def loss_and_grads(apply):
+        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(apply(v) ** 2)))(variables)
 
-    chex.assert_trees_all_close(loss_and_grads(pooled_first), loss_and_grads(plain), rtol=1e-5)
+    reference = lambda v: _conv_activation_pool_reference(v["params"], x, act)  # noqa: E731
+    chex.assert_trees_all_close(
+        loss_and_grads(lambda v: model.apply(v, x)),
+        loss_and_grads(reference),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.activation = "relu"
     config.dtype = "float32"  # compute dtype; bfloat16 keeps float32 params and optimizer state
     config.conv_impl = "auto"  # auto | xla | im2col (auto: im2col on CPU, native elsewhere)
-    config.pool_impl = "auto"  # auto | xla | fast (auto: custom-VJP max-pool on CPU)
+    config.pool_impl = "auto"  # auto | xla | fast | fused (auto: fused into the conv on CPU)
     # Loss and optimisation.
     config.loss = "cross_entropy"
     config.loss_options = ""  # "name=value,..." keyword options for the loss

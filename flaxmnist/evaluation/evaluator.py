@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flaxmnist import console, models
@@ -47,21 +49,26 @@ def reload_check(workdir: Path, loaded_step: int, dataset: str, accuracy: float)
 
 
 def conv_feature_maps(run: LoadedRun, image: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """Activation maps of every conv layer for one uint8 image [H, W, C]."""
+    """Activation maps of every conv layer for one uint8 image [H, W, C], before any pooling.
+
+    A conv layer that max-pools inside (see ``layers.Conv.pool_window``) is shown unpooled too:
+    each layer's map is recomputed from its input as activation(conv + bias).
+    """
     activation = models.ACTIVATIONS[run.config.activation]
     x = step_functions.normalize_images(image[None], **run.normalization)
-    _, captured = run.model.apply(
-        run.state.variables(),
-        x,
-        train=False,
-        mutable=["intermediates"],
-        capture_intermediates=lambda module, _: isinstance(module, layers.Conv),
-    )
-    return [  # in call order
-        (name, np.asarray(activation(outputs["__call__"][0][0])))
-        for name, outputs in captured.get("intermediates", {}).items()
-        if name != "__call__"
-    ]
+    maps: list[tuple[str, np.ndarray]] = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, layers.Conv) and context.method_name == "__call__":
+            params = module.variables["params"]
+            conv = layers.conv2d(jnp.asarray(args[0]), params["kernel"], padding=module.padding)
+            maps.append((module.name, np.asarray(activation(conv[0] + params["bias"]))))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        run.model.apply(run.state.variables(), x, train=False)
+    return maps
 
 
 def first_conv_kernel(params: dict) -> np.ndarray | None:

@@ -32,6 +32,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": nn.sigmoid,
     "leaky_relu": nn.leaky_relu,
 }
+# Activations that max-pool commutes with: pool(f(x)) == f(pool(x)), gradients included.
+NON_DECREASING_ACTIVATIONS = tuple(
+    ACTIVATIONS[name] for name in ("relu", "elu", "selu", "tanh", "sigmoid", "leaky_relu")
+)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Keras BatchNormalization defaults, so cnn_deep matches its reference.
 BATCH_NORM_MOMENTUM = 0.99
@@ -106,16 +110,29 @@ class CNN(Classifier):
     pool_first: bool = False
 
     def conv_block(self, x: jax.Array, widths: tuple[int, ...], train: bool) -> jax.Array:
-        """One block: conv → activation (→ BatchNorm) per width, then max-pool and dropout."""
+        """One block: conv → activation (→ BatchNorm) per width, then max-pool and dropout.
+
+        The max-pool runs inside the block's last convolution (one fused pass on CPU) when it
+        would come right after it: with ``pool_first``, or when only a non-decreasing activation
+        lies between them (max-pool commutes with it: the same values and gradients).
+        """
+        pool_in_conv = self.pool_first or (
+            not self.batch_norm_layers and self.activation in NON_DECREASING_ACTIVATIONS
+        )
         for i, width in enumerate(widths):
-            conv = layers.Conv(width, padding=self.padding, impl=self.conv_impl, dtype=self.dtype)
-            x = conv(x)
-            if self.pool_first and i == len(widths) - 1:
-                x = layers.max_pool(x, 2, impl=self.pool_impl)
+            pool_here = pool_in_conv and i == len(widths) - 1
+            x = layers.Conv(
+                width,
+                padding=self.padding,
+                impl=self.conv_impl,
+                pool_window=2 if pool_here else 1,
+                pool_impl=self.pool_impl,
+                dtype=self.dtype,
+            )(x)
             x = self.activation(x)
             if self.batch_norm_layers:
                 x = self.batch_norm(x, train)
-        if not self.pool_first:
+        if not pool_in_conv:
             x = layers.max_pool(x, 2, impl=self.pool_impl)
         if self.block_dropout:
             x = nn.Dropout(self.block_dropout, deterministic=not train)(x)

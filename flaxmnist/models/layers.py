@@ -90,7 +90,7 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
     ``impl="fast"`` uses the custom VJP; ``"xla"`` uses ``flax.linen.max_pool``.
     """
     impl = resolve_impl(impl, POOL_IMPLS, cpu_choice="fast")
-    if impl == "fast":
+    if impl in ("fast", "fused"):
         return _max_pool_fast(x, window)
     return nn.max_pool(x, window_shape=(window, window), strides=(window, window), padding="VALID")
 
@@ -139,18 +139,40 @@ SHIFTED_SUM_MAX_TAPS = 16
 SHIFTED_SUM_MIN_OUTPUT_BYTES = CHUNK_BYTES
 
 
-def _conv_valid_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _strided(
+    x: jax.Array, offset: tuple[int, int], stride: int, out_hw: tuple[int, int]
+) -> jax.Array:
+    """The pixels ``offset + stride * (i, j)`` of NHWC ``x`` for i, j < ``out_hw``."""
+    (di, dj), (ho, wo) = offset, out_hw
+    return x[:, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride]
+
+
+def _shifted_sum(
+    x: jax.Array, kernel: jax.Array, offset: tuple[int, int], stride: int, out_hw: tuple[int, int]
+) -> jax.Array:
+    """The convolution at output pixels ``offset + stride * (i, j)`` as a sum of shifted copies."""
+    kh, kw = kernel.shape[:2]
+    di, dj = offset
+    taps = (
+        (_strided(x, (di + i, dj + j), stride, out_hw)[..., None] * kernel[i, j]).sum(axis=-2)
+        for i in range(kh)
+        for j in range(kw)
+    )
+    return functools.reduce(jnp.add, taps).astype(x.dtype)
+
+
+def _use_shifted_sum(x: jax.Array, kernel: jax.Array) -> bool:
     kh, kw, cin, cout = kernel.shape
     n, h, w, _ = x.shape
-    ho, wo = h - kh + 1, w - kw + 1
-    output_bytes = n * ho * wo * cout * x.dtype.itemsize
-    if kh * kw * cin <= SHIFTED_SUM_MAX_TAPS and output_bytes > SHIFTED_SUM_MIN_OUTPUT_BYTES:
-        taps = (
-            (x[:, i : i + ho, j : j + wo, :, None] * kernel[i, j]).sum(axis=-2)
-            for i in range(kh)
-            for j in range(kw)
-        )
-        return functools.reduce(jnp.add, taps).astype(x.dtype)
+    output_bytes = n * (h - kh + 1) * (w - kw + 1) * cout * x.dtype.itemsize
+    return kh * kw * cin <= SHIFTED_SUM_MAX_TAPS and output_bytes > SHIFTED_SUM_MIN_OUTPUT_BYTES
+
+
+def _conv_valid_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    kh, kw, cin, cout = kernel.shape
+    out_hw = (x.shape[1] - kh + 1, x.shape[2] - kw + 1)
+    if _use_shifted_sum(x, kernel):
+        return _shifted_sum(x, kernel, (0, 0), 1, out_hw)
     return _matmul(_patches(x, kh, kw), kernel.reshape(kh * kw * cin, cout), x.dtype)
 
 
@@ -159,35 +181,46 @@ def _conv_valid_fwd(x: jax.Array, kernel: jax.Array):
     return _conv_valid_forward(x, kernel), (x, kernel)
 
 
-def _conv_valid_bwd(residuals, g: jax.Array):
-    x, kernel = residuals
+def _conv_input_grad(g: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The gradient of a 'VALID' convolution's input from its output gradient ``g``."""
     kh, kw, cin, cout = kernel.shape
     n, ho, wo, _ = g.shape
-    # dW = (dy^T @ patches)^T: one matmul (autodiff would emit a slow weight-gradient
-    # convolution). Flattened to 2-D first: XLA:CPU runs a dot that contracts the three leading
-    # axes of 4-D operands 2-3x slower than the same dot on [N*H'*W', K] matrices.
-    patches = _patches(x, kh, kw).reshape(-1, kh * kw * cin)
-    dw = _matmul(g.reshape(-1, cout).T, patches, jnp.float32).T
-    dw = dw.reshape(kernel.shape).astype(kernel.dtype)
     if ho * wo <= COL2IM_MAX_PIXELS:  # col2im: dpatches = dy @ W^T, then add the taps back
         dp = _matmul(g, kernel.reshape(kh * kw * cin, cout).T, jnp.float32)
         dp = dp.reshape(n, ho, wo, kh, kw, cin)
-        dx = sum(
+        return sum(
             jnp.pad(dp[:, :, :, i, j, :], ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
             for i in range(kh)
             for j in range(kw)
         )
-    else:  # transposed convolution: 'full' correlation of dy with the flipped kernel
-        flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
-        dx = jax.lax.conv_general_dilated(
-            g,
-            flipped,
-            (1, 1),
-            ((kh - 1, kh - 1), (kw - 1, kw - 1)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            preferred_element_type=jnp.float32,
-        )
-    return dx.astype(x.dtype), dw
+    # transposed convolution: 'full' correlation of dy with the flipped kernel
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+    return jax.lax.conv_general_dilated(
+        g,
+        flipped,
+        (1, 1),
+        ((kh - 1, kh - 1), (kw - 1, kw - 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        preferred_element_type=jnp.float32,
+    )
+
+
+def _kernel_grad(patches: jax.Array, g: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The kernel gradient (dy^T @ patches)^T in one matmul, not a slow weight-gradient conv.
+
+    Both operands are flattened to 2-D first: XLA:CPU runs a dot that contracts the leading axes
+    of 4-D operands 2-3x slower than the same dot on [N*H'*W', K] matrices.
+    """
+    patches = patches.reshape(-1, patches.shape[-1])
+    dw = _matmul(g.reshape(-1, kernel.shape[-1]).T, patches, jnp.float32).T
+    return dw.reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _conv_valid_bwd(residuals, g: jax.Array):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    dw = _kernel_grad(_patches(x, kh, kw), g, kernel)
+    return _conv_input_grad(g, kernel).astype(x.dtype), dw
 
 
 _conv_valid = jax.custom_vjp(_conv_valid_forward)
@@ -206,21 +239,108 @@ def batch_chunk(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
     return divisor if 2 * divisor >= limit else limit
 
 
+def _map_batch_chunks(fn, x: jax.Array, per_image_bytes: int) -> jax.Array:
+    """``fn(x)``, computed as a loop over batch chunks when ``per_image_bytes`` says it is large."""
+    n = x.shape[0]
+    chunk = batch_chunk(n, per_image_bytes, CHUNK_BYTES)
+    if chunk == n:
+        return fn(x)
+    full = n - n % chunk
+    y = jax.lax.map(fn, x[:full].reshape(full // chunk, chunk, *x.shape[1:]))
+    y = y.reshape(full, *y.shape[2:])
+    if full < n:  # the images left over after the full chunks
+        y = jnp.concatenate([y, fn(x[full:])])
+    return y
+
+
 def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'VALID' im2col convolution, looping over batch chunks when the patches are large."""
     kh, kw, cin, _ = kernel.shape
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
-    chunk = batch_chunk(n, per_image, CHUNK_BYTES)
-    if chunk == n:
-        return _conv_valid(x, kernel)
-    full = n - n % chunk
-    chunks = x[:full].reshape(full // chunk, chunk, h, w, cin)
-    y = jax.lax.map(lambda xc: _conv_valid(xc, kernel), chunks)
-    y = y.reshape(full, *y.shape[2:])
-    if full < n:  # the images left over after the full chunks
-        y = jnp.concatenate([y, _conv_valid(x[full:], kernel)])
-    return y
+    return _map_batch_chunks(lambda xc: _conv_valid(xc, kernel), x, per_image)
+
+
+def _pool_patch_indices(h: int, w: int, kh: int, kw: int, window: int) -> np.ndarray:
+    """Flat spatial indices [window², H'', W'', kh*kw] of the patches a following max-pool reads.
+
+    The output pixels are grouped by their position inside the pooling window.
+    """
+    hp, wp = (h - kh + 1) // window, (w - kw + 1) // window
+    di, dj = np.divmod(np.arange(window * window), window)
+    rows = (
+        di[:, None, None, None, None]
+        + window * np.arange(hp)[None, :, None, None, None]
+        + np.arange(kh)[None, None, None, :, None]
+    )
+    cols = (
+        dj[:, None, None, None, None]
+        + window * np.arange(wp)[None, None, :, None, None]
+        + np.arange(kw)[None, None, None, None, :]
+    )
+    return (rows * w + cols).reshape(-1).astype(np.int32)
+
+
+def _pool_patches(x: jax.Array, kh: int, kw: int, window: int) -> jax.Array:
+    """im2col of the pooled output pixels: [N, window², H'', W'', kh*kw*C], in HWIO tap order.
+
+    One gather per pooling position: XLA:CPU runs them about twice as fast as a single gather.
+    """
+    n, h, w, c = x.shape
+    hp, wp = (h - kh + 1) // window, (w - kw + 1) // window
+    flat = x.reshape(n, h * w, c)
+    indices = _pool_patch_indices(h, w, kh, kw, window).reshape(window * window, -1)
+    per_position = [flat.at[:, i].get(mode="promise_in_bounds") for i in indices]
+    return jnp.stack(per_position, axis=1).reshape(n, window * window, hp, wp, kh * kw * c)
+
+
+def _first_max(values: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The elementwise maximum of ``values`` and the index (int8) of the first that holds it."""
+    best, index = values[0], jnp.zeros(values[0].shape, jnp.int8)
+    for i, value in enumerate(values[1:], start=1):
+        better = value > best
+        best, index = jnp.where(better, value, best), jnp.where(better, jnp.int8(i), index)
+    return best, index
+
+
+def _conv_max_pool_outputs(x: jax.Array, kernel: jax.Array, window: int) -> list[jax.Array]:
+    """The convolution at each position inside the pooling windows: window² × [N, H'', W'', O]."""
+    kh, kw, cin, cout = kernel.shape
+    hp, wp = (x.shape[1] - kh + 1) // window, (x.shape[2] - kw + 1) // window
+    positions = range(window * window)
+    if _use_shifted_sum(x, kernel):
+        return [_shifted_sum(x, kernel, divmod(p, window), window, (hp, wp)) for p in positions]
+    patches = _pool_patches(x, kh, kw, window)
+    y = _matmul(patches, kernel.reshape(kh * kw * cin, cout), x.dtype)
+    return [y[:, p] for p in positions]
+
+
+def _conv_max_pool_forward(x: jax.Array, kernel: jax.Array, window: int) -> jax.Array:
+    return _first_max(_conv_max_pool_outputs(x, kernel, window))[0]
+
+
+def _conv_max_pool_fwd(x: jax.Array, kernel: jax.Array, window: int):
+    out, index = _first_max(_conv_max_pool_outputs(x, kernel, window))
+    return out, (x, kernel, index)
+
+
+def _conv_max_pool_bwd(window: int, residuals, g: jax.Array):
+    x, kernel, index = residuals
+    kh, kw, _, cout = kernel.shape
+    n, hp, wp, _ = g.shape
+    zero = jnp.zeros((), g.dtype)
+    # The gradient goes to the first maximum of each window, as select_and_scatter routes it.
+    routed = jnp.stack([jnp.where(index == p, g, zero) for p in range(window * window)], axis=1)
+    dw = _kernel_grad(_pool_patches(x, kh, kw, window), routed, kernel)
+    dy = routed.reshape(n, window, window, hp, wp, cout)
+    dy = dy.transpose(0, 3, 1, 4, 2, 5).reshape(n, hp * window, wp * window, cout)
+    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    dy = jnp.pad(dy, ((0, 0), (0, ho - hp * window), (0, wo - wp * window), (0, 0)))
+    return _conv_input_grad(dy, kernel).astype(x.dtype), dw
+
+
+_conv_max_pool = jax.custom_vjp(_conv_max_pool_forward, nondiff_argnums=(2,))
+_conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
 
 
 def conv2d(
@@ -233,8 +353,7 @@ def conv2d(
     gradients up to float rounding.
     """
     impl = resolve_impl(impl, CONV_IMPLS, cpu_choice="im2col")
-    if padding not in ("VALID", "SAME"):
-        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
+    _check_padding(padding)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
             x,
@@ -243,28 +362,83 @@ def conv2d(
             padding=padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-    if padding == "SAME":
-        kh, kw = kernel.shape[:2]
-        x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    x = _pad_same(x, kernel) if padding == "SAME" else x
     return _conv_im2col(x, kernel)
 
 
+def _check_padding(padding: str) -> None:
+    if padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
+
+
+def _pad_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Zero-pads NHWC ``x`` so that a 'VALID' convolution with ``kernel`` gives 'SAME' output."""
+    kh, kw = kernel.shape[:2]
+    return jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+
+
+def conv2d_max_pool(
+    x: jax.Array,
+    kernel: jax.Array,
+    window: int = 2,
+    *,
+    padding: str = "VALID",
+    impl: str = "auto",
+    pool_impl: str = "auto",
+) -> jax.Array:
+    """``max_pool(conv2d(x, kernel), window)``, computed in one pass where ``pool_impl`` is fused.
+
+    With ``pool_impl="fused"`` (what ``"auto"`` picks on CPU) and the im2col convolution, only the
+    output pixels the pool reads are computed (a 'VALID' 11×11 output pooled to 5×5 loses its last
+    row and column), the maximum is taken as they are produced, and the backward pass is one
+    custom VJP: the gradient goes to the first maximum of each window, as ``select_and_scatter``
+    routes it. Otherwise this is the two layers one after the other.
+    """
+    impl = resolve_impl(impl, CONV_IMPLS, cpu_choice="im2col")
+    pool_impl = resolve_impl(pool_impl, POOL_IMPLS, cpu_choice="fused")
+    _check_padding(padding)
+    if impl != "im2col" or pool_impl != "fused":
+        return max_pool(conv2d(x, kernel, padding=padding, impl=impl), window, impl=pool_impl)
+    x = _pad_same(x, kernel) if padding == "SAME" else x
+    kh, kw, cin, _ = kernel.shape
+    _, h, w, _ = x.shape
+    per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
+    return _map_batch_chunks(lambda xc: _conv_max_pool(xc, kernel, window), x, per_image)
+
+
 class Conv(nn.Module):
-    """Stride-1 convolution with ``flax.linen.Conv``'s parameters and a selectable backend."""
+    """Stride-1 convolution with ``flax.linen.Conv``'s parameters and a selectable backend.
+
+    ``pool_window`` > 1 max-pools the convolution before the bias is added (the same values as
+    pooling after it) through :func:`conv2d_max_pool`.
+    """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
     padding: str = "VALID"
     impl: str = "auto"
+    pool_window: int = 1
+    pool_impl: str = "auto"
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Applies the convolution and adds the bias."""
+        """Applies the convolution (and the max-pool), then adds the bias."""
         kh, kw = self.kernel_size
         kernel = self.param(
             "kernel", nn.initializers.glorot_uniform(), (kh, kw, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv2d(x, kernel, padding=self.padding, impl=self.impl) + bias
+        if self.pool_window > 1:
+            y = conv2d_max_pool(
+                x,
+                kernel,
+                self.pool_window,
+                padding=self.padding,
+                impl=self.impl,
+                pool_impl=self.pool_impl,
+            )
+        else:
+            y = conv2d(x, kernel, padding=self.padding, impl=self.impl)
+        return y + bias
