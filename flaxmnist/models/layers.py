@@ -98,6 +98,9 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
 # Bytes of patch matrix per batch chunk: on small CPUs, touching fresh memory is slow, so large
 # layers run as a loop over batch chunks whose temporaries stay a few MiB and are reused.
 CHUNK_BYTES = 4 * 1024 * 1024
+# Patches up to this size are not chunked at all: a loop of two or three chunks costs more than it
+# saves (`fast`'s second layer, 7.4 MB at batch 128: 8.8 vs 10.4-11.1 ms a step, Intel Xeon).
+UNCHUNKED_MAX_BYTES = 12 * 1024 * 1024
 # Outputs this small (per image) get dx by col2im; larger ones by a transposed convolution.
 COL2IM_MAX_PIXELS = 16
 
@@ -243,7 +246,7 @@ def _map_batch_chunks(fn, x: jax.Array, per_image_bytes: int) -> jax.Array:
     """``fn(x)``, computed as a loop over batch chunks when ``per_image_bytes`` says it is large."""
     n = x.shape[0]
     chunk = batch_chunk(n, per_image_bytes, CHUNK_BYTES)
-    if chunk == n:
+    if chunk == n or n * per_image_bytes <= UNCHUNKED_MAX_BYTES:
         return fn(x)
     full = n - n % chunk
     y = jax.lax.map(fn, x[:full].reshape(full // chunk, chunk, *x.shape[1:]))
