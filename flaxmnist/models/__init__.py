@@ -97,8 +97,9 @@ class CNN(Classifier):
     ``blocks`` lists the conv widths of each block; ``hidden`` the Dense widths after Flatten;
     ``head_dropout`` applies right before the output layer (the Keras convnet's Dropout(0.5)).
     ``pool_first`` max-pools right after a block's last conv, before its activation and
-    BatchNorm, which then touch 4× fewer values (the same function without BatchNorm, since
-    max-pool commutes with a monotonic activation; with BatchNorm a slightly different model).
+    BatchNorm, which then touch 4× fewer values (with BatchNorm a slightly different model).
+    Without BatchNorm and with a non-decreasing activation (ReLU and most others) the pool moves
+    before the activation anyway: max-pool commutes with it, so the function is the same.
     """
 
     blocks: tuple[tuple[int, ...], ...] = ((32,),)
