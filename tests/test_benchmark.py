@@ -677,6 +677,16 @@ def test_op_profile_names_each_op_by_its_layer_and_pass():
     assert passes["add.4"] == ("adam", "rest")
 
 
+def test_op_profile_overrides_are_model_fields():
+    assert op_profile.model_overrides(["pool_impl=fast", "dtype=bfloat16"]) == {
+        "pool_impl": "fast",
+        "dtype": "bfloat16",
+    }
+    for bad in ("pool_impl", "learning_rate=0.1"):  # no '=', not a model field
+        with pytest.raises(ConfigError, match=f"--set '{bad}': expected FIELD=VALUE"):
+            op_profile.model_overrides([bad])
+
+
 def test_op_profile_counts_self_time_once_per_op():
     def event(name, ts, dur, tid=1):
         return {"ph": "X", "name": name, "ts": ts, "dur": dur, "tid": tid}

@@ -117,9 +117,7 @@ def test_chunked_im2col_matches_unchunked(monkeypatch):
     assert not looped
     per_image = 7 * 7 * 9 * 2 * 4
     monkeypatch.setattr(layers, "CHUNK_BYTES", 3 * per_image)  # chunks of 3: 3 + 3 + 1 left over
-    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 7 * per_image)  # all 7 images' patches
-    assert value_and_grads()[1] is False  # small enough to skip the loop
-    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 7 * per_image - 1)
+    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 7 * per_image)  # fused layers only
     chunked, looped = value_and_grads()
     assert looped  # the chunk loop (lax.map) ran
     chex.assert_trees_all_close(chunked, expected, rtol=1e-5, atol=1e-5)
@@ -209,8 +207,11 @@ def test_chunked_fused_conv_max_pool_matches_unchunked(monkeypatch):
 
     expected, looped = value_and_grads()
     assert not looped
-    monkeypatch.setattr(layers, "CHUNK_BYTES", 3 * 7 * 7 * 9 * 2 * 4)  # chunks of 3, 3 and 1
-    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 0)
+    per_image = 7 * 7 * 9 * 2 * 4  # every output pixel's patch: the pool reads 3×3 of 7×7
+    monkeypatch.setattr(layers, "CHUNK_BYTES", 3 * per_image)  # chunks of 3, 3 and 1
+    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 7 * per_image)  # all 7 images' patches
+    assert value_and_grads()[1] is False  # small enough to skip the loop
+    monkeypatch.setattr(layers, "UNCHUNKED_MAX_BYTES", 7 * per_image - 1)
     chunked, looped = value_and_grads()
     assert looped
     chex.assert_trees_all_close(chunked, expected, rtol=1e-5, atol=1e-5)

@@ -2,13 +2,15 @@ r"""Where a training step's time goes: XLA's own per-op timings of flaxmnist's s
 
     python experiments/bench/op_profile.py                             # the reference CNNs
     python experiments/bench/op_profile.py --models=convnet --steps=50
+    python experiments/bench/op_profile.py --set=pool_impl=fast --out=/tmp/unfused  # a layer switch
 
 For each preset (its model and batch size; Adam, lr 1e-3, as the benchmark's models section),
 JAX's profiler traces ``--steps`` compiled ``train_step`` calls after a warm-up. Every XLA op's
 self time (the ops nested in it taken out: a loop's body is counted once, in its ops) is summed
 and mapped, through the compiled program's metadata, to the layer it computes and its pass:
 forward, backward, or the rest (loss, optimizer update). The step time is measured apart, without
-the profiler. Writes ``OUT/op_profile.{json,md}`` (default ``experiments/bench/results``) and
+the profiler. ``--set FIELD=VALUE`` (repeated) changes one of the model's layer fields
+(``MODEL_FIELDS``). Writes ``OUT/op_profile.{json,md}`` (default ``experiments/bench/results``) and
 prints the tables.
 """
 
@@ -37,6 +39,7 @@ OP_NAME = re.compile(r'op_name="([^"]*)"')
 CALLS = re.compile(r"calls=%?([\w.-]+)")
 LAYER = re.compile(r"^(Conv|Dense|BatchNorm|Dropout)_\d+$|^head$")
 TOP_OPS = 8
+MODEL_FIELDS = ("conv_impl", "pool_impl", "dtype", "activation")
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -47,7 +50,26 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "steps", 30, "Traced (and timed) steps.", lower_bound=1, flag_values=flag_values
     )
+    flags.DEFINE_multi_string(
+        "set",
+        [],
+        f"FIELD=VALUE: a model field override, FIELD one of {', '.join(MODEL_FIELDS)} (repeat).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_string("out", str(RESULTS_DIR), "Folder for the results.", flag_values=flag_values)
+
+
+def model_overrides(items: list[str]) -> dict[str, str]:
+    """``--set`` items (``FIELD=VALUE``) as a dict; a ConfigError names the first bad one."""
+    overrides = {}
+    for item in items:
+        field, equals, value = item.partition("=")
+        if not equals or field not in MODEL_FIELDS:
+            raise errors.ConfigError(
+                f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(MODEL_FIELDS)}"
+            )
+        overrides[field] = value
+    return overrides
 
 
 def op_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -118,12 +140,12 @@ def self_times(events: list[dict], known: dict) -> collections.Counter:
     return totals
 
 
-def profile(preset: str, steps: int) -> dict:
+def profile(preset: str, steps: int, overrides: dict[str, str]) -> dict:
     """Traces ``steps`` train steps of ``preset`` and sums its ops' self time by layer and pass."""
     import jax
 
     config = configs.load(preset)
-    state, fns = bench.flax_state_and_steps(config.model)
+    state, fns = bench.flax_state_and_steps(config.model, **overrides)
     batch = {
         "image": np.zeros((config.batch_size, 28, 28, 1), np.uint8),
         "label": np.zeros(config.batch_size, np.int32),
@@ -176,12 +198,12 @@ def profile(preset: str, steps: int) -> dict:
     }
 
 
-def markdown(results: list[dict], machine: str, steps: int) -> str:
-    """The tables: per preset, time per step by layer and pass, then its slowest ops."""
+def markdown(results: list[dict], machine: str, steps: int, command: str) -> str:
+    """The tables ``command`` made: per preset, step time by layer and pass, then slowest ops."""
     lines = [
         f"# Where a training step's time goes ({machine})",
         "",
-        f"`python experiments/bench/op_profile.py` ({steps} traced steps each). Self time per "
+        f"`{command}` ({steps} traced steps each). Self time per "
         "step of every XLA op, by layer and pass; the step time is measured without the profiler.",
     ]
     for result in results:
@@ -215,10 +237,16 @@ def main(argv: list[str]) -> None:
         unknown = sorted(set(values.models) - set(configs.preset_names()))
         if unknown:
             raise errors.ConfigError(f"--models: unknown presets {', '.join(unknown)}")
-        results = [profile(preset, values.steps) for preset in values.models]
+        overrides = model_overrides(values.set)
+        results = [profile(preset, values.steps, overrides) for preset in values.models]
     machine = bench.machine_name()
-    record = {"machine": machine, "steps": values.steps, "results": results}
-    bench.write_result_files(out, "op_profile", record, markdown(results, machine, values.steps))
+    record = {"machine": machine, "steps": values.steps, "overrides": overrides, "results": results}
+    given = [f"--set={item}" for item in values.set]
+    if values.models != list(REFERENCE_PRESETS):
+        given.insert(0, f"--models={','.join(values.models)}")
+    command = " ".join(["python experiments/bench/op_profile.py", *given])
+    table = markdown(results, machine, values.steps, command)
+    bench.write_result_files(out, "op_profile", record, table)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ module provides drop-in replacements:
 * :func:`conv2d` — a 2-D convolution computed either by ``lax.conv_general_dilated`` (``"xla"``) or
   as im2col + matmul (``"im2col"``): patches from one gather, a custom VJP whose weight gradient is
   one matmul, and a loop over batch chunks so large layers keep their temporaries small;
+* :func:`conv2d_max_pool` — a convolution followed by a max-pool in one pass: only the output
+  pixels the pool reads are computed, their maximum taken as they are produced, one custom VJP;
 * :class:`Conv` — a Linen module with the same parameters as ``flax.linen.Conv`` (``kernel`` HWIO
-  and ``bias``) whose implementation is a config switch; ``"auto"`` picks im2col on CPU and the
-  native convolution on GPU/TPU.
+  and ``bias``) whose implementation is a config switch; ``"auto"`` picks im2col (and the fused
+  pool) on CPU and the native ops on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
 # Bytes of patch matrix per batch chunk: on small CPUs, touching fresh memory is slow, so large
 # layers run as a loop over batch chunks whose temporaries stay a few MiB and are reused.
 CHUNK_BYTES = 4 * 1024 * 1024
-# Patches up to this size are not chunked at all: a loop of two or three chunks costs more than it
-# saves (`fast`'s second layer, 7.4 MB at batch 128: 8.8 vs 10.4-11.1 ms a step, Intel Xeon).
+# A fused conv + max-pool whose patches take up to this much is not chunked at all: there a loop
+# of two or three chunks costs more than it saves (`fast`'s second layer, 7.4 MB at batch 128:
+# 8.8 vs 10.4-11.1 ms a step, Intel Xeon). The plain im2col layers keep chunking (`cnn_deep`:
+# 75 vs 82 ms a step chunked).
 UNCHUNKED_MAX_BYTES = 12 * 1024 * 1024
 # Outputs this small (per image) get dx by col2im; larger ones by a transposed convolution.
 COL2IM_MAX_PIXELS = 16
@@ -242,11 +246,16 @@ def batch_chunk(batch: int, per_image_bytes: int, chunk_bytes: int) -> int:
     return divisor if 2 * divisor >= limit else limit
 
 
-def _map_batch_chunks(fn, x: jax.Array, per_image_bytes: int) -> jax.Array:
-    """``fn(x)``, computed as a loop over batch chunks when ``per_image_bytes`` says it is large."""
+def _map_batch_chunks(
+    fn, x: jax.Array, per_image_bytes: int, unchunked_max_bytes: int = 0
+) -> jax.Array:
+    """``fn(x)``, looping over batch chunks when the patches are large.
+
+    Large: more than ``unchunked_max_bytes`` and more than one chunk (``CHUNK_BYTES``).
+    """
     n = x.shape[0]
     chunk = batch_chunk(n, per_image_bytes, CHUNK_BYTES)
-    if chunk == n or n * per_image_bytes <= UNCHUNKED_MAX_BYTES:
+    if chunk == n or n * per_image_bytes <= unchunked_max_bytes:
         return fn(x)
     full = n - n % chunk
     y = jax.lax.map(fn, x[:full].reshape(full // chunk, chunk, *x.shape[1:]))
@@ -406,7 +415,9 @@ def conv2d_max_pool(
     kh, kw, cin, _ = kernel.shape
     _, h, w, _ = x.shape
     per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
-    return _map_batch_chunks(lambda xc: _conv_max_pool(xc, kernel, window), x, per_image)
+    return _map_batch_chunks(
+        lambda xc: _conv_max_pool(xc, kernel, window), x, per_image, UNCHUNKED_MAX_BYTES
+    )
 
 
 class Conv(nn.Module):
