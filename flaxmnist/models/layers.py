@@ -54,34 +54,49 @@ def _window_slices(x: jax.Array, window: int) -> list[jax.Array]:
     ]
 
 
-def _max_pool_forward(x: jax.Array, window: int) -> jax.Array:
+def _first_max(values: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """The elementwise maximum of ``values`` and the index (int8) of the first that holds it."""
+    best, index = values[0], jnp.zeros(values[0].shape, jnp.int8)
+    for i, value in enumerate(values[1:], start=1):
+        better = value > best
+        best, index = jnp.where(better, value, best), jnp.where(better, jnp.int8(i), index)
+    return best, index
+
+
+def _route_to_first_max(
+    g: jax.Array, index: jax.Array, window: int, out_hw: tuple[int, int]
+) -> tuple[jax.Array, jax.Array]:
+    """A max-pool's gradient: ``g`` sent to the first maximum of each window (``index``).
+
+    This is the subgradient ``select_and_scatter`` picks. Returns the gradient per window position,
+    [N, window², H'', W'', C], and the same laid out as the pool's [N, H, W, C] input (``out_hw``),
+    zero in the trailing rows/columns the pool dropped.
+    """
+    n, hp, wp, c = g.shape
+    zero = jnp.zeros((), g.dtype)
+    routed = jnp.stack([jnp.where(index == p, g, zero) for p in range(window * window)], axis=1)
+    dx = routed.reshape(n, window, window, hp, wp, c).transpose(0, 3, 1, 4, 2, 5)
+    dx = dx.reshape(n, hp * window, wp * window, c)
+    (h, w) = out_hw
+    return routed, jnp.pad(dx, ((0, 0), (0, h - hp * window), (0, w - wp * window), (0, 0)))
+
+
+# ``in_hw`` (x's height and width) is a static argument so that the backward pass knows the shape
+# of the gradient it returns without keeping x.
+def _max_pool_forward(x: jax.Array, window: int, in_hw: tuple[int, int]) -> jax.Array:
     return functools.reduce(jnp.maximum, _window_slices(x, window))
 
 
-def _max_pool_fast_fwd(x: jax.Array, window: int):
-    out = _max_pool_forward(x, window)
-    return out, (x, out)
+def _max_pool_fast_fwd(x: jax.Array, window: int, in_hw: tuple[int, int]):
+    out, index = _first_max(_window_slices(x, window))
+    return out, index
 
 
-def _max_pool_fast_bwd(window: int, residuals, g: jax.Array):
-    x, out = residuals
-    n, h, w, c = x.shape
-    ho, wo = out.shape[1], out.shape[2]
-    zero = jnp.zeros((), g.dtype)
-    taken = jnp.zeros(out.shape, bool)
-    grads = []
-    # Route the gradient to the first maximum of each window, as select_and_scatter does.
-    for view in _window_slices(x, window):
-        is_first_max = (view == out) & ~taken
-        taken = taken | is_first_max
-        grads.append(jnp.where(is_first_max, g, zero))
-    dx = jnp.stack(grads, axis=-1).reshape(n, ho, wo, c, window, window)
-    dx = dx.transpose(0, 1, 4, 2, 5, 3).reshape(n, ho * window, wo * window, c)
-    dx = jnp.pad(dx, ((0, 0), (0, h - ho * window), (0, w - wo * window), (0, 0)))
-    return (dx,)
+def _max_pool_fast_bwd(window: int, in_hw: tuple[int, int], index: jax.Array, g: jax.Array):
+    return (_route_to_first_max(g, index, window, in_hw)[1],)
 
 
-_max_pool_fast = jax.custom_vjp(_max_pool_forward, nondiff_argnums=(1,))
+_max_pool_fast = jax.custom_vjp(_max_pool_forward, nondiff_argnums=(1, 2))
 _max_pool_fast.defvjp(_max_pool_fast_fwd, _max_pool_fast_bwd)
 
 
@@ -93,7 +108,7 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
     """
     impl = resolve_impl(impl, POOL_IMPLS, cpu_choice="fast")
     if impl in ("fast", "fused"):
-        return _max_pool_fast(x, window)
+        return _max_pool_fast(x, window, x.shape[1:3])
     return nn.max_pool(x, window_shape=(window, window), strides=(window, window), padding="VALID")
 
 
@@ -306,15 +321,6 @@ def _pool_patches(x: jax.Array, kh: int, kw: int, window: int) -> jax.Array:
     return jnp.stack(per_position, axis=1).reshape(n, window * window, hp, wp, kh * kw * c)
 
 
-def _first_max(values: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """The elementwise maximum of ``values`` and the index (int8) of the first that holds it."""
-    best, index = values[0], jnp.zeros(values[0].shape, jnp.int8)
-    for i, value in enumerate(values[1:], start=1):
-        better = value > best
-        best, index = jnp.where(better, value, best), jnp.where(better, jnp.int8(i), index)
-    return best, index
-
-
 def _conv_max_pool_outputs(x: jax.Array, kernel: jax.Array, window: int) -> list[jax.Array]:
     """The convolution at each position inside the pooling windows: window² × [N, H'', W'', O]."""
     kh, kw, cin, cout = kernel.shape
@@ -338,16 +344,10 @@ def _conv_max_pool_fwd(x: jax.Array, kernel: jax.Array, window: int):
 
 def _conv_max_pool_bwd(window: int, residuals, g: jax.Array):
     x, kernel, index = residuals
-    kh, kw, _, cout = kernel.shape
-    n, hp, wp, _ = g.shape
-    zero = jnp.zeros((), g.dtype)
-    # The gradient goes to the first maximum of each window, as select_and_scatter routes it.
-    routed = jnp.stack([jnp.where(index == p, g, zero) for p in range(window * window)], axis=1)
+    kh, kw = kernel.shape[:2]
+    conv_hw = (x.shape[1] - kh + 1, x.shape[2] - kw + 1)
+    routed, dy = _route_to_first_max(g, index, window, conv_hw)
     dw = _kernel_grad(_pool_patches(x, kh, kw, window), routed, kernel)
-    dy = routed.reshape(n, window, window, hp, wp, cout)
-    dy = dy.transpose(0, 3, 1, 4, 2, 5).reshape(n, hp * window, wp * window, cout)
-    ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    dy = jnp.pad(dy, ((0, 0), (0, ho - hp * window), (0, wo - wp * window), (0, 0)))
     return _conv_input_grad(dy, kernel).astype(x.dtype), dw
 
 
