@@ -280,11 +280,16 @@ def _map_batch_chunks(
     return y
 
 
-def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """'VALID' im2col convolution, looping over batch chunks when the patches are large."""
+def _patch_bytes_per_image(x: jax.Array, kernel: jax.Array) -> int:
+    """Bytes of one image's im2col patches for a 'VALID' convolution of ``x`` with ``kernel``."""
     kh, kw, cin, _ = kernel.shape
     _, h, w, _ = x.shape
-    per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
+    return (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
+
+
+def _conv_im2col(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'VALID' im2col convolution, looping over batch chunks when the patches are large."""
+    per_image = _patch_bytes_per_image(x, kernel)
     return _map_batch_chunks(lambda xc: _conv_valid(xc, kernel), x, per_image)
 
 
@@ -412,9 +417,7 @@ def conv2d_max_pool(
     if impl != "im2col" or pool_impl != "fused":
         return max_pool(conv2d(x, kernel, padding=padding, impl=impl), window, impl=pool_impl)
     x = _pad_same(x, kernel) if padding == "SAME" else x
-    kh, kw, cin, _ = kernel.shape
-    _, h, w, _ = x.shape
-    per_image = (h - kh + 1) * (w - kw + 1) * kh * kw * cin * x.dtype.itemsize
+    per_image = _patch_bytes_per_image(x, kernel)
     return _map_batch_chunks(
         lambda xc: _conv_max_pool(xc, kernel, window), x, per_image, UNCHUNKED_MAX_BYTES
     )
