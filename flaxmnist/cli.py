@@ -64,12 +64,23 @@ def describe_flag_error(error: Exception, argv: Sequence[str]) -> str:
 
 
 def define_run_flags(workdir_help: str) -> None:
-    """``--workdir`` (required) and ``--checkpoint``: the run a command reads, and which state."""
+    """``--workdir`` (required), ``--checkpoint``, ``--allow_plugins``: the run a command reads."""
     flags.DEFINE_string("workdir", None, workdir_help, required=True)
     flags.DEFINE_string(
         "checkpoint",
         "tested",
         "tested (the checkpoint behind the run's metrics.json), best, latest, or a step number.",
+    )
+    define_allow_plugins_flag()
+
+
+def define_allow_plugins_flag() -> None:
+    """``--allow_plugins``: import the plugin modules a run names (its code runs here)."""
+    flags.DEFINE_bool(
+        "allow_plugins",
+        False,
+        "Import the modules in the run's import_modules (plugin code that defines its model, "
+        "say). Only for runs whose code you trust: a run directory decides which code that is.",
     )
 
 

@@ -14,6 +14,7 @@ from flaxmnist import cli, console, errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "comparison", "Folder for the table and the figures.")
+cli.define_allow_plugins_flag()
 
 
 def main(argv: list[str]) -> None:
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> None:
             raise errors.FlaxmnistError("name at least one run directory: compare RUN1 RUN2 ...")
         from flaxmnist.evaluation import comparison  # JAX after the flags: a bad flag fails at once
 
-        rows = comparison.compare(runs, out)
+        rows = comparison.compare(runs, out, allow_plugins=FLAGS.allow_plugins)
     console.say(comparison.markdown(rows).rstrip("\n"))
     console.say(f"wrote {out}/ (comparison.csv, comparison.md, 4 figures)")
 

@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
             dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir,
             image_index=FLAGS.image_index,
+            allow_plugins=FLAGS.allow_plugins,
         )
 
 

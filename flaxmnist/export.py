@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
         import flaxmnist  # JAX after the flags: a bad flag fails at once
         from flaxmnist.evaluation import exporting
 
-        run = flaxmnist.load_run(workdir, cli.checkpoint_flag())
+        run = flaxmnist.load_run(workdir, cli.checkpoint_flag(), allow_plugins=FLAGS.allow_plugins)
         path = exporting.export_run(run, out, FLAGS.format)
     console.say(f"wrote {exporting.describe(path)} and {out / 'classes.json'}")
 

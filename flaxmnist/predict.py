@@ -27,7 +27,9 @@ def main(argv: list[str]) -> None:
         import flaxmnist  # JAX after the flags: a bad flag fails at once
         from flaxmnist.evaluation import prediction
 
-        run = flaxmnist.load_run(FLAGS.workdir, cli.checkpoint_flag())
+        run = flaxmnist.load_run(
+            FLAGS.workdir, cli.checkpoint_flag(), allow_plugins=FLAGS.allow_plugins
+        )
         predictions = prediction.predict_files(run, argv[1:], top=FLAGS.top)
     if FLAGS.json:
         console.say(json.dumps([p.record() for p in predictions], indent=2))

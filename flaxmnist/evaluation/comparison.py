@@ -31,8 +31,10 @@ COLUMNS = (
 )
 
 
-def load_summary(workdir: Path) -> tuple[dict[str, Any], list[dict], dict[str, float]]:
-    """(table row, history, per-class accuracy) of one run."""
+def load_summary(
+    workdir: Path, *, allow_plugins: bool = False
+) -> tuple[dict[str, Any], list[dict], dict[str, float]]:
+    """(table row, history, per-class accuracy) of one run (``allow_plugins``: see load_run)."""
     metrics_file = workdir / "metrics.json"
     if not metrics_file.exists():
         raise FlaxmnistError(f"{workdir} has no metrics.json (not a finished run)")
@@ -41,7 +43,7 @@ def load_summary(workdir: Path) -> tuple[dict[str, Any], list[dict], dict[str, f
     if eval_file.exists():
         evaluation = json.loads(eval_file.read_text())
     else:
-        evaluation = evaluator.predict_test(workdir)[3]
+        evaluation = evaluator.predict_test(workdir, allow_plugins=allow_plugins)[3]
     history = json.loads((workdir / "history.json").read_text())
     row = {
         "run": workdir.name,
@@ -77,9 +79,14 @@ def curve_metric(histories: Iterable[list[dict]], kind: str) -> str:
     return f"val_{kind}" if validated else f"train_{kind}"
 
 
-def compare(workdirs: list[Path], out: Path) -> list[dict[str, Any]]:
-    """Writes the comparison files and figures; returns the table rows."""
-    summaries = [load_summary(w) for w in workdirs]
+def compare(
+    workdirs: list[Path], out: Path, *, allow_plugins: bool = False
+) -> list[dict[str, Any]]:
+    """Writes the comparison files and figures; returns the table rows.
+
+    ``allow_plugins``: see :func:`flaxmnist.load_run` (used for runs scored on the fly).
+    """
+    summaries = [load_summary(w, allow_plugins=allow_plugins) for w in workdirs]
     rows = [s[0] for s in summaries]
     out.mkdir(parents=True, exist_ok=True)
     files.write_csv_atomic(out / "comparison.csv", rows)

@@ -173,9 +173,13 @@ def predict_test(
     checkpoint: str | int = "tested",
     dataset: str | None = None,
     data_dir: str | None = None,
+    allow_plugins: bool = False,
 ):
-    """Loads a run and scores the test split: (run, data, logits, summary, warnings)."""
-    run = load_run(workdir, checkpoint)
+    """Loads a run and scores the test split: (run, data, logits, summary, warnings).
+
+    ``allow_plugins`` as :func:`flaxmnist.load_run` takes it.
+    """
+    run = load_run(workdir, checkpoint, allow_plugins=allow_plugins)
     name = dataset or run.config.dataset
     notes = []
     if name != run.config.dataset:
@@ -199,11 +203,19 @@ def evaluate_run(
     dataset: str | None = None,
     data_dir: str | None = None,
     image_index: int = 0,
+    allow_plugins: bool = False,
 ) -> dict[str, Any]:
-    """Evaluates a run and writes ``workdir/eval``; returns the metrics written there."""
+    """Evaluates a run and writes ``workdir/eval``; returns the metrics written there.
+
+    ``allow_plugins`` as :func:`flaxmnist.load_run` takes it.
+    """
     workdir = Path(workdir)
     run, data, logits, summary, notes = predict_test(
-        workdir, checkpoint=checkpoint, dataset=dataset, data_dir=data_dir
+        workdir,
+        checkpoint=checkpoint,
+        dataset=dataset,
+        data_dir=data_dir,
+        allow_plugins=allow_plugins,
     )
     name = summary["dataset"]
     if not 0 <= image_index < len(data.test):

@@ -9,6 +9,7 @@ fresh.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from flax import traverse_util
 
 from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError
-from flaxmnist.evaluation.loading import load_run
+from flaxmnist.evaluation import loading
 from flaxmnist.training.train_state import TrainState
 
 HEAD = "head"
@@ -41,8 +42,17 @@ def merge_matching(target: dict, source: dict, skip_prefix: str | None) -> tuple
 
 
 def warm_start(state: TrainState, run_dir: str, class_names: Sequence[str]) -> TrainState:
-    """``state`` with the weights of run ``run_dir`` copied in where they fit."""
-    source = load_run(run_dir)
+    """``state`` with the weights of run ``run_dir`` copied in where they fit.
+
+    The source run's plugin modules are not imported: a model only they define must already be
+    registered by this run's own ``import_modules``.
+    """
+    loading.check_names_resolve(
+        Path(run_dir),
+        loading.read_run_config(Path(run_dir)),
+        allow_hint="name those modules in --config.import_modules if you trust that code",
+    )
+    source = loading.load_run(run_dir)
     same_classes = tuple(source.class_names) == tuple(class_names)
     skip = None if same_classes else HEAD
     params, copied = merge_matching(state.params, source.state.params, skip)
