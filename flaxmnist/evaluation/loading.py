@@ -101,7 +101,7 @@ def _select_step(checkpoints: checkpointing.RunCheckpoints, which: str | int) ->
     if which == "latest":
         return saved[-1]
     if which == "best":
-        meta = checkpoints.read_meta(saved[-1])
+        meta = checkpoints.read_meta_checked(saved[-1])
         best_epoch = meta["stopper"]["best_epoch"]
         return meta["history"][best_epoch - 1]["step"] if best_epoch else saved[-1]
     if not str(which).isdigit():
@@ -160,7 +160,7 @@ def load_run(
     try:
         which = tested_checkpoint(workdir) if checkpoint == "tested" else checkpoint
         step = _select_step(checkpoints, which)
-        meta = checkpoints.read_meta(step)
+        meta = checkpoints.read_meta_checked(step)
         class_names, image_shape = check_data_info(workdir, meta)
         model = models.create_model(config, len(class_names))
         tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
@@ -174,7 +174,7 @@ def load_run(
         )
         check_state_size(workdir, make_template)
         template = make_template()
-        state, meta = checkpoints.restore(step, template)
+        state, meta = checkpoints.restore_checked(step, template)
     finally:
         checkpoints.close()
     return LoadedRun(

@@ -2,8 +2,14 @@
 
 Each checkpoint holds the whole ``TrainState`` (params, optimizer state, BatchNorm statistics,
 step) and a JSON ``meta`` item with everything else a resumed run needs: the epoch, how far into the
-next epoch it stopped, the history, the early-stopping state and a fingerprint of the model. The
-data order and dropout keys are functions of ``(seed, epoch, step)``, so they need no saving.
+next epoch it stopped, the history, the early-stopping state, a fingerprint of the model and a
+SHA-256 checksum of the state's arrays, so flipped bits are found on restore. The data order and
+dropout keys are functions of ``(seed, epoch, step)``, so they need no saving.
+
+A checkpoint that fails to read twice, or whose arrays do not match their checksum, is damaged: a
+resumed run sets it aside (renamed ``<step>.corrupt``) and continues from the newest good one; with
+no good one it stops and changes nothing. A read that fails once and then succeeds is the disk's
+passing trouble, and an I/O error that persists stops the run: neither sets a checkpoint aside.
 Saves are asynchronous; :meth:`RunCheckpoints.close` waits for them. Orbax is imported when a
 run first reads or writes a checkpoint, not at start-up (it costs about 0.5 s to import).
 """
@@ -13,26 +19,62 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
+import numpy as np
 
 from flaxmnist import console
-from flaxmnist.errors import FlaxmnistError
+from flaxmnist.errors import FlaxmnistError, first_line
 from flaxmnist.training import parallel
 
 BEST_METRIC = "best_order"  # epoch at which a checkpoint became the best so far; -1 otherwise
 CORRUPT_SUFFIX = ".corrupt"
+T = TypeVar("T")
+STATE_CHECKSUM = "state_sha256"  # the meta key of the state's checksum
+# Errors of the disk rather than of the data: they stop a run instead of setting a checkpoint aside.
+READ_ERROR_TEXTS = ("Input/output error", "Resource temporarily unavailable", "Stale file handle")
 
 
 def fingerprint(state: Any) -> dict[str, list[int]]:
     """The shape of every parameter, keyed by its path: what a compatible checkpoint must match."""
     flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
     return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+def state_checksum(state: Any) -> str:
+    """SHA-256 over every array of ``state``: its path, dtype, shape and bytes.
+
+    Reads this process's copy of each array (the state is replicated on every device).
+    """
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(leaf, jax.Array):
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            leaf = leaf.addressable_data(0)
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def describe(error: Exception) -> str:
+    """One short line for a failed read (a library's error may carry no readable message)."""
+    line = first_line(error, limit=160)
+    return type(error).__name__ if not line or line.startswith("<") else line
+
+
+def is_read_error(error: Exception) -> bool:
+    """Whether ``error`` is the disk failing to read, not the checkpoint's data being wrong."""
+    if isinstance(error, OSError) and error.errno not in (None, errno.ENOENT):
+        return True
+    return any(text in str(error) for text in READ_ERROR_TEXTS)
 
 
 def ocp():
@@ -81,6 +123,7 @@ class RunCheckpoints:
         """
         self.check_free_space(state)
         step = int(state.step)
+        meta = {**meta, STATE_CHECKSUM: state_checksum(state)}
         args = ocp().args
         args = args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta))
         with disk_errors(self.directory):
@@ -116,7 +159,13 @@ class RunCheckpoints:
         return restored["meta"]
 
     def restore(self, step: int, target) -> tuple[Any, dict[str, Any]]:
-        """Restores checkpoint ``step`` into the structure of ``target``; checks compatibility."""
+        """Restores checkpoint ``step`` into the structure of ``target``; checks compatibility.
+
+        Raises:
+          IncompatibleCheckpointError: the checkpoint belongs to another model or state layout.
+          CheckpointDamagedError: its arrays do not match the checksum it was saved with.
+          Exception: whatever Orbax raises for a checkpoint it cannot read.
+        """
         meta = self.read_meta(step)
         expected = fingerprint(target)
         if meta.get("fingerprint") != expected:
@@ -136,48 +185,96 @@ class RunCheckpoints:
                 f"checkpoint step {step} in {self.directory} holds a train state laid out "
                 "differently (written by another flaxmnist version?); use a new --workdir"
             ) from None
+        saved = meta.get(STATE_CHECKSUM)  # checkpoints of older versions carry none
+        if saved is not None and state_checksum(restored["state"]) != saved:
+            raise CheckpointDamagedError(
+                f"checkpoint step {step} in {self.directory} is damaged (its arrays do not match "
+                "their checksum)"
+            )
         return restored["state"], meta
 
-    def restore_latest(self, target) -> tuple[Any, dict[str, Any]] | None:
-        """The newest checkpoint, or the one before it if the newest is damaged.
+    def restore_checked(self, step: int, target) -> tuple[Any, dict[str, Any]]:
+        """:meth:`restore`, with every failure judged by :meth:`read_twice`."""
+        return self.read_twice(step, functools.partial(self.restore, step, target))
 
-        A damaged newest checkpoint is set aside (renamed) with a warning; if the one before it
-        fails too, the run stops with an error rather than touching more checkpoints. Returns None
-        when there is no checkpoint.
+    def read_meta_checked(self, step: int) -> dict[str, Any]:
+        """:meth:`read_meta`, with every failure judged by :meth:`read_twice`."""
+        return self.read_twice(step, functools.partial(self.read_meta, step))
+
+    def read_twice(self, step: int, read: Callable[[], T]) -> T:
+        """``read()`` of checkpoint ``step``, tried twice before a failure counts.
+
+        Raises:
+          IncompatibleCheckpointError: at once, as :meth:`restore` does.
+          CheckpointDamagedError: it fails twice with an error of its data.
+          CheckpointReadError: the disk fails to read it twice (an I/O error, say).
         """
-        steps = self.steps()
-        if not steps:
-            return None
         try:
-            return self.restore(steps[-1], target)
+            return read()
         except IncompatibleCheckpointError:
             raise
-        except Exception as e:  # any failure to read the newest step: damaged
-            self.set_aside(steps[-1], e)
-        if len(steps) == 1:
-            return None
+        except Exception:  # a failure once may be the disk's passing trouble: read again
+            self.manager.reload()
         try:
-            return self.restore(steps[-2], target)
-        except IncompatibleCheckpointError:
+            return read()
+        except (IncompatibleCheckpointError, CheckpointDamagedError):
             raise
         except Exception as e:
-            raise FlaxmnistError(
-                f"cannot restore checkpoint step {steps[-2]} in {self.directory} either: "
-                f"{str(e).splitlines()[0][:200]}"
+            if is_read_error(e):
+                raise CheckpointReadError(
+                    f"cannot read checkpoint step {step} in {self.directory} ({describe(e)}); "
+                    "nothing was changed: rerun when the disk reads again"
+                ) from None
+            raise CheckpointDamagedError(
+                f"checkpoint step {step} in {self.directory} is damaged ({describe(e)})"
             ) from None
 
-    def set_aside(self, step: int, error: Exception) -> None:
-        """Renames a damaged step folder to ``<step>.corrupt`` so it is neither used nor lost."""
-        source = self.directory / str(step)
-        target = self.directory / f"{step}{CORRUPT_SUFFIX}"
-        console.warn(
-            f"checkpoint step {step} is damaged ({str(error).splitlines()[0][:200]}); moved it "
-            f"to {target.name} and fell back to the previous checkpoint"
+    def restore_latest(self, target) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores; None when there is none at all.
+
+        Damaged newer checkpoints are set aside (renamed, with a warning) once an older one has
+        restored. When every checkpoint is damaged nothing is renamed and the run stops.
+
+        Raises:
+          IncompatibleCheckpointError, CheckpointReadError: as :meth:`restore_checked`.
+          CheckpointDamagedError: every checkpoint is damaged.
+        """
+        steps = self.steps()
+        damaged: list[tuple[int, CheckpointDamagedError]] = []
+        for step in reversed(steps):
+            try:
+                restored = self.restore_checked(step, target)
+            except CheckpointDamagedError as e:
+                damaged.append((step, e))
+                continue
+            for bad_step, error in damaged:
+                self.set_aside(bad_step, error, resuming_from=step)
+            return restored
+        if not damaged:
+            return None
+        others = "it is the only one" if len(steps) == 1 else "every older one is damaged too"
+        raise CheckpointDamagedError(
+            f"{damaged[0][1]}; {others}; nothing was changed: move {self.directory} away to "
+            "train the run again, or use a new --workdir"
         )
+
+    def set_aside(self, step: int, error: Exception, *, resuming_from: int | None = None) -> Path:
+        """Renames damaged step folder ``step`` to ``<step>.corrupt`` (or ``.corrupt.2``, ...).
+
+        Nothing is deleted: a step damaged twice keeps both copies. Returns the new path.
+        """
+        target = self.directory / f"{step}{CORRUPT_SUFFIX}"
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = self.directory / f"{step}{CORRUPT_SUFFIX}.{copies}"
+        then = f"; resuming from step {resuming_from}" if resuming_from is not None else ""
+        console.warn(f"{error}; set it aside as {target.name}{then}")
         if jax.process_index() == 0:
-            os.replace(source, target)
+            os.rename(self.directory / str(step), target)
         parallel.sync("flaxmnist-damaged-checkpoint-set-aside")
         self.manager.reload()
+        return target
 
     def close(self) -> None:
         """Waits for pending asynchronous saves and releases the manager (if one was made)."""
@@ -205,3 +302,11 @@ def disk_errors(directory: Path) -> Iterator[None]:
 
 class IncompatibleCheckpointError(FlaxmnistError):
     """The checkpoints belong to a different model or input shape."""
+
+
+class CheckpointDamagedError(FlaxmnistError):
+    """A checkpoint's data cannot be read back as it was saved."""
+
+
+class CheckpointReadError(FlaxmnistError):
+    """The disk fails to read a checkpoint (an I/O error): the checkpoint is not judged."""

@@ -44,6 +44,7 @@ class RunDirectory:
         self.path = Path(path)
         self.writer = writer
         self._lock_fd: int | None = None
+        self._recorded_lengths: tuple[int, int] | None = None  # on disk when first written
 
     def __enter__(self) -> RunDirectory:
         if not self.writer:
@@ -111,9 +112,37 @@ class RunDirectory:
         if self.writer:
             write_json_atomic(self.path / "config.json", json.loads(config.to_json()))
 
+    def recorded_epochs(self) -> int:
+        """How many epoch records history.json holds (0 when missing or damaged)."""
+        return self._recorded_lengths_on_disk()[0]
+
+    def _recorded_lengths_on_disk(self) -> tuple[int, int]:
+        """(epoch records in history.json, rows in steps.csv); a damaged file counts 0."""
+        try:
+            history = json.loads((self.path / "history.json").read_text())
+            epochs = len(history) if isinstance(history, list) else 0
+        except (OSError, ValueError, UnicodeDecodeError):
+            epochs = 0
+        try:
+            with (self.path / "steps.csv").open() as f:
+                rows = max(sum(1 for _ in f) - 1, 0)
+        except (OSError, UnicodeDecodeError):
+            rows = 0
+        return epochs, rows
+
     def write_history(self, history: list[dict], step_log: list[dict]) -> None:
-        """Writes history.json, history.csv and steps.csv (atomically)."""
+        """Writes history.json, history.csv and steps.csv (atomically), never with less.
+
+        A run resumed from a checkpoint older than its history (the newest was damaged, or the
+        run was killed between writing an epoch and checkpointing it) leaves the longer files as
+        they are until it has trained as far again.
+        """
         if not self.writer:
+            return
+        if self._recorded_lengths is None:
+            self._recorded_lengths = self._recorded_lengths_on_disk()
+        epochs, rows = self._recorded_lengths
+        if len(history) < epochs or len(step_log) < rows:
             return
         write_json_atomic(self.path / "history.json", history)
         write_csv_atomic(self.path / "history.csv", history)

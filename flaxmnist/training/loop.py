@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 
 from flaxmnist import models
-from flaxmnist.console import say
+from flaxmnist.console import say, warn
 from flaxmnist.errors import DivergedError, FlaxmnistError
 from flaxmnist.storage import checkpointing, run_directory, scalar_log
 from flaxmnist.training import early_stopping, feeders, parallel
@@ -92,6 +92,11 @@ def start_or_resume(
         elif (run.path / "metrics.json").exists():
             raise FlaxmnistError(
                 f"workdir {run.path} holds a finished run without checkpoints; use a new --workdir"
+            )
+        elif config.checkpoint_every_epochs > 0 and run.recorded_epochs() > 0:
+            raise FlaxmnistError(
+                f"workdir {run.path} holds {run.recorded_epochs()} epochs of history but no "
+                "checkpoint to resume from; use a new --workdir (nothing was changed)"
             )
     step_log = run.read_step_log(int(state.step))  # a damaged log stops the run before any write
     parallel.sync("flaxmnist-run-directory-checked")  # every process looked before the write
@@ -249,8 +254,17 @@ def best_state(
         return state, progress.epoch
     checkpoints.wait_until_finished()
     best_step = progress.history[best_epoch - 1]["step"]
-    restored, _ = checkpoints.restore(best_step, state)
-    return restored, best_epoch
+    if best_step in checkpoints.steps():
+        try:
+            restored, _ = checkpoints.restore_checked(best_step, state)
+            return restored, best_epoch
+        except checkpointing.CheckpointDamagedError as e:
+            checkpoints.set_aside(best_step, e)
+    warn(
+        f"the best checkpoint (epoch {best_epoch}, step {best_step}) cannot be restored: "
+        f"testing the latest state (epoch {progress.epoch}) instead"
+    )
+    return state, progress.epoch
 
 
 def train_and_evaluate(
