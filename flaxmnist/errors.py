@@ -1,13 +1,14 @@
 """Exceptions, and how the command-line tools turn any failure into one line and an exit status.
 
-User errors (:class:`FlaxmnistError`, a full or read-only disk) exit 2; a signal exits 128 + its
-number (:func:`exit_on_signals`); anything else is an internal error: exit 1, its traceback
-appended to ``DIR/error.log``.
+User errors (:class:`FlaxmnistError`, a full, read-only or failing disk) exit 2; a signal exits
+128 + its number (:func:`exit_on_signals`); anything else, any other ``OSError`` included, is an
+internal error: exit 1, its traceback appended to ``DIR/error.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import signal
@@ -82,20 +83,65 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+# The errors of the user's disk, not of the program. EMFILE (too many open files) is not one: a
+# file-descriptor leak is the likelier cause, and its traceback is what finds the leak.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG})
+# The log is appended to, never through a symlink: a planted link would aim the write elsewhere.
+LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def disk_error_message(error: OSError, log_dir: Path) -> str | None:
+    """The one line for a failure of the user's disk; None for any other ``OSError``.
+
+    A ``ConnectionError`` is never the disk, whatever its errno.
+    """
+    if isinstance(error, ConnectionError):
+        return None
+    path = error.filename or log_dir
+    if error.errno in NO_SPACE:
+        return f"no space left for {path}{_details(error)}"
+    if error.errno in CANNOT_WRITE:
+        return f"cannot write {path}: {error.strerror or error}"
+    if error.errno == errno.EIO:
+        return f"input/output error on {path}{_details(error)}"
+    return None
+
+
+def _details(error: OSError) -> str:
+    """What ``error``'s message adds to its errno's standard text (" (...)"), or ""."""
+    standard, text = os.strerror(error.errno), error.strerror or ""
+    extra = text[len(standard) :].strip(" :;,-") if text.startswith(standard) else ""
+    if not extra or extra.startswith("("):
+        return f" {extra}".rstrip()
+    return f" ({extra})"
+
+
 def write_traceback(log_dir: Path) -> Path:
-    """Appends the current exception's traceback to ``log_dir/error.log`` (or a temp file)."""
-    header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
-    fallback = Path(tempfile.gettempdir()) / f"flaxmnist-error-{os.getpid()}.log"
-    for path in (log_dir / "error.log", fallback):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(header + traceback.format_exc())
-            return path
-        except OSError:
-            continue
+    """Appends the current exception's traceback to ``log_dir/error.log``; returns the file.
+
+    Where that file cannot be written (or is a symlink), the traceback goes to a new private
+    file ``flaxmnist-error-*.log`` in the temp folder; where that fails too, to stderr.
+    """
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
+    text += traceback.format_exc()
+    log = log_dir / "error.log"
+    with contextlib.suppress(OSError):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        _write_and_close(os.open(log, LOG_FLAGS, 0o644), text)
+        return log
+    with contextlib.suppress(OSError):
+        fd, name = tempfile.mkstemp(prefix="flaxmnist-error-", suffix=".log")  # mode 0600
+        _write_and_close(fd, text)
+        return Path(name)
     traceback.print_exc()  # nowhere to write it: the terminal is the last resort
     return Path("<stderr above>")
+
+
+def _write_and_close(fd: int, text: str) -> None:
+    """Appends ``text`` to the open file ``fd``, then closes it."""
+    with os.fdopen(fd, "a") as f:
+        f.write(text)
 
 
 @contextlib.contextmanager
@@ -105,9 +151,11 @@ def reported(log_dir: Path) -> Iterator[None]:
         yield
     except FlaxmnistError as e:
         exit_with_error(str(e), getattr(e, "exit_code", EXIT_USER_ERROR))
-    except OSError as e:  # disk full, read-only or vanished folder
-        exit_with_error(f"cannot write {e.filename or log_dir}: {e.strerror or e}")
-    except Exception as e:  # a bug or a library failure: one line here, the traceback in a file
+    except Exception as e:
+        disk = disk_error_message(e, log_dir) if isinstance(e, OSError) else None
+        if disk:
+            exit_with_error(disk)
+        # A bug or a library failure: one line here, the traceback in a file.
         log = write_traceback(log_dir)
         exit_with_error(
             f"internal error ({type(e).__name__}: {first_line(e)}); full traceback in {log}",

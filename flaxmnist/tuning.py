@@ -2,7 +2,8 @@
 
 The library behind ``python -m flaxmnist.tune``. A study lives in an Optuna storage: SQLite in
 the work directory by default (``WORKDIR/study.db``, nothing to start), or any SQLAlchemy URL
-(PostgreSQL) that many machines share. Every trial is a normal run,
+(PostgreSQL) that many machines share; messages show such a URL with its password hidden
+(:func:`shown_url`). Every trial is a normal run,
 :func:`flaxmnist.training.loop.train_and_evaluate` into ``WORKDIR/trials/NNNN``, scored by its
 validation accuracy, which it reports after every epoch so that the median pruner can stop a
 hopeless trial early. Any number of workers can open one study:
@@ -28,6 +29,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -38,6 +40,8 @@ from typing import Any
 import ml_collections
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from flaxmnist import configs, plugins
 from flaxmnist.config_validation import validate_config
@@ -52,6 +56,12 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 SearchSpace = Callable[[optuna.Trial, ml_collections.ConfigDict], None]
 
+HIDDEN = "***"
+# A password in a URL: from ``scheme://user:`` to the last ``@`` before a blank (a password may
+# hold an unescaped ``@``), and a ``password=`` query parameter.
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][\w+.-]*://[^\s:/@]*:)(\S*)@")
+QUERY_PASSWORD = re.compile(r"(\bpassword=)([^&\s]*)", re.IGNORECASE)
+
 STUDY_FILE = "study.db"
 LOCK_FILE = ".study.lock"
 RESULTS_CSV = "results.csv"
@@ -65,6 +75,40 @@ VALIDATION_FRACTION = 0.1
 RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback(
     max_retry=2, inherit_intermediate_values=True
 )
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages show it: its password, if any, replaced by ``***``."""
+    with contextlib.suppress(ArgumentError, ValueError):  # else the patterns alone hide it
+        url = make_url(url).render_as_string(hide_password=True)
+    return hide_url_passwords(url)
+
+
+def hide_url_passwords(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    text = URL_PASSWORD.sub(rf"\1{HIDDEN}@", text)
+    return QUERY_PASSWORD.sub(rf"\1{HIDDEN}", text)
+
+
+def hide_passwords(text: str, url: str) -> str:
+    """``text`` (a driver's error message, say) without ``url``'s password or any URL's.
+
+    ``url``'s password is hidden wherever it stands alone, not inside a longer word: a password
+    ``p`` leaves the word "password" as it is.
+    """
+    text = hide_url_passwords(text)
+    for password in url_passwords(url):
+        text = re.sub(rf"(?<!\w){re.escape(password)}(?!\w)", HIDDEN, text)
+    return text
+
+
+def url_passwords(url: str) -> set[str]:
+    """The passwords in ``url``: as written, and as SQLAlchemy decodes them."""
+    found = {match[2] for match in URL_PASSWORD.finditer(url)}
+    found |= {match[2] for match in QUERY_PASSWORD.finditer(url)}
+    with contextlib.suppress(ArgumentError, ValueError):
+        found.add(make_url(url).password or "")
+    return found - {"", HIDDEN}
 
 
 def default_space(trial: optuna.Trial, config: ml_collections.ConfigDict) -> None:
@@ -110,6 +154,11 @@ class StudySpec:
     def storage_url(self) -> str:
         """The storage URL (SQLite in the work directory by default)."""
         return self.storage or f"sqlite:///{(self.workdir / STUDY_FILE).resolve()}"
+
+    @property
+    def shown_storage(self) -> str:
+        """The storage URL as messages show it, without its password."""
+        return shown_url(self.storage_url)
 
     @property
     def base(self) -> str:
@@ -169,14 +218,15 @@ def open_study(spec: StudySpec) -> optuna.Study:
             load_if_exists=True,
         )
     except Exception as e:  # SQLAlchemy's and Optuna's errors for a bad URL or database
-        raise ConfigError(f"--storage: cannot open {spec.storage_url} ({one_line(e)})") from None
+        reason = hide_passwords(one_line(e), spec.storage_url)
+        raise ConfigError(f"--storage: cannot open {spec.shown_storage} ({reason})") from None
     for key, value in (("config", spec.base), ("space", spec.space)):
         recorded = study.user_attrs.get(key)
         if recorded is None:
             study.set_user_attr(key, value)
         elif recorded != value:
             raise ConfigError(
-                f"study {spec.study_name!r} in {spec.storage_url} was started with "
+                f"study {spec.study_name!r} in {spec.shown_storage} was started with "
                 f"--{key}={recorded}, not {value}; use another --workdir or --study_name"
             )
     return study

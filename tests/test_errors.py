@@ -21,7 +21,7 @@ def _exit_of(failure: BaseException, log_dir, capsys) -> tuple[int, list[str]]:
     ("failure", "status", "line"),
     [
         (ConfigError("batch_size must be positive, got 0"), 2, "error: batch_size must be"),
-        (OSError(28, "No space left on device", "/d/ckpt"), 2, "error: cannot write /d/ckpt: No"),
+        (OSError(28, "No space left on device", "/d/ckpt"), 2, "error: no space left for /d/ckpt"),
     ],
 )
 def test_user_errors_end_in_one_line_and_exit_2(failure, status, line, tmp_path, capsys):

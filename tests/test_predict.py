@@ -78,7 +78,7 @@ def test_transparent_png_paper_reads_as_white_and_npy_floats_as_grey_levels(tmp_
     [
         ("missing.png", None, "no such file"),
         ("empty.png", b"", "the file is empty"),
-        ("text.png", b"not an image at all", "not an image Pillow can read"),
+        ("text.png", b"not an image at all", "not a PNG, JPEG, BMP, GIF, TIFF or WebP image"),
         ("cube.npy", np.zeros((4, 4, 4)), "expected one image"),
         ("nan.npy", np.full((28, 28), np.nan), "NaN or infinite"),
         ("pickle.npy", b"\x93NUMPY garbage", "not a numpy array file"),

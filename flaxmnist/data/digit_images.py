@@ -14,7 +14,10 @@ MNIST reads it as it reads the test set:
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,22 +26,35 @@ from flaxmnist.errors import DataError
 
 MNIST_SIZE = 28
 BOX_SIZE = 20
-MAX_PIXELS = 50_000_000  # a photo is ~12 MP; anything far above is no digit
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# The largest image read, in pixels: a photo is ~12 MP; anything far above is no digit. It lies
+# below Pillow's own decompression-bomb bound (Image.MAX_IMAGE_PIXELS, ~89 MP by default), so
+# every image Pillow would warn about is refused here first, in one line.
+MAX_PIXELS = 50_000_000
+# The only formats Pillow opens here: plain raster formats of photos and scans. Other formats it
+# knows are refused unread (EPS runs Ghostscript; many are rarely used and little tested).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ACCEPTED = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """A PNG / JPEG / ... file or a ``.npy`` array as uint8 grey levels ``[H, W]``.
+    """A PNG / JPEG / BMP / GIF / TIFF / WebP file or a ``.npy`` array as uint8 grey levels.
+
+    Only the file's header is read before its size and type are checked: an image of more than
+    :data:`MAX_PIXELS` pixels is refused before it is decoded, a ``.npy`` file before its data is
+    read.
 
     Args:
-      path: an image file Pillow reads, or a ``.npy`` file of shape ``[H, W]`` or ``[H, W, 1]``
-        (uint8, or floats in [0, 1]).
+      path: an image file in one of :data:`IMAGE_FORMATS`, or a ``.npy`` file of shape
+        ``[H, W]`` or ``[H, W, 1]`` (integers 0-255, or floats in [0, 1]).
 
     Returns:
-      The grey levels, 0 (black) to 255 (white), as the file has them (not yet inverted).
+      The grey levels ``[H, W]``, 0 (black) to 255 (white), as the file has them (not yet
+      inverted).
 
     Raises:
-      DataError: for a missing or empty file, one that is no image, or an absurd size.
+      DataError: for a missing or empty file, one that is no image of an accepted format or
+        dtype, or an absurd size.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,16 +63,36 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: the file is empty")
     if path.suffix.lower() == ".npy":
         return _read_array(path)
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise DataError(
-                    f"{path}: {image.width}x{image.height} pixels is too large for a digit "
-                    f"(at most {MAX_PIXELS:,} pixels)"
-                )
+    with _open_image(path) as image:
+        _check_pixels(path, image.width, image.height)
+        try:
             return np.asarray(_grey(image))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        except OSError as e:
+            raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__})") from None
+
+
+def _open_image(path: Path) -> Image.Image:
+    """``path`` opened (its header read, nothing decoded) if it is in one of the formats."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns of any image above its bound; _check_pixels refuses each of them.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path, formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: too large for a digit (at most {MAX_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a {ACCEPTED} image") from None
+    except OSError as e:
         raise DataError(f"{path}: not an image Pillow can read ({type(e).__name__})") from None
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuses an image of more than :data:`MAX_PIXELS` pixels."""
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path}: {width}x{height} pixels is too large for a digit "
+            f"(at most {MAX_PIXELS:,} pixels)"
+        )
 
 
 def _grey(image: Image.Image) -> Image.Image:
@@ -69,21 +105,50 @@ def _grey(image: Image.Image) -> Image.Image:
 
 
 def _read_array(path: Path) -> np.ndarray:
+    """A ``.npy`` image as uint8; its header is checked before its data is read."""
     try:
-        array = np.load(path, allow_pickle=False)
+        with path.open("rb") as f:
+            _check_array_header(path, f)
+            f.seek(0)
+            array = np.lib.format.read_array(f, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(f"{path}: not a numpy array file ({e})") from None
-    if array.ndim == 3 and array.shape[-1] == 1:
+    if array.ndim == 3:
         array = array[..., 0]
-    if array.ndim != 2 or min(array.shape) == 0:
-        raise DataError(f"{path}: expected one image [H, W] or [H, W, 1], got shape {array.shape}")
-    if array.size > MAX_PIXELS:
-        raise DataError(f"{path}: {array.shape} is too large for a digit")
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise DataError(f"{path}: the array holds NaN or infinite values")
         array = np.round(np.clip(array, 0.0, 1.0) * 255.0)
     return array.astype(np.uint8)
+
+
+def _check_array_header(path: Path, f: BinaryIO) -> None:
+    """Reads the ``.npy`` header from ``f`` and refuses anything but a grey image of sane size.
+
+    Raises:
+      ValueError: for a file that is no ``.npy`` file of format version 1.0 or 2.0 (every
+        numeric array ``np.save`` writes is one).
+      DataError: for a shape or dtype of no grey image, a size above :data:`MAX_PIXELS`, or
+        fewer bytes than the header announces.
+    """
+    version = np.lib.format.read_magic(f)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise ValueError(f"format version {version[0]}.{version[1]} is not read here")
+    shape, _, dtype = readers[version](f)
+    image = shape[:2] if len(shape) == 3 and shape[2] == 1 else shape
+    if len(image) != 2 or min(image) == 0:
+        raise DataError(f"{path}: expected one image [H, W] or [H, W, 1], got shape {shape}")
+    if image[0] * image[1] > MAX_PIXELS:
+        raise DataError(f"{path}: {shape} is too large for a digit (at most {MAX_PIXELS:,} pixels)")
+    if not np.issubdtype(dtype, np.integer) and not np.issubdtype(dtype, np.floating):
+        raise DataError(f"{path}: expected uint8 or float grey levels, got {dtype}")
+    needed, held = image[0] * image[1] * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+    if held < needed:
+        raise DataError(f"{path}: holds {held:,} of the {needed:,} bytes its header announces")
 
 
 def to_mnist(grey: np.ndarray, *, box: int = BOX_SIZE, centre_by_mass: bool = True) -> np.ndarray:

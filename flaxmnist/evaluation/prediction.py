@@ -42,7 +42,7 @@ class Prediction:
 
 
 def predict_files(run: LoadedRun, paths: Sequence[str | Path], top: int = 3) -> list[Prediction]:
-    """Classifies image files (PNG, JPEG, ... or ``.npy``) with a trained run.
+    """Classifies image files (PNG, JPEG, BMP, GIF, TIFF, WebP or ``.npy``) with a trained run.
 
     Each file is framed as the run's dataset frames its images (see
     :func:`flaxmnist.data.digit_images.load_image_as`) before the model sees it.
