@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from flaxmnist.errors import ConfigError
@@ -97,6 +100,24 @@ def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> 
         raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
     factory = SCHEDULES.get(config.schedule)
     return factory(config, config.num_epochs * steps_per_epoch, steps_per_epoch)
+
+
+def schedule_differs(
+    config: ml_collections.ConfigDict, other_epochs: int, steps_per_epoch: int, steps: int
+) -> bool:
+    """Whether ``config``'s schedule with ``num_epochs=other_epochs`` differs in steps [0, steps).
+
+    A resumed run whose ``num_epochs`` changed trains on as a run of the new length would only
+    if the learning rates of the steps already taken are the same under both lengths (true of
+    ``constant``, ``exponential`` and ``step``; not of the cosine schedules, which span the run).
+    """
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.num_epochs = other_epochs
+    taken = jnp.arange(steps)
+    rates = [
+        np.asarray(jax.vmap(create_schedule(c, steps_per_epoch))(taken)) for c in (config, other)
+    ]
+    return not np.array_equal(*rates)
 
 
 def create_optimizer(

@@ -15,7 +15,9 @@ from flaxmnist.configs import default
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage.files import write_csv_atomic, write_json_atomic
 
-# Fields that may change when a run is resumed: they do not change what is computed.
+# Fields that may change when a run is resumed: they do not change what the steps compute.
+# num_epochs only where the schedule does not span it (flaxmnist.training.loop checks); num_devices
+# changes float reassociation only (equal within rounding, not bitwise; tests/test_parallel.py).
 RESUMABLE_FIELDS = {
     "num_epochs",
     "resume",
@@ -23,7 +25,6 @@ RESUMABLE_FIELDS = {
     "data_dir",
     "chunks_per_epoch",
     "num_devices",
-    "input_pipeline",
     "import_modules",
     "early_stopping",
     "multihost",
@@ -78,8 +79,11 @@ class RunDirectory:
         """Whether an earlier run left its config here."""
         return (self.path / "config.json").exists()
 
-    def check_resumable(self, config: ml_collections.ConfigDict) -> None:
-        """Refuses to continue a run whose recorded config differs in a field that matters."""
+    def check_resumable(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """Refuses to continue a run whose recorded config differs in a field that matters.
+
+        Returns the recorded config (fields this version added read as their defaults).
+        """
         # A field a newer version added counts as recorded with its default; a recorded field
         # this version no longer has is not read, so it cannot matter.
         recorded = {**json.loads(default.get_config().to_json()), **self.read_recorded_config()}
@@ -95,6 +99,7 @@ class RunDirectory:
                 f"workdir {self.path} holds a run with a different config ({details}); "
                 "use a new --workdir"
             )
+        return recorded
 
     def read_recorded_config(self) -> dict[str, Any]:
         """The config an earlier run recorded; a damaged file is a one-line error."""

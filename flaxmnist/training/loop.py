@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from flaxmnist import models
+from flaxmnist import models, optimizers
 from flaxmnist.console import say, warn
 from flaxmnist.errors import DivergedError, FlaxmnistError
 from flaxmnist.storage import checkpointing, run_directory, scalar_log
@@ -83,7 +83,8 @@ def start_or_resume(
                 f"workdir {run.path} already holds a run and resume is off; "
                 "use a new --workdir (nothing was changed)"
             )
-        run.check_resumable(config)
+        recorded = run.check_resumable(config)
+        check_schedule_kept(run, exp, recorded["num_epochs"], max(checkpoints.steps(), default=0))
         restored = checkpoints.restore_latest(exp.state)
         if restored is not None:
             state, meta = restored
@@ -102,6 +103,23 @@ def start_or_resume(
     parallel.sync("flaxmnist-run-directory-checked")  # every process looked before the write
     run.write_config(config)
     return state, progress, step_log
+
+
+def check_schedule_kept(
+    run: run_directory.RunDirectory, exp: Experiment, recorded_epochs: int, steps: int
+) -> None:
+    """Refuses a new ``num_epochs`` that changes the learning rates of the ``steps`` taken."""
+    config = exp.config
+    if recorded_epochs == config.num_epochs or not optimizers.schedule_differs(
+        config, recorded_epochs, exp.steps_per_epoch, steps
+    ):
+        return
+    raise FlaxmnistError(
+        f"workdir {run.path} was trained with num_epochs={recorded_epochs}, and the "
+        f"{config.schedule} schedule spans num_epochs: {config.num_epochs} would change the "
+        f"learning rate of the {steps} steps already taken; keep num_epochs={recorded_epochs}, "
+        "or start a new --workdir (--config.init_from to start from these weights)"
+    )
 
 
 def should_save(config, epoch: int, improved: bool, stopping: bool) -> bool:
