@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -52,17 +53,19 @@ DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 
 # The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
 RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
-
-
-def being_written(entry: Path) -> bool:
-    """Whether a ``checkpoints/`` entry is a checkpoint Orbax is still writing."""
-    return "tmp" in entry.name
-
-
-def started(entry: Path) -> bool:
-    """Any ``checkpoints/`` entry: a checkpoint being written or written."""
-    del entry
-    return True
+# What the kill and signal trials interrupt: (arguments, environment), each 3 epochs.
+INTERRUPTED_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "cnn_simple": (RESUMABLE, {}),
+    "dropout": (["--config=mlp_dropout", "--config.batch_size=32", "--config.num_epochs=3"], {}),
+    "ema": ([*RESUMABLE, "--config.ema_decay=0.9"], {}),
+    "augment": ([*RESUMABLE, "--config.augment.rotation=10", "--config.augment.zoom=0.1"], {}),
+    "batchnorm": (["--config=fast", "--config.num_epochs=3"], {}),  # warm-up + cosine too
+    "tfds": ([*RESUMABLE, "--config.input_pipeline=tfds"], {}),
+    "grain": ([*RESUMABLE, "--config.input_pipeline=grain"], {}),
+    "2_devices": ([*RESUMABLE, "--config.num_devices=2"], TWO_CPU_DEVICES),
+}
+PROGRESS_BAR = re.compile(r"epoch (\d+)/\d+:\s+(\d+)%")
+RESUMED = re.compile(r"resuming .* after epoch \d+ \(step (\d+)\)")
 
 
 def written(entry: Path) -> bool:
@@ -133,7 +136,6 @@ class Drill:
         write_idx_dataset(self.other_data / "mnist", num_train=1536, num_test=200)
         self.rng = random.Random(seed)
         self._references: dict[tuple, Finished] = {}
-        self._warm_seconds: dict[Path, float] = {}
         self._count = 0
 
     def cache(self, quick: bool) -> Path:
@@ -198,15 +200,6 @@ class Drill:
             )
         return self._references[key]
 
-    def warm_run_seconds(self, cache: Path) -> float:
-        """How long the resumable run takes on ``cache`` once it holds its programs (timed once)."""
-        if cache not in self._warm_seconds:
-            self.run(RESUMABLE, self.fresh("warm-up"), cache)  # fills the cache
-            start = time.monotonic()
-            self.run(RESUMABLE, self.fresh("warm"), cache)
-            self._warm_seconds[cache] = time.monotonic() - start
-        return self._warm_seconds[cache]
-
     def matches(self, workdir: Path, args: list[str], env: dict | None = None) -> bool:
         """Whether ``workdir`` ended exactly as the reference run of ``args``."""
         expected = self.reference(args, env)
@@ -260,22 +253,6 @@ def kill_at(process: subprocess.Popen, delay_s: float, signum: int = signal.SIGK
     except subprocess.TimeoutExpired:
         process.send_signal(signum)
         return True
-
-
-def moment(workdir: Path, num_epochs: int) -> str:
-    """Where a run stood when it was stopped, from the files it had written."""
-    ckpt = workdir / "checkpoints"
-    if not (workdir / "config.json").exists():
-        return "start-up / compilation"
-    if ckpt.is_dir() and any(map(being_written, ckpt.iterdir())):
-        return "checkpoint write"
-    try:
-        epochs = len(json.loads((workdir / "history.json").read_text()))
-    except (OSError, ValueError):
-        epochs = 0
-    if epochs >= num_epochs:
-        return "test evaluation"
-    return f"epoch {epochs + 1}"
 
 
 def readable_run(workdir: Path) -> bool:
@@ -456,89 +433,106 @@ def small_tmpfs(drill: Drill, size: str) -> Iterator[Path | None]:
 
 
 def interrupt_and_resume(
-    drill: Drill,
-    row: Row,
-    signum: int,
-    cache: Path,
-    expected_codes: set[int],
-    checkpoint: Callable[[Path], bool] | None = None,
+    drill: Drill, row: Row, signum: int, cache: Path, config: str, epoch: int, fraction: float
 ) -> None:
-    """One trial: start the resumable run, signal it, rerun, compare with the reference.
+    """One trial: start run ``config``, signal it mid-``epoch``, rerun, check it resumed.
 
-    The signal lands at a random moment, or, given ``checkpoint`` (:func:`started` or
-    :func:`written`), as soon as the run's first checkpoint shows that (the quick trials: no
-    timing runs needed, and a moment the run must survive every time).
+    The signal lands once a checkpoint is committed and the progress bar of ``epoch`` (2 or 3)
+    shows ``fraction`` of it done. The trial survives when the first process ends as the signal
+    says (killed, or exit 128 + signal with one line), the rerun resumes from a checkpoint (its
+    "resuming ... (step S)" line, S > 0) and ends bitwise equal to the uninterrupted run.
     """
-    workdir = drill.fresh(signal.Signals(signum).name.lower())
-    lifetime = None if checkpoint else drill.warm_run_seconds(cache)
-    process = drill.launch(RESUMABLE, workdir, cache)
-    if checkpoint:
-        sent = signal_at_checkpoint(process, workdir, signum, checkpoint)
-    elif drill.rng.random() < 0.25:  # aim at a checkpoint being written
-        sent = signal_at_checkpoint(process, workdir, signum, being_written)
-    else:
-        sent = kill_at(process, drill.rng.uniform(0.2, 0.9 * lifetime), signum)
-    where = moment(workdir, 3) if sent else "after exit"
+    args, env = INTERRUPTED_CONFIGS[config]
+    workdir = drill.fresh(f"{config}-{signal.Signals(signum).name.lower()}")
+    process = drill.launch(args, workdir, cache, env)
+    landed = signal_mid_epoch(process, workdir, signum, epoch, fraction)
     outcome = finish(process)
-    if not sent:  # a fixed moment must be reached; a random one may come after the end
-        first_ok = outcome.code == 0 and checkpoint is None
-    else:
-        # Killed by the signal itself (kill -9, or at interpreter shutdown): nothing to print.
-        first_ok = outcome.code in expected_codes and (outcome.code == -signum or outcome.clean)
-    rerun = drill.run(RESUMABLE, workdir, cache)
-    ok = first_ok and rerun.code == 0 and rerun.clean and drill.matches(workdir, RESUMABLE)
-    row.notes.append(where)
+    codes = {-signum, 128 + signum}
+    first_ok = landed is not None and outcome.code in codes
+    first_ok = first_ok and (outcome.code == -signum or outcome.clean)
+    rerun = drill.run(args, workdir, cache, env)
+    resumed = RESUMED.search(rerun.stdout)
+    resumed_step = int(resumed.group(1)) if resumed else 0
+    matches = rerun.code == 0 and drill.matches(workdir, args, env)
+    ok = first_ok and rerun.clean and resumed_step > 0 and matches
+    row.notes.append(f"{config}, epoch {epoch}")
     row.record(
         ok,
-        f"{where}: exit {outcome.code} {outcome.last_line()} / rerun {rerun.code} "
+        f"{config} at {landed or f'epoch {epoch} (missed)'}: exit {outcome.code} "
+        f"{outcome.last_line()} / rerun {rerun.code}, resumed at step {resumed_step} "
         f"{rerun.last_line()}",
-        lost=rerun.code == 0 and not drill.matches(workdir, RESUMABLE),
+        lost=rerun.code == 0 and not matches,
     )
 
 
-def signal_at_checkpoint(
-    process: subprocess.Popen, workdir: Path, signum: int, shows: Callable[[Path], bool]
-) -> bool:
-    """Sends ``signum`` once an entry of ``workdir/checkpoints`` ``shows``; whether it was sent.
+def signal_mid_epoch(
+    process: subprocess.Popen, workdir: Path, signum: int, epoch: int, fraction: float
+) -> str | None:
+    """Sends ``signum`` mid-``epoch`` after a committed checkpoint; where it landed, or None.
 
-    Returns False when the process ended first.
+    Polls the run's checkpoints folder and the progress bar in its stderr: the signal goes once a
+    checkpoint is written and the bar of ``epoch`` shows at least ``fraction`` done, short of the
+    end. None when the process ended, or the moment passed, first.
     """
-    ckpt = workdir / "checkpoints"
+    ckpt, log = workdir / "checkpoints", process.log.with_suffix(".err")
     while process.poll() is None:
-        if ckpt.is_dir() and any(map(shows, ckpt.iterdir())):
+        bar = last_progress(log.read_text(errors="replace"))
+        if bar is not None and (bar[0] > epoch or (bar[0] == epoch and bar[1] == 100)):
+            return None
+        committed = ckpt.is_dir() and any(map(written, ckpt.iterdir()))
+        if committed and bar is not None and bar[0] == epoch and bar[1] >= 100 * fraction:
             process.send_signal(signum)
-            return True
-        time.sleep(0.002)
-    return False
+            return f"epoch {epoch}, {bar[1]} %"
+        time.sleep(0.005)
+    return None
+
+
+def last_progress(stderr: str) -> tuple[int, int] | None:
+    """(epoch, percent done) of the last progress bar in a run's stderr, or None."""
+    bars = PROGRESS_BAR.findall(stderr)
+    return (int(bars[-1][0]), int(bars[-1][1])) if bars else None
+
+
+def interrupted_trials(
+    drill: Drill, quick: bool, per_config: int
+) -> Iterator[tuple[str, int, float]]:
+    """(config, epoch, fraction) of each trial: every config ``per_config`` times, or one quick."""
+    if quick:
+        yield "ema", 2, 0.5  # EMA and the mid-epoch partial sums: the most state to carry
+        return
+    for config in INTERRUPTED_CONFIGS:
+        for _ in range(per_config):
+            yield config, drill.rng.choice((2, 3)), drill.rng.uniform(0.05, 0.9)
 
 
 def kill9(drill: Drill, quick: bool) -> Row:
-    """SIGKILL at random moments; every resumed run must end bitwise-equal to the reference.
+    """SIGKILL mid-epoch after a checkpoint; every rerun must resume and end bitwise equal.
 
-    Quick: once, as the first checkpoint is written.
+    Full: 8 trials of each of the 8 configs (64). Quick: one (``ema``, half-way through epoch 2).
     """
-    row = Row("kill -9 at random moments, then resume")
+    row = Row("kill -9 mid-epoch, then resume")
     cache = drill.cache(quick)
-    checkpoint = started if quick else None
-    for _ in range(1 if quick else 24):
-        interrupt_and_resume(drill, row, signal.SIGKILL, cache, {-signal.SIGKILL}, checkpoint)
+    for config, epoch, fraction in interrupted_trials(drill, quick, per_config=8):
+        interrupt_and_resume(drill, row, signal.SIGKILL, cache, config, epoch, fraction)
     summarize_moments(row)
     return row
 
 
 def signals(drill: Drill, quick: bool) -> Row:
-    """SIGINT / SIGTERM at random moments: exit 130 / 143, and the rerun finishes the run.
+    """SIGINT / SIGTERM mid-epoch: exit 130 / 143 with a saved checkpoint; the rerun resumes.
 
-    Quick: SIGINT as the first checkpoint is written, SIGTERM in the epoch after it.
+    Full: 2 trials of each config for each signal (32). Quick: SIGINT on ``cnn_simple``, SIGTERM
+    on ``dropout``.
     """
-    row = Row("SIGINT / SIGTERM at random moments, then resume")
+    row = Row("SIGINT / SIGTERM mid-epoch, then resume")
     cache = drill.cache(quick)
-    # 128 + signal; or killed by the signal itself when it lands while the interpreter shuts
-    # down after a finished run (Python resets its handlers there; shells report the same 130).
-    sigint_at, sigterm_at = (started, written) if quick else (None, None)
-    for _ in range(1 if quick else 12):
-        interrupt_and_resume(drill, row, signal.SIGINT, cache, {130, -signal.SIGINT}, sigint_at)
-        interrupt_and_resume(drill, row, signal.SIGTERM, cache, {143, -signal.SIGTERM}, sigterm_at)
+    if quick:
+        interrupt_and_resume(drill, row, signal.SIGINT, cache, "cnn_simple", 2, 0.3)
+        interrupt_and_resume(drill, row, signal.SIGTERM, cache, "dropout", 3, 0.6)
+    else:
+        for config, epoch, fraction in interrupted_trials(drill, quick, per_config=4):
+            signum = drill.rng.choice((signal.SIGINT, signal.SIGTERM))
+            interrupt_and_resume(drill, row, signum, cache, config, epoch, fraction)
     summarize_moments(row)
     return row
 
@@ -569,7 +563,8 @@ def disk_full(drill: Drill, quick: bool) -> Row:
             intact = readable_run(workdir)
             subprocess.run(["mount", "-o", f"remount,size={4 * size}", str(disk)], check=True)
             rerun = drill.run(RESUMABLE, workdir, cache)
-            ok = outcome.clean and rerun.code == 0 and drill.matches(workdir, RESUMABLE)
+            stopped_well = outcome.code in (0, 2) and outcome.clean  # the user's disk: never 1
+            ok = stopped_well and rerun.code == 0 and drill.matches(workdir, RESUMABLE)
             row.record(
                 ok,
                 f"{room} bytes: exit {outcome.code} {outcome.last_line()} / rerun {rerun.code}",
@@ -594,7 +589,8 @@ def evaluate_on_full_disk(drill: Drill, row: Row, disk: Path, workdir: Path) -> 
     filler.unlink()
     again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     outcome = Outcome(full.returncode, full.stdout, full.stderr)
-    ok = outcome.clean and again.returncode == 0 and (workdir / "eval" / "report.html").exists()
+    ok = full.returncode == 2 and outcome.clean and again.returncode == 0
+    ok = ok and (workdir / "eval" / "report.html").exists()
     row.record(
         ok,
         f"evaluate on a full disk: exit {full.returncode} {outcome.last_line()}",
@@ -629,12 +625,20 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
             key=lambda p: int(p.name),
         )
 
-    def truncate_array_file(workdir: Path) -> None:
-        files = sorted(
-            p for p in newest_checkpoint(workdir).rglob("*") if p.is_file() and "state" in str(p)
-        )
+    def truncate_array_file(step_dir: Path) -> None:
+        files = sorted(p for p in step_dir.rglob("*") if p.is_file() and "state" in str(p))
         biggest = max(files, key=lambda p: p.stat().st_size)
         biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+    def every_checkpoint_damaged(workdir: Path) -> None:
+        for step_dir in filter(written, (workdir / "checkpoints").iterdir()):
+            truncate_array_file(step_dir)
+
+    def arrays_of_an_older_step(workdir: Path) -> None:
+        newest = newest_checkpoint(workdir)
+        older = min(filter(written, newest.parent.iterdir()), key=lambda p: int(p.name))
+        shutil.rmtree(newest / "state")
+        shutil.copytree(older / "state", newest / "state")
 
     def other_model(workdir: Path) -> None:
         other = drill.fresh("other-model")
@@ -653,7 +657,12 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
 
     cases = {
         # damage: (how, expected: "resume" to the reference, or "refuse" with one line, untouched)
-        "truncated checkpoint array file": (truncate_array_file, "resume"),
+        "truncated checkpoint array file": (
+            lambda w: truncate_array_file(newest_checkpoint(w)),
+            "resume",
+        ),
+        "every checkpoint damaged": (every_checkpoint_damaged, "refuse"),
+        "arrays of an older step in the newest checkpoint": (arrays_of_an_older_step, "resume"),
         "checkpoint of another model": (other_model, "refuse"),
         "checkpoint of another optimizer layout": (other_layout, "refuse"),
         "corrupt config.json": (corrupt("config.json"), "refuse"),
@@ -662,7 +671,11 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
         "empty config.json": (lambda w: (w / "config.json").write_text(""), "refuse"),
     }
     if quick:
-        chosen = ("truncated checkpoint array file", "corrupt steps.csv")
+        chosen = (
+            "truncated checkpoint array file",
+            "arrays of an older step in the newest checkpoint",
+            "corrupt steps.csv",
+        )
         cases = {k: cases[k] for k in chosen}
     for name, (damage, expected) in cases.items():
         workdir = half_run()
