@@ -9,7 +9,10 @@ one line on stderr and an exit status (2, 2 and 1).
 from __future__ import annotations
 
 import functools
+import os
 import re
+import signal
+import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -100,5 +103,13 @@ def _parses(parser: flags.ArgumentParser, value: str) -> bool:
 
 
 def run(main: Callable[[list[str]], None], *, positional: str | None = None) -> None:
-    """Runs ``main(argv)`` under absl with one-line flag errors (see :func:`parse_flags`)."""
-    app.run(main, flags_parser=functools.partial(parse_flags, positional=positional))
+    """Runs ``main(argv)`` under absl with one-line flag errors (see :func:`parse_flags`).
+
+    Output piped into a reader that stops early (``| head``) ends the command quietly, with the
+    status of a process killed by SIGPIPE (141), as Unix tools do.
+    """
+    try:
+        app.run(main, flags_parser=functools.partial(parse_flags, positional=positional))
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush
+        sys.exit(128 + signal.SIGPIPE)

@@ -91,14 +91,14 @@ CANNOT_WRITE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, e
 LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def disk_error_message(error: OSError, log_dir: Path) -> str | None:
+def disk_error_message(error: OSError, log_dir: Path | None) -> str | None:
     """The one line for a failure of the user's disk; None for any other ``OSError``.
 
     A ``ConnectionError`` is never the disk, whatever its errno.
     """
     if isinstance(error, ConnectionError):
         return None
-    path = error.filename or log_dir
+    path = error.filename or log_dir or "the disk"
     if error.errno in NO_SPACE:
         return f"no space left for {path}{_details(error)}"
     if error.errno in CANNOT_WRITE:
@@ -117,19 +117,21 @@ def _details(error: OSError) -> str:
     return f" ({extra})"
 
 
-def write_traceback(log_dir: Path) -> Path:
+def write_traceback(log_dir: Path | None) -> Path:
     """Appends the current exception's traceback to ``log_dir/error.log``; returns the file.
 
-    Where that file cannot be written (or is a symlink), the traceback goes to a new private
-    file ``flaxmnist-error-*.log`` in the temp folder; where that fails too, to stderr.
+    With no ``log_dir``, or where that file cannot be written (or is a symlink), the traceback
+    goes to a new private file ``flaxmnist-error-*.log`` in the temp folder; where that fails
+    too, to stderr.
     """
     text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} ---\n"
     text += traceback.format_exc()
-    log = log_dir / "error.log"
-    with contextlib.suppress(OSError):
-        log_dir.mkdir(parents=True, exist_ok=True)
-        _write_and_close(os.open(log, LOG_FLAGS, 0o644), text)
-        return log
+    if log_dir is not None:
+        log = log_dir / "error.log"
+        with contextlib.suppress(OSError):
+            log_dir.mkdir(parents=True, exist_ok=True)
+            _write_and_close(os.open(log, LOG_FLAGS, 0o644), text)
+            return log
     with contextlib.suppress(OSError):
         fd, name = tempfile.mkstemp(prefix="flaxmnist-error-", suffix=".log")  # mode 0600
         _write_and_close(fd, text)
@@ -145,8 +147,12 @@ def _write_and_close(fd: int, text: str) -> None:
 
 
 @contextlib.contextmanager
-def reported(log_dir: Path) -> Iterator[None]:
-    """Turns every failure inside into one line on stderr and an exit status (see the module)."""
+def reported(log_dir: Path | None) -> Iterator[None]:
+    """Turns every failure inside into one line on stderr and an exit status (see the module).
+
+    ``log_dir`` gets ``error.log`` after an internal error: the command's own output folder. A
+    command that only reads (``predict``) passes None and writes nothing into the run it reads.
+    """
     try:
         yield
     except FlaxmnistError as e:
