@@ -19,6 +19,8 @@ from absl import app, flags
 
 from flaxmnist.errors import exit_with_error, one_line
 
+# The help flags absl defines, and whether each asks for the short help (this module's flags).
+HELP_FLAGS = {"--help": True, "-h": True, "-?": True, "--helpshort": True, "--helpfull": False}
 FLAG_VALUE_ERROR = re.compile(r"^flag --(?P<name>[^=\s]+)=")
 EXPECTED_VALUES = (
     (flags.IntegerParser, "an integer"),
@@ -38,6 +40,9 @@ def parse_flags(argv: list[str], *, positional: str | None = None) -> list[str]:
     Returns:
       The program name followed by the positional arguments.
     """
+    asked = next((arg for arg in argv[1:] if arg in HELP_FLAGS), None)
+    if asked is not None:  # absl's own help flags exit 1; asking for help is no failure
+        app.usage(shorthelp=HELP_FLAGS[asked], writeto_stdout=True, exitcode=0)
     try:
         remaining = flags.FLAGS(argv)
     except flags.Error as e:

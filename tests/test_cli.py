@@ -1,5 +1,8 @@
 """What every command line shares: flag errors in one line naming the flag and the problem."""
 
+import subprocess
+import sys
+
 import pytest
 from absl import flags
 
@@ -33,3 +36,18 @@ def test_positional_arguments_are_refused_unless_the_command_takes_them(capsys):
         cli.parse_flags(["prog", "a"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: unexpected arguments: a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command", ["train", "evaluate", "predict", "export", "compare", "tune", "data"]
+)
+def test_help_is_printed_on_stdout_with_exit_0(command):
+    result = subprocess.run(
+        [sys.executable, "-m", f"flaxmnist.{command}", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "python -m flaxmnist" in result.stdout and "--" in result.stdout
