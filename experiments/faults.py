@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -875,6 +875,7 @@ def main(argv: list[str]) -> None:
     """Runs the fault matrix the command-line flags describe."""
     del argv  # cli.parse_flags refuses positional arguments
     sys.stdout.reconfigure(line_buffering=True)  # each row as it lands, even through a pipe
+    logging.set_verbosity(logging.WARNING)  # no Orbax log lines from reading the runs' results
     fault_matrix(flags.FLAGS)
 
 
