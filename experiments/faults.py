@@ -53,16 +53,24 @@ DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 
 # The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
 RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
-# What the kill and signal trials interrupt: (arguments, environment), each 3 epochs.
+# What the kill and signal trials interrupt: (arguments, environment), each 3 epochs of the
+# drill's long training set (named by the environment, filled in by Drill.launch).
+LONG_DATA = {DATA_DIR_ENV: "{long_data}"}
 INTERRUPTED_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "cnn_simple": (RESUMABLE, {}),
-    "dropout": (["--config=mlp_dropout", "--config.batch_size=32", "--config.num_epochs=3"], {}),
-    "ema": ([*RESUMABLE, "--config.ema_decay=0.9"], {}),
-    "augment": ([*RESUMABLE, "--config.augment.rotation=10", "--config.augment.zoom=0.1"], {}),
-    "batchnorm": (["--config=fast", "--config.num_epochs=3"], {}),  # warm-up + cosine too
-    "tfds": ([*RESUMABLE, "--config.input_pipeline=tfds"], {}),
-    "grain": ([*RESUMABLE, "--config.input_pipeline=grain"], {}),
-    "2_devices": ([*RESUMABLE, "--config.num_devices=2"], TWO_CPU_DEVICES),
+    "cnn_simple": (RESUMABLE, LONG_DATA),
+    "dropout": (
+        ["--config=mlp_dropout", "--config.batch_size=32", "--config.num_epochs=3"],
+        LONG_DATA,
+    ),
+    "ema": ([*RESUMABLE, "--config.ema_decay=0.9"], LONG_DATA),
+    "augment": (
+        [*RESUMABLE, "--config.augment.rotation=10", "--config.augment.zoom=0.1"],
+        LONG_DATA,
+    ),
+    "batchnorm": (["--config=fast", "--config.num_epochs=3"], LONG_DATA),  # + warm-up cosine
+    "tfds": ([*RESUMABLE, "--config.input_pipeline=tfds"], LONG_DATA),
+    "grain": ([*RESUMABLE, "--config.input_pipeline=grain"], LONG_DATA),
+    "2_devices": ([*RESUMABLE, "--config.num_devices=2"], {**LONG_DATA, **TWO_CPU_DEVICES}),
 }
 PROGRESS_BAR = re.compile(r"epoch (\d+)/\d+:\s+(\d+)%")
 RESUMED = re.compile(r"resuming .* after epoch \d+ \(step (\d+)\)")
@@ -134,6 +142,9 @@ class Drill:
         self.data = write_idx_dataset(root / "data" / "mnist", num_train=2048, num_test=200).parent
         self.other_data = root / "other-data"  # another training-set size
         write_idx_dataset(self.other_data / "mnist", num_train=1536, num_test=200)
+        # Epochs long enough (0.3-2 s on 2 cores) that a signal can land in the middle of one.
+        self.long_data = root / "long-data"
+        write_idx_dataset(self.long_data / "mnist", num_train=16384, num_test=200)
         self.rng = random.Random(seed)
         self._references: dict[tuple, Finished] = {}
         self._count = 0
@@ -166,7 +177,8 @@ class Drill:
         self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
     ) -> subprocess.Popen:
         """Starts a training process; its output goes to files (a full pipe would block it)."""
-        env = {k: v.format(other_data=self.other_data) for k, v in (env or {}).items()}
+        folders = {"other_data": self.other_data, "long_data": self.long_data}
+        env = {k: v.format(**folders) for k, v in (env or {}).items()}
         log = self.fresh("log")
         with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
             process = subprocess.Popen(
