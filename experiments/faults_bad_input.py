@@ -374,7 +374,7 @@ CONFIG_FILE_CASES = [
     _c("field_below_a_string", "--config.early_stopping.monitor.x=1", "early_stopping.monitor"),
     _c("unknown_preset", "--config=nonexistent_preset", "nonexistent_preset"),
     _c("preset_given_an_argument", "--config=dense:3", "get_config('3')"),
-    _c("config_after_overrides", "--config=dense", "--config"),
+    Case("config_after_overrides", ("--config=dense",), ok=True),  # --config may come anywhere
     Case("config_file_syntax_error", expect="my_config.py", setup=config_file("x = (\n")),
     Case("config_file_without_get_config", expect="get_config", setup=config_file("x = 1\n")),
     Case(

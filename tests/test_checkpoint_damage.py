@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import shutil
 from pathlib import Path
 
@@ -215,14 +214,26 @@ def test_loading_a_damaged_checkpoint_is_one_line_not_an_internal_error(tiny_con
 
 
 @pytest.mark.slow
-def test_history_without_any_checkpoint_is_refused_not_trained_over(tiny_config, tmp_path):
-    """A run killed after its epochs were written, its checkpoints gone: nothing is retrained."""
+def test_history_without_any_checkpoint_trains_again_and_never_shortens_the_history(
+    tiny_config, tmp_path, reference, monkeypatch, capsys
+):
+    """Epochs recorded, checkpoints gone (a full disk, say): trained again from step 0."""
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
     shutil.move(tmp_path / "run" / "checkpoints", tmp_path / "moved-away")
     (tmp_path / "run" / "metrics.json").unlink()
-    before = run_files(tmp_path / "run")
+    written = []  # the epochs in each history.json written from here on
+    write_json = run_directory.write_json_atomic
+
+    def recording_write_json(path, obj):
+        if Path(path).name == "history.json":
+            written.append(len(obj))
+        write_json(path, obj)
+
+    monkeypatch.setattr(run_directory, "write_json_atomic", recording_write_json)
     tiny_config.num_epochs = 3
-    with pytest.raises(FlaxmnistError, match="holds 2 epochs of history but no checkpoint"):
-        loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    assert run_files(tmp_path / "run") == before
-    assert len(json.loads(before["history.json"])) == 2
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert "records 2 epochs but holds no checkpoint: training from step 0" in (
+        capsys.readouterr().err
+    )
+    assert written == [2, 3]  # epochs 1 and 2 trained again without a shorter history written
+    assert steps_csv(tmp_path / "run") == steps_csv(reference)

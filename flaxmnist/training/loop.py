@@ -94,10 +94,10 @@ def start_or_resume(
             raise FlaxmnistError(
                 f"workdir {run.path} holds a finished run without checkpoints; use a new --workdir"
             )
-        elif config.checkpoint_every_epochs > 0 and run.recorded_epochs() > 0:
-            raise FlaxmnistError(
-                f"workdir {run.path} holds {run.recorded_epochs()} epochs of history but no "
-                "checkpoint to resume from; use a new --workdir (nothing was changed)"
+        elif run.recorded_epochs() > 0:  # its first checkpoint was never written
+            warn(
+                f"workdir {run.path} records {run.recorded_epochs()} epochs but holds no "
+                "checkpoint: training from step 0 (its history is kept until this run passes it)"
             )
     step_log = run.read_step_log(int(state.step))  # a damaged log stops the run before any write
     parallel.sync("flaxmnist-run-directory-checked")  # every process looked before the write
