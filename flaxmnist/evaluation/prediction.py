@@ -41,11 +41,23 @@ class Prediction:
         }
 
 
+def framed_images(run: LoadedRun, paths: Sequence[str | Path]) -> np.ndarray:
+    """The images the model sees for ``paths``: uint8 ``[N, 28, 28, 1]``.
+
+    Each file is framed as the run's dataset frames its images (see
+    :func:`flaxmnist.data.digit_images.load_image_as`).
+
+    Raises:
+      FlaxmnistError: for a file that is no readable image.
+    """
+    return np.stack([digit_images.load_image_as(p, run.config.dataset) for p in paths])
+
+
 def predict_files(run: LoadedRun, paths: Sequence[str | Path], top: int = 3) -> list[Prediction]:
     """Classifies image files (PNG, JPEG, BMP, GIF, TIFF, WebP or ``.npy``) with a trained run.
 
-    Each file is framed as the run's dataset frames its images (see
-    :func:`flaxmnist.data.digit_images.load_image_as`) before the model sees it.
+    Each file is framed as the run's dataset frames its images (:func:`framed_images`) before
+    the model sees it.
 
     Args:
       run: a run from :func:`flaxmnist.load_run`.
@@ -62,7 +74,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str | Path], top: int = 3) -> 
         raise FlaxmnistError("name at least one image file")
     if not 1 <= top <= len(run.class_names):
         raise FlaxmnistError(f"top must be between 1 and {len(run.class_names)}, got {top}")
-    images = np.stack([digit_images.load_image_as(p, run.config.dataset) for p in paths])
+    images = framed_images(run, paths)
     probabilities = metrics.softmax(run.predict(images))
     predictions = []
     for path, row in zip(paths, probabilities, strict=True):
