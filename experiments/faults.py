@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 from flaxmnist import cli, console, errors  # noqa: E402
 from flaxmnist.errors import ConfigError  # noqa: E402
-from flaxmnist.testing import write_idx_dataset  # noqa: E402
+from flaxmnist.testing import machine_name, write_idx_dataset  # noqa: E402
 
 RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "faults.json"
 REPORT = REPO_ROOT / "docs" / "reliability.md"
@@ -778,15 +778,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    """The CPU model and core count, for the record."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{os.cpu_count()} cores"
-
-
 def commit() -> str:
     """The short commit hash of the code under test ("" outside a git checkout)."""
     result = subprocess.run(
@@ -808,14 +799,14 @@ def write_report(rows: list[Row], quick: bool) -> None:
     merged = list(by_name.values())
     RESULTS_JSON.write_text(
         json.dumps(
-            {"machine": machine(), "rows": [dataclasses.asdict(r) for r in merged]}, indent=2
+            {"machine": machine_name(), "rows": [dataclasses.asdict(r) for r in merged]}, indent=2
         )
         + "\n"
     )
     text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
     before, rest = text.split(BEGIN, 1)
     after = rest.split(END, 1)[1]
-    header = f"`python experiments/faults.py` on {machine()}:"
+    header = f"`python experiments/faults.py` on {machine_name()}:"
     failures = [f"- {r.scenario}: {f}" for r in merged for f in r.failures]
     block = "\n".join([header, "", table(merged), "", *(failures or ["No trial failed."])])
     REPORT.write_text(f"{before}{BEGIN}\n{block}\n{END}{after}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shlex
 import sys
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from flaxmnist import cli, console, errors
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.evaluation import figures
 from flaxmnist.storage import files
+from flaxmnist.testing import cpu_model
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = EXPERIMENTS_DIR / "results"
@@ -275,14 +275,6 @@ def write_photos(folder: Path, count: int, fonts: dict[str, list[Path]]) -> list
 # --------------------------------------------------------------------------------------------
 # Predictions and results
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model name, for the record."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def accuracy_rows(samples: Sequence[Sample], predicted: Sequence[int], key: str) -> list[dict]:

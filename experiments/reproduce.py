@@ -22,7 +22,6 @@ import concurrent.futures
 import importlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from absl import flags
 
 from flaxmnist import cli, configs, console, errors
 from flaxmnist.errors import ConfigError
+from flaxmnist.testing import machine_name
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -63,14 +63,6 @@ TABLE_NOTE = (
     "may have shared the machine with other jobs).\n\n"
 )
 AUGMENT_STRENGTHS = ("rotation", "translate", "zoom", "shear", "flip", "cutout")
-
-
-def cpu_model() -> str:
-    """The CPU model name, for the record."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -184,7 +176,7 @@ def summarize(preset: str, results: list[dict]) -> dict:
 def device_name(metrics: dict) -> str:
     """Where a run trained: this CPU and its cores, or the accelerator's device kind."""
     if metrics.get("backend", "cpu") == "cpu":
-        return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores"
+        return machine_name()
     return f"{metrics['device_kind']} ({metrics['backend']})"
 
 

@@ -59,7 +59,6 @@ import copy
 import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -74,6 +73,7 @@ from absl import flags
 
 from flaxmnist import cli, errors
 from flaxmnist.errors import ConfigError
+from flaxmnist.testing import cpu_model, machine_name
 
 START = time.perf_counter()
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -543,29 +543,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - begin
 
 
-def machine_name() -> str:
-    """The CPU model and core count, for titles and tables."""
-    return f"{cpu_model()}, {os.cpu_count()} cores"
-
-
-def lscpu_model() -> str:
-    """The CPU's model name as ``lscpu`` gives it (``/proc/cpuinfo``'s when lscpu is missing)."""
-    try:
-        listing = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return cpu_model()
-    names = [line.split(":", 1)[1].strip() for line in listing.splitlines() if "Model name" in line]
-    return names[0] if names else cpu_model()
-
-
-def cpu_model() -> str:
-    """The CPU model name."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def run_worker(command: list[str]) -> dict:
     """Runs a worker subprocess: the JSON of its last RESULT line, or ``{"error": stderr tail}``."""
     out = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
@@ -847,7 +824,7 @@ def pipelines_summary(runs: list[dict]) -> dict:
 def pipelines_section(repeats: int, epochs: int) -> dict:
     """The ``pipelines`` entry of the results: machine, every run, and the summary."""
     runs = pipeline_runs(repeats, epochs)
-    machine = {"cpu": lscpu_model(), "cores": os.cpu_count(), "repeats": repeats, "epochs": epochs}
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "repeats": repeats, "epochs": epochs}
     return {"pipelines": {"machine": machine, "runs": runs, "summary": pipelines_summary(runs)}}
 
 

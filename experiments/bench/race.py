@@ -252,7 +252,7 @@ def race_section(
 ) -> dict:
     """Runs the race: the ``race`` entry of the results (machine, every run, the summary)."""
     machine = {
-        "cpu": bench.lscpu_model(),
+        "cpu": bench.cpu_model(),
         "cores": os.cpu_count(),
         "matmul_gflops": bench.matmul_peak_gflops(),
         "seeds": seeds,
