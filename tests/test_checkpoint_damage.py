@@ -49,6 +49,20 @@ def steps_csv(run: Path) -> str:
     return (run / "steps.csv").read_text()
 
 
+def history_writes(monkeypatch) -> list[int]:
+    """The number of epochs in each ``history.json`` written from now on, in order."""
+    written = []
+    write_json = run_directory.write_json_atomic
+
+    def recording_write_json(path, obj):
+        if Path(path).name == "history.json":
+            written.append(len(obj))
+        write_json(path, obj)
+
+    monkeypatch.setattr(run_directory, "write_json_atomic", recording_write_json)
+    return written
+
+
 @pytest.fixture
 def reference(tiny_config, tmp_path) -> Path:
     """A 3-epoch run that never broke."""
@@ -112,15 +126,7 @@ def test_damage_twice_at_one_step_resumes_each_time_keeps_both_copies_and_never_
 ):
     run = tmp_path / "run"
     loop.train_and_evaluate(tiny_config, run)  # epochs 1-2
-    written = []  # the epochs in each history.json written from here on
-    write_json = run_directory.write_json_atomic
-
-    def recording_write_json(path, obj):
-        if Path(path).name == "history.json":
-            written.append(len(obj))
-        write_json(path, obj)
-
-    monkeypatch.setattr(run_directory, "write_json_atomic", recording_write_json)
+    written = history_writes(monkeypatch)  # the epochs of each history.json from here on
     for _ in range(2):  # damage the newest step, resume; the same step is written and damaged
         newest = saved_steps(run)[-1]
         flip_bytes(run / "checkpoints" / str(newest))
@@ -221,15 +227,7 @@ def test_history_without_any_checkpoint_trains_again_and_never_shortens_the_hist
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
     shutil.move(tmp_path / "run" / "checkpoints", tmp_path / "moved-away")
     (tmp_path / "run" / "metrics.json").unlink()
-    written = []  # the epochs in each history.json written from here on
-    write_json = run_directory.write_json_atomic
-
-    def recording_write_json(path, obj):
-        if Path(path).name == "history.json":
-            written.append(len(obj))
-        write_json(path, obj)
-
-    monkeypatch.setattr(run_directory, "write_json_atomic", recording_write_json)
+    written = history_writes(monkeypatch)  # the epochs of each history.json from here on
     tiny_config.num_epochs = 3
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
     assert "records 2 epochs but holds no checkpoint: training from step 0" in (
