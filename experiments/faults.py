@@ -685,6 +685,7 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
     if quick:
         chosen = (
             "truncated checkpoint array file",
+            "every checkpoint damaged",  # one line, without Orbax's logged tracebacks
             "arrays of an older step in the newest checkpoint",
             "corrupt steps.csv",
         )

@@ -21,6 +21,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import jax
 import numpy as np
+from absl import logging as absl_logging
 
 from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError, first_line
@@ -39,6 +41,7 @@ T = TypeVar("T")
 STATE_CHECKSUM = "state_sha256"  # the meta key of the state's checksum
 # Errors of the disk rather than of the data: they stop a run instead of setting a checkpoint aside.
 READ_ERROR_TEXTS = ("Input/output error", "Resource temporarily unavailable", "Stale file handle")
+TENSORSTORE_DETAILS = re.compile(r"\s*(See full TensorStore details:\s*)?<bound method .*$")
 
 
 def fingerprint(state: Any) -> dict[str, list[int]]:
@@ -65,9 +68,25 @@ def state_checksum(state: Any) -> str:
 
 
 def describe(error: Exception) -> str:
-    """One short line for a failed read (a library's error may carry no readable message)."""
-    line = first_line(error, limit=160)
-    return type(error).__name__ if not line or line.startswith("<") else line
+    """One short line for a failed read, without TensorStore's pointer to its details.
+
+    TensorStore ends its messages with "See full TensorStore details: <bound method ...>", a repr
+    with nothing in it for a reader.
+    """
+    line = TENSORSTORE_DETAILS.sub("", first_line(error, limit=2000)).strip()
+    line = line if len(line) <= 160 else line[:157] + "..."
+    return line or type(error).__name__
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """Silences Orbax's absl log lines (tracebacks of failed reads) while we judge a read."""
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
 
 
 def is_read_error(error: Exception) -> bool:
@@ -209,25 +228,26 @@ class RunCheckpoints:
           CheckpointDamagedError: it fails twice with an error of its data.
           CheckpointReadError: the disk fails to read it twice (an I/O error, say).
         """
-        try:
-            return read()
-        except IncompatibleCheckpointError:
-            raise
-        except Exception:  # a failure once may be the disk's passing trouble: read again
-            self.manager.reload()
-        try:
-            return read()
-        except (IncompatibleCheckpointError, CheckpointDamagedError):
-            raise
-        except Exception as e:
-            if is_read_error(e):
-                raise CheckpointReadError(
-                    f"cannot read checkpoint step {step} in {self.directory} ({describe(e)}); "
-                    "nothing was changed: rerun when the disk reads again"
+        with quiet_library_logs():
+            try:
+                return read()
+            except IncompatibleCheckpointError:
+                raise
+            except Exception:  # a failure once may be the disk's passing trouble: read again
+                self.manager.reload()
+            try:
+                return read()
+            except (IncompatibleCheckpointError, CheckpointDamagedError):
+                raise
+            except Exception as e:
+                if is_read_error(e):
+                    raise CheckpointReadError(
+                        f"cannot read checkpoint step {step} in {self.directory} "
+                        f"({describe(e)}); nothing was changed: rerun when the disk reads again"
+                    ) from None
+                raise CheckpointDamagedError(
+                    f"checkpoint step {step} in {self.directory} is damaged ({describe(e)})"
                 ) from None
-            raise CheckpointDamagedError(
-                f"checkpoint step {step} in {self.directory} is damaged ({describe(e)})"
-            ) from None
 
     def restore_latest(self, target) -> tuple[Any, dict[str, Any]] | None:
         """The newest checkpoint that restores; None when there is none at all.
