@@ -1,6 +1,6 @@
 """The fault matrix: real training processes, interrupted, damaged and crowded, then checked.
 
-    python experiments/faults.py                     # every scenario (about 25 min on 2 cores)
+    python experiments/faults.py                     # every scenario (about 35 min on 2 cores)
     python experiments/faults.py --quick             # a few trials of each (what CI runs)
     python experiments/faults.py --only=kill9,cache  # some scenarios
 
@@ -115,6 +115,7 @@ class Row:
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     run: str = ""  # when, at which commit, full or quick
+    key: str = ""  # its name in SCENARIOS
 
     def record(self, ok: bool, what: str, lost: bool = False) -> None:
         """Counts one trial; ``what`` says which, for the failure list."""
@@ -559,7 +560,7 @@ def summarize_moments(row: Row) -> None:
 
 def disk_full(drill: Drill, quick: bool) -> Row:
     """The run directory's disk fills up at every point of a run; then space is freed."""
-    row = Row("disk full at every write site")
+    row = Row("disk full, a tmpfs of growing size")
     cache = drill.cache(quick)
     reference_dir = drill.reference(RESUMABLE).workdir  # how much a whole run writes
     size = sum(p.stat().st_size for p in reference_dir.rglob("*") if p.is_file())
@@ -790,14 +791,16 @@ def commit() -> str:
 def write_report(rows: list[Row], quick: bool) -> None:
     """Merges ``rows`` into the JSON results and rewrites the table of docs/reliability.md.
 
-    A scenario not run this time keeps its last row (each row says when and where it ran).
+    A scenario not run this time keeps its last row (each row says when and where it ran); a
+    row of a scenario that no longer exists goes.
     """
     run = f"{time.strftime('%Y-%m-%d')}, {commit()}, {'quick' if quick else 'full'}"
     for row in rows:
         row.run = run
     kept = json.loads(RESULTS_JSON.read_text())["rows"] if RESULTS_JSON.exists() else []
-    by_name = {r["scenario"]: Row(**r) for r in kept} | {r.scenario: r for r in rows}
-    merged = list(by_name.values())
+    by_key = {r["key"]: Row(**r) for r in kept if r.get("key") in SCENARIOS}
+    by_key |= {r.key: r for r in rows}
+    merged = [by_key[key] for key in SCENARIOS if key in by_key]
     RESULTS_JSON.write_text(
         json.dumps(
             {"machine": machine_name(), "rows": [dataclasses.asdict(r) for r in merged]}, indent=2
@@ -821,7 +824,7 @@ def run_scenarios(names: list[str], quick: bool, seed: int, root: Path) -> list[
         start = time.monotonic()
         console.say(f"[faults] {name} ...")
         row = SCENARIOS[name](drill, quick)
-        row.seconds = time.monotonic() - start
+        row.key, row.seconds = name, time.monotonic() - start
         rows.append(row)
         console.say(
             f"[faults] {row.scenario}: {row.survived}/{row.trials} survived, "
