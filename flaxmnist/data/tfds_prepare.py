@@ -52,6 +52,7 @@ import numpy as np
 from flaxmnist import errors
 from flaxmnist.data import datasets
 from flaxmnist.errors import DataError
+from flaxmnist.storage import files
 
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
@@ -415,7 +416,8 @@ def _ensure_written(
     """Makes sure the dataset at ``path`` is written in full, with its ArrayRecord files.
 
     Looks first without the lock (and without TensorFlow); writes under the dataset's lock file
-    in ``root``, looking again, as another process may have written it meanwhile.
+    in ``root``, looking again, as another process may have written it meanwhile. A library's
+    error for a failing disk is raised as ``OSError`` (:func:`files.disk_errors`).
 
     Args:
       root: the data dir the dataset lives in (its lock and staging dirs go there).
@@ -435,7 +437,7 @@ def _ensure_written(
     if not write:
         return None
     _make_writable_dir(root)
-    with _locked(root / LOCK_FILE.format(name=name)):
+    with _locked(root / LOCK_FILE.format(name=name)), files.disk_errors(root):
         if not complete():
             build()
             return BUILT
@@ -515,11 +517,27 @@ def _build_and_verify(
         builder = write(staging)
         _add_array_record(builder.data_path, staging / "array_record")
         _verify(builder, idx)
-        final = root / builder.data_path.relative_to(staging / "data")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # damaged: it failed its completeness check under the lock
-            shutil.rmtree(final)
-        builder.data_path.rename(final)
+        _publish(builder.data_path, root / builder.data_path.relative_to(staging / "data"), staging)
+
+
+def _publish(source: Path, final: Path, staging: Path) -> None:
+    """Renames the checked dataset ``source`` to ``final``, deleting nothing first.
+
+    A dataset already at ``final`` (damaged: it failed its completeness check under the lock) is
+    moved into ``staging`` first, and moved back when the rename fails; it goes with the staging
+    dir.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        source.rename(final)
+        return
+    replaced = staging / "replaced"
+    final.rename(replaced)
+    try:
+        source.rename(final)
+    except BaseException:
+        replaced.rename(final)
+        raise
 
 
 def _write_stock(name: str, staging: Path) -> tfds.core.DatasetBuilder:

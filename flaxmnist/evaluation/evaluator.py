@@ -163,7 +163,7 @@ def write_tables(eval_dir: Path, summary: dict, names: Sequence[str], logits, la
     files.write_csv_atomic(eval_dir / "confusion_matrix.csv", rows)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, logits=logits, probabilities=metrics.softmax(logits), labels=labels)
-    (eval_dir / "predictions.npz").write_bytes(buffer.getvalue())
+    files.write_bytes_atomic(eval_dir / "predictions.npz", buffer.getvalue())
     return report_text
 
 
@@ -239,7 +239,7 @@ def evaluate_run(
     model_summary = run.model.tabulate(
         jax.random.key(0), np.zeros((1, *data.image_shape), np.float32), train=False, depth=1
     )
-    (eval_dir / "model_summary.txt").write_text(model_summary)
+    files.write_text_atomic(eval_dir / "model_summary.txt", model_summary)
     headline = (
         f"{run.config.model} on {name}: test accuracy {summary['accuracy']:.2%}, "
         f"loss {summary['loss']:.4f} ({summary['num_examples']:,} images, "

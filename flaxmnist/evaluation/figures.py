@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,8 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 from numpy.typing import ArrayLike
+
+from flaxmnist.storage import files
 
 __all__ = [
     "CORRECT_COLOR",
@@ -894,7 +897,7 @@ def feature_maps(
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = DEFAULT_DPI) -> Path:
-    """Writes ``fig`` to ``path`` (PNG unless the suffix names another format).
+    """Writes ``fig`` to ``path`` (PNG unless the suffix names another format), atomically.
 
     Parent folders are created. Touches no pyplot state and leaves the figure usable.
 
@@ -903,5 +906,7 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = DEFAULT_DPI) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format=None if path.suffix else "png", facecolor="white")
+    image = io.BytesIO()
+    fig.savefig(image, dpi=dpi, format=path.suffix[1:].lower() or "png", facecolor="white")
+    files.write_bytes_atomic(path, image.getvalue())
     return path

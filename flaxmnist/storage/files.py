@@ -1,15 +1,27 @@
-"""Atomic file writes (temp file + rename), so a crash or full disk never leaves half a file."""
+"""Atomic file writes (temp file + rename), so a crash or full disk never leaves half a file.
+
+And :func:`disk_errors`, which gives a library's error for a failing disk its ``OSError``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+# The strerror texts that libraries writing files in native code (TensorFlow, TensorStore,
+# ArrayRecord) put in the messages of the errors they raise for a failing disk.
+DISK_ERROR_TEXTS = {
+    os.strerror(code): code
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO)
+}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -59,3 +71,22 @@ def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turns an error whose message names a failing disk into ``OSError`` for ``path``.
+
+    TensorFlow raises ``RuntimeError("... No space left on device")`` and the like for a write
+    that fails in native code: as ``OSError`` it is the user's disk (one line, exit 2), not a
+    bug. The texts looked for are :data:`DISK_ERROR_TEXTS`.
+    """
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        code = next((c for text, c in DISK_ERROR_TEXTS.items() if text in str(e)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from None

@@ -1,0 +1,218 @@
+"""The write-fault drill (``experiments/write_faults.py``): its injector, its judge, a few trials.
+
+The injector's tests run tiny Python children (no training); the slow test finds the write sites
+of a 1-epoch ``dense`` run and fails four of them midway.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from helpers import load_experiment
+
+from flaxmnist.storage import scalar_log
+
+write_faults = load_experiment("write_faults")
+
+WRITES = """\
+import os, shutil, tempfile
+from pathlib import Path
+Path("a.txt").write_text("hello")
+with open("b.bin", "wb") as f:
+    f.write(b"x" * 10)
+fd = os.open("c.raw", os.O_WRONLY | os.O_CREAT)
+os.write(fd, b"abc")
+os.fsync(fd)
+os.close(fd)
+fd, tmp = tempfile.mkstemp(dir=".", prefix=".d.txt.", suffix=".tmp")
+with os.fdopen(fd, "w") as f:
+    f.write("d")
+os.replace(tmp, "d.txt")
+os.makedirs("e/f")
+shutil.copyfile("a.txt", "e/f/g.txt")
+Path({outside!r}).write_text("not watched")
+print("hello on stdout is not watched")
+"""
+
+
+def run_injected(tmp_path, code: str, **fault) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Runs ``code`` in a child whose injector watches ``tmp_path/root``: (result, its log)."""
+    root, log = tmp_path / "root", tmp_path / "log.jsonl"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    log.unlink(missing_ok=True)
+    write_faults.write_sitecustomize(tmp_path / "site")
+    plan = {"root": str(root), "log": str(log), **fault}
+    env = {**os.environ, **write_faults.plan_environment(tmp_path / "site", plan)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
+    )
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return result, lines
+
+
+def only_site(lines: list[dict], op: str, pattern: str) -> str:
+    """The one site of ``op`` on files named ``pattern`` in a log."""
+    (site,) = {line["site"] for line in lines if line["site"].split()[::2] == [op, pattern]}
+    return site
+
+
+def test_counting_sees_every_write_path_under_the_root_only(tmp_path):
+    code = WRITES.format(outside=str(tmp_path / "outside.txt"))
+    result, lines = run_injected(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    seen = {(line["site"].split()[0], line["site"].split()[-1]) for line in lines}
+    assert seen == {
+        ("write", "a.txt"),
+        ("write", "b.bin"),
+        ("write", "c.raw"),
+        ("fsync", "c.raw"),
+        ("write", ".d.txt.*.tmp"),
+        ("rename", "d.txt"),
+        ("mkdir", "e"),
+        ("mkdir", "e/f"),
+        ("write", "e/f/g.txt"),
+    }
+    assert all(line["action"] == "pass" for line in lines)
+    assert (tmp_path / "outside.txt").read_text() == "not watched"
+
+
+def test_an_enospc_write_writes_half_then_every_later_write_fails(tmp_path):
+    code = (
+        "import os\nfrom pathlib import Path\n"
+        "try:\n    Path('a.txt').write_text('0123456789')\n"
+        "except OSError as e:\n    print('a', e.errno)\n"
+        "try:\n    Path('b.txt').write_text('x')\n"
+        "except OSError as e:\n    print('b', e.errno)\n"
+        f"Path({str(tmp_path / 'outside.txt')!r}).write_text('room elsewhere')\n"
+        "os.replace('a.txt', 'c.txt')\n"
+    )
+    _, lines = run_injected(tmp_path, code)
+    site = only_site(lines, "write", "a.txt")
+    result, lines = run_injected(tmp_path, code, site=site, hit=1, kind="ENOSPC")
+    root = tmp_path / "root"
+    assert result.stdout.split("\n")[:2] == [f"a {28}", f"b {28}"]
+    assert (root / "c.txt").read_text() == "01234"  # half its bytes, as a disk filling up
+    assert (root / "b.txt").read_text() == ""
+    assert (tmp_path / "outside.txt").read_text() == "room elsewhere"
+    actions = [line["action"] for line in lines if line["site"] == site]
+    assert actions[0] == "partial" and set(actions[1:]) == {"fail"}  # close() tries again
+
+
+@pytest.mark.parametrize("op", ["rename", "fsync"])
+def test_an_eio_rename_or_fsync_raises_and_changes_nothing(tmp_path, op):
+    code = (
+        "import os\nfrom pathlib import Path\nPath('t').write_text('x')\n"
+        "with open('t', 'rb') as f:\n    os.fsync(f.fileno())\n"
+        "try:\n    os.replace('t', 'u')\nexcept OSError as e:\n    print(e.errno, e.filename2)\n"
+    )
+    _, lines = run_injected(tmp_path, code)
+    result, _ = run_injected(
+        tmp_path,
+        code,
+        site=only_site(lines, op, {"rename": "u", "fsync": "t"}[op]),
+        hit=1,
+        kind="EIO",
+    )
+    root = tmp_path / "root"
+    if op == "rename":
+        assert result.stdout.strip() == "5 u"
+        assert (root / "t").exists() and not (root / "u").exists()
+    else:
+        assert "OSError: [Errno 5] Input/output error" in result.stderr
+
+
+def test_site_patterns_generalise_temp_names_numbers_and_digests():
+    pattern = write_faults.site_pattern
+    assert pattern("run/.history.json.a1b_c3d4.tmp") == "run/.history.json.*.tmp"
+    assert pattern("tb/events.out.tfevents.1796634061.vm.28203") == "tb/events.out.tfevents.N.vm.N"
+    assert (
+        pattern("d/tfds/b3754de21184a8b4/.flaxmnist-staging-mnist-k2j4l5m6/incomplete.JTUKHA_1.0.0")
+        == "d/tfds/H/.flaxmnist-staging-mnist-*/incomplete.*_N.N.N"
+    )
+
+
+def test_the_judge_finds_cut_event_files_and_csv_rows(tmp_path):
+    events = scalar_log.EventFile(tmp_path)
+    events.add_scalar("train/loss", 0.5, 1)
+    events.flush()
+    whole = events.path.read_bytes()
+    assert write_faults.tfrecord_problem(whole) is None
+    assert "mid-record" in write_faults.tfrecord_problem(whole[:-1])
+    assert "CRC" in write_faults.tfrecord_problem(whole[:-5] + b"X" + whole[-4:])
+    assert write_faults.csv_problem(b"a,b\n1,2\n") is None
+    assert write_faults.csv_problem(b"") is None
+    assert write_faults.csv_problem(b"a,b\n1,") == "ends mid-line"
+
+
+def test_the_judge_finds_temp_files_and_unknown_hidden_names(tmp_path):
+    for name in ("metrics.json", ".lock", ".metrics.json.abcd1234.tmp", ".stray"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "7.orbax-checkpoint-tmp").mkdir()
+    assert write_faults.leftovers(tmp_path, {".lock"}, library=False) == [
+        "left .metrics.json.abcd1234.tmp",
+        "left .stray",
+    ]
+    assert "left 7.orbax-checkpoint-tmp" in write_faults.leftovers(tmp_path, set(), library=True)
+
+
+def test_a_failure_must_be_one_error_line_last_and_exit_2():
+    outcome = write_faults.Outcome
+    assert outcome(2, "", "warning: w\nerror: no space left for run\n").problems() == []
+    assert outcome(1, "", "Traceback (most recent call last):\nerror: x\n").problems() == [
+        "exit 1",
+        "traceback on stderr",
+    ]
+    assert outcome(-9, "", "error: x\nhung").problems()[0] == "hung (killed)"
+
+
+def test_a_failed_flush_keeps_the_event_file_as_last_flushed(tmp_path, monkeypatch):
+    events = scalar_log.EventFile(tmp_path)
+    events.flush()
+    flushed = events.path.read_bytes()
+    events.add_scalar("train/loss", 0.5, 1)
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError):
+        events.flush()
+    assert [p.name for p in tmp_path.iterdir()] == [events.path.name]
+    assert events.path.read_bytes() == flushed
+
+
+@pytest.mark.slow
+def test_a_training_run_s_write_sites_fail_midway_and_end_in_one_line(tmp_path):
+    ws = write_faults.Workspace(tmp_path / "drill")
+    try:
+        scenario = write_faults.Scenario(
+            "train",
+            write_faults.nothing,
+            lambda root, shared: write_faults.train_argv(root / "run", shared, 1),
+        )
+        template = write_faults.make_template(ws, scenario)
+        sites, reference = write_faults.discover(ws, scenario, template)
+        written = {s.key.split()[-1]: s for s in sites if s.key.startswith("write ")}
+        assert len(sites) >= 25
+        for name in ("config.json", "history.json", "steps.csv", "metrics.json"):
+            assert f"run/.{name}.*.tmp" in written
+        assert "run/tensorboard/.events.out.tfevents.N.vm.N.*.tmp" in written
+        chosen = [
+            (written["run/.history.json.*.tmp"], "ENOSPC"),
+            (written["run/tensorboard/.events.out.tfevents.N.vm.N.*.tmp"], "EIO"),
+            (written["run/.metrics.json.*.tmp"], "EIO"),
+            (
+                next(s for s in sites if s.key.startswith("rename ") and "steps.csv" in s.key),
+                "ENOSPC",
+            ),
+        ]
+        for site, kind in chosen:
+            trial = write_faults.Trial(scenario.name, site.key, site.hits, kind)
+            write_faults.run_trial(ws, scenario, template, reference, trial)
+            assert (trial.result, trial.problems) == ("pass", []), trial
+    finally:
+        ws.close()
