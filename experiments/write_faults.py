@@ -5,9 +5,10 @@
     python experiments/write_faults.py --kinds=ENOSPC --hits=first
     python experiments/write_faults.py --only=train --sites=orbax   # sites matching a regex
 
-The sites are found, not listed: every command (training, evaluation, export, comparison, tfds
-preparation, on small synthetic data) first runs with an injector loaded into its process at
-start-up (a generated ``sitecustomize.py``) that counts every write-type call on a file under
+The sites are found, not listed: every command (training, new and resumed; evaluation; export;
+comparison; tfds preparation of IDX files, of a damaged dataset and of the stock ``mnist``; a
+tuning study; all on small synthetic data) first runs with an injector loaded into its process
+at start-up (a generated ``sitecustomize.py``) that counts every write-type call on a file under
 the trial folder: ``write`` (on the raw file under any ``open``, ``os.fdopen``, ``Path.write_*``,
 ``shutil`` copy, or ``os.write``), ``fsync``, ``rename`` / ``replace`` and ``mkdir``. A site is
 the call, where in flaxmnist it comes from (the innermost frame in ``flaxmnist/`` other than the
@@ -21,21 +22,24 @@ folder, at its first and at its last hit, in three ways:
   ``fsync``, ``rename`` or ``mkdir`` site raises at once.
 * ``full``: at that hit the folder's own tmpfs is filled to the last byte and the call goes on:
   the kernel fails whatever comes next, the writes of native code included (Orbax's TensorStore,
-  TensorFlow's record writers), which no Python-level injector sees.
+  TensorFlow's record writers, SQLite), which no Python-level injector sees.
 
 A trial passes when the command exits 2 with its last stderr line the only ``error: ...`` line and
 no traceback; every file there before is byte-identical or a complete newer version; no file
 ends truncated under its final name (checked by its format: JSON, CSV, TFRecord framing and
-CRCs, PNG end chunk, ``np.load``, ``jax.export.deserialize``, ...; checkpoints by restoring
-them); no temp file or staging folder is left; and a rerun without faults exits 0 with every
+CRCs, PNG end chunk, ``np.load``, ``jax.export.deserialize``, SQLite's integrity check, ...;
+checkpoints by restoring them); no temp file or staging folder is left (an unfinished Orbax
+checkpoint folder must be gone after the rerun); and a rerun without faults exits 0 with every
 output an uninterrupted run writes the same way byte-identical to it (for training: ``steps.csv``
-and the final parameters). A fault that fires in a run that still exits 0 passes only when every
-output is complete and equal to the uninterrupted run's.
+and the final parameters; for a study, whose failed trial stays failed, every output complete).
+A fault that fires in a run that still exits 0 passes only when every output is complete and
+equal to the uninterrupted run's. A command still running 10 s after its error line is hung.
 
 Writes ``experiments/results/write_faults.json`` and ``.md`` (``--noreport``: neither); exits 1
 when any trial failed. The ``full`` trials mount tmpfs folders and need root; elsewhere they are
-skipped. Not covered: writes under the JAX compilation cache (kept outside the trial folder: the
-fault matrix's cache torture covers it) and Optuna's SQLite study.
+skipped. Not covered: the JAX compilation cache (kept outside the trial folder: the fault
+matrix's cache torture fills it and makes it read-only) and other processes than the command's
+own (a hit is counted per process).
 """
 
 # Only the standard library at module level: every child process imports this module at
@@ -914,15 +918,16 @@ def examples(relative: str, data: bytes) -> list[bytes] | None:
 def leftovers(root: Path, allowed: set[str], library: bool) -> list[str]:
     """Temp files and staging folders under ``root`` (the topmost of each), as problems.
 
-    flaxmnist's own temp names always count; an unknown hidden name counts unless ``allowed``
-    (in an uninterrupted run's folder, or there before); Orbax's unfinished checkpoints count
-    when ``library`` is true (after a rerun, whose checkpoint manager removes them).
+    flaxmnist's own temp names always count; a hidden name counts unless its site pattern is
+    one of ``allowed`` paths' (an uninterrupted run's, or those there before); Orbax's
+    unfinished checkpoints count when ``library`` is true (after a rerun, whose checkpoint
+    manager removes them).
     """
-    found = []
+    found, known = [], {site_pattern(relative) for relative in allowed}
     for folder, dirs, names in os.walk(root):
         for name in [*dirs, *names]:
             relative = str((Path(folder) / name).relative_to(root))
-            hidden = name.startswith(".") and relative not in allowed
+            hidden = name.startswith(".") and site_pattern(relative) not in known
             if OWN_TEMP.search(name) or hidden or (library and LIBRARY_TEMP.search(name)):
                 found.append(f"left {relative}")
                 if name in dirs:
@@ -971,7 +976,7 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def fault_matrix():
-    """``experiments/faults.py`` as a module: its ``params_digest``, ``machine`` and ``commit``."""
+    """``experiments/faults.py`` as a module (its ``params_digest``)."""
     import importlib.util
 
     if "faults" not in sys.modules:
@@ -1177,6 +1182,22 @@ def table(sites: dict[str, list[Site]], trials: list[Trial], kinds: tuple[str, .
     return "\n".join(lines)
 
 
+def summary_table(sites: dict[str, list[Site]], trials: list[Trial]) -> str:
+    """The markdown table of each command's sites and trial verdicts."""
+    lines = [
+        "| command | sites | trials | passed | failed | not reached | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario, found in sites.items():
+        mine = [t for t in trials if t.scenario == scenario]
+        counts = collections.Counter(t.result for t in mine)
+        lines.append(
+            f"| {scenario} | {len(found)} | {len(mine)} | {counts['pass']} | {counts['FAIL']} "
+            f"| {counts['not reached']} | {sum(t.seconds for t in mine) / 60:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def summary(trials: list[Trial]) -> str:
     """``N trials: P passed, F failed, U not reached``."""
     counts = collections.Counter(t.result for t in trials)
@@ -1186,19 +1207,26 @@ def summary(trials: list[Trial]) -> str:
     )
 
 
+def revision() -> str:
+    """The code's commit, ``-dirty`` when the working tree differs ("" outside a checkout)."""
+    described = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    return described.stdout.strip()
+
+
 def write_report(
     sites: dict[str, list[Site]], trials: list[Trial], kinds: tuple[str, ...], command: str
 ) -> None:
     """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``)."""
     from flaxmnist.storage import files
-
-    faults = fault_matrix()
+    from flaxmnist.testing import machine_name
 
     header = {
         "command": command,
-        "machine": faults.machine_name(),
+        "machine": machine_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "commit": faults.commit(),
+        "commit": revision(),
         "summary": summary(trials),
     }
     files.write_json_atomic(
@@ -1222,6 +1250,8 @@ def write_report(
         "",
         f"`{command}` on {header['machine']}, {header['date']} (commit {header['commit']}): "
         f"{header['summary']}.",
+        "",
+        summary_table(sites, trials),
         "",
         table(sites, trials, kinds),
         "",

@@ -28,6 +28,7 @@ import dataclasses
 import fcntl
 import functools
 import json
+import logging
 import os
 import re
 import shutil
@@ -64,6 +65,7 @@ QUERY_PASSWORD = re.compile(r"(\bpassword=)([^&\s]*)", re.IGNORECASE)
 
 STUDY_FILE = "study.db"
 LOCK_FILE = ".study.lock"
+OPTIMIZE_LOGGER = "optuna.study._optimize"  # logs a failed trial's traceback, then raises it
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 BEST_CONFIG = "best_config.py"
@@ -192,6 +194,15 @@ def study_lock(workdir: Path) -> Iterator[Callable[[], None]]:
         release()
 
 
+def without_traceback(record: logging.LogRecord) -> bool:
+    """Whether to keep an Optuna log record: not its traceback of a failed trial.
+
+    The trial's exception is raised on to :func:`tune`: it ends the worker in one error line
+    (or, for a bug, a traceback in error.log).
+    """
+    return record.exc_info is None
+
+
 def open_study(spec: StudySpec) -> optuna.Study:
     """Creates the study or opens it (a second worker, or a rerun continuing it).
 
@@ -200,6 +211,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
         ``--config`` or ``--space``.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger(OPTIMIZE_LOGGER).addFilter(without_traceback)
     engine = {"connect_args": {"timeout": 60}} if spec.storage_url.startswith("sqlite") else {}
     try:
         storage = optuna.storages.RDBStorage(

@@ -4,7 +4,9 @@ The injector's tests run tiny Python children (no training); the slow test finds
 of a 1-epoch ``dense`` run and fails four of them midway.
 """
 
+import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -13,7 +15,8 @@ import sys
 import pytest
 from helpers import load_experiment
 
-from flaxmnist.storage import scalar_log
+from flaxmnist.errors import DataError
+from flaxmnist.storage import files, scalar_log
 
 write_faults = load_experiment("write_faults")
 
@@ -183,6 +186,31 @@ def test_a_failed_flush_keeps_the_event_file_as_last_flushed(tmp_path, monkeypat
         events.flush()
     assert [p.name for p in tmp_path.iterdir()] == [events.path.name]
     assert events.path.read_bytes() == flushed
+
+
+def test_a_library_error_naming_a_failing_disk_becomes_oserror(tmp_path):
+    with pytest.raises(OSError) as raised, files.disk_errors(tmp_path):
+        raise RuntimeError(
+            "ResourceExhaustedError: Failed to finalize writing of split: No space left on device"
+        )
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path))
+    with pytest.raises(DataError, match="Input/output error"), files.disk_errors(tmp_path):
+        raise DataError("cannot read t10k-images-idx3-ubyte.gz: Input/output error")
+    with pytest.raises(ValueError), files.disk_errors(tmp_path):
+        raise ValueError("RESOURCE_EXHAUSTED: out of memory")  # memory is not the disk
+
+
+def test_optunas_traceback_of_a_failed_trial_is_dropped_its_lines_kept():
+    from flaxmnist import tuning
+
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        failed = logging.LogRecord(
+            "optuna", logging.WARNING, "", 0, "Trial 1 failed", (), sys.exc_info()
+        )
+    value = logging.LogRecord("optuna", logging.WARNING, "", 0, "failed with value None", (), None)
+    assert (tuning.without_traceback(failed), tuning.without_traceback(value)) == (False, True)
 
 
 @pytest.mark.slow

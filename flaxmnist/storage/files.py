@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from flaxmnist.errors import FlaxmnistError
+
 # The strerror texts that libraries writing files in native code (TensorFlow, TensorStore,
 # ArrayRecord) put in the messages of the errors they raise for a failing disk.
 DISK_ERROR_TEXTS = {
@@ -79,11 +81,12 @@ def disk_errors(path: Path) -> Iterator[None]:
 
     TensorFlow raises ``RuntimeError("... No space left on device")`` and the like for a write
     that fails in native code: as ``OSError`` it is the user's disk (one line, exit 2), not a
-    bug. The texts looked for are :data:`DISK_ERROR_TEXTS`.
+    bug. The texts looked for are :data:`DISK_ERROR_TEXTS`; a ``FlaxmnistError`` keeps its own
+    message.
     """
     try:
         yield
-    except OSError:
+    except (OSError, FlaxmnistError):
         raise
     except Exception as e:
         code = next((c for text, c in DISK_ERROR_TEXTS.items() if text in str(e)), None)
