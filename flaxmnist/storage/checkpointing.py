@@ -20,6 +20,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -97,10 +98,20 @@ def is_read_error(error: Exception) -> bool:
 
 
 def ocp():
-    """The ``orbax.checkpoint`` module, imported on first use."""
+    """The ``orbax.checkpoint`` module, imported on first use (its error logs dropped)."""
     import orbax.checkpoint
 
+    logging.getLogger("absl").addFilter(drop_orbax_errors)
     return orbax.checkpoint
+
+
+def drop_orbax_errors(record: logging.LogRecord) -> bool:
+    """Whether to keep a log record: not Orbax's error logs (tracebacks on stderr).
+
+    Orbax logs a failed save or restore, then raises it to its caller, where it becomes the
+    command's one error line (or its error.log traceback).
+    """
+    return record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 class RunCheckpoints:
@@ -131,6 +142,9 @@ class RunCheckpoints:
             preservation_policy=policy,
             enable_async_checkpointing=self.async_save,
             create=self.create,
+            # A folder that cannot be made fails save() itself: made in a background thread,
+            # its failure leaves threads waiting for it, which keep the process from exiting.
+            async_options=ocp().AsyncOptions(create_directories_asynchronously=False),
         )
         return ocp().CheckpointManager(self.directory, options=options)
 
