@@ -31,12 +31,10 @@ from absl import flags
 
 from flaxmnist import cli, configs, console, errors
 from flaxmnist.errors import ConfigError
-from flaxmnist.testing import machine_name
+from flaxmnist.testing import machine_name, write_between_markers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
-README_BEGIN = "<!-- presets:begin (written by experiments/reproduce.py) -->"
-README_END = "<!-- presets:end -->"
 # What the reference notebooks reported (docs/models.md), as test accuracy in percent.
 REPORTED = {
     "dense": ("96.89 %", 96.89),
@@ -221,11 +219,8 @@ def presets_table(rows: list[dict]) -> str:
 
 
 def write_readme_table(table: str) -> None:
-    """Replaces the text between the README's ``presets`` markers with ``table``."""
-    text = README.read_text()
-    before, rest = text.split(README_BEGIN, 1)
-    after = rest.split(README_END, 1)[1]
-    README.write_text(f"{before}{README_BEGIN}\n{table}\n{README_END}{after}")
+    """Replaces the README's ``presets`` table with ``table``."""
+    write_between_markers(README, "presets", table, writer="experiments/reproduce.py")
 
 
 def write_tables(rows: list[dict]) -> None:

@@ -3,7 +3,8 @@
 ``write_idx_dataset(folder)`` writes the four standard IDX files (and ``SHA256SUMS``) of a small,
 learnable dataset; point ``config.data_dir`` at the folder's parent and a run trains on it in
 seconds. ``run_splits(data_dir, fraction, seed)`` gives the splits such a run trains and tests on.
-``cpu_model()`` / ``machine_name()`` name the machine a measurement was taken on.
+``cpu_model()`` / ``machine_name()`` name the machine a measurement was taken on, and
+``write_between_markers`` puts a generated table into a document.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from flaxmnist.data import datasets
 from flaxmnist.data.datasets import ArraySplit
+from flaxmnist.storage import files
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -118,3 +120,19 @@ def cpu_model() -> str:
 def machine_name() -> str:
     """The CPU (see :func:`cpu_model`) and the cores this process may use."""
     return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores"
+
+
+def write_between_markers(doc: Path, name: str, text: str, writer: str) -> None:
+    """Replaces what lies between ``doc``'s markers for ``name`` with ``text`` (atomically).
+
+    The markers are ``<!-- NAME:begin (written by WRITER) -->`` and ``<!-- NAME:end -->``; a
+    document without them gets both at its end.
+    """
+    begin, end = f"<!-- {name}:begin (written by {writer}) -->", f"<!-- {name}:end -->"
+    current = doc.read_text() if doc.exists() else ""
+    if begin in current and end in current:
+        before, rest = current.split(begin, 1)
+        after = rest.split(end, 1)[1]
+    else:
+        before, after = current + ("\n" if current and not current.endswith("\n") else ""), "\n"
+    files.write_text_atomic(doc, f"{before}{begin}\n{text.rstrip()}\n{end}{after}")

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from flaxmnist.storage import files
+from flaxmnist.testing import write_between_markers
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
@@ -49,3 +50,20 @@ def test_reading_the_umask_never_changes_it_under_other_threads(tmp_path):
         sys.setswitchinterval(interval)
         os.umask(previous)
     assert seen == {0o644}
+
+
+def test_a_generated_table_replaces_only_what_lies_between_its_markers(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\nintro")
+    write_between_markers(doc, "table", "| a |\n", writer="gen.py")
+    first = doc.read_text()
+    assert first == (
+        "# Title\nintro\n<!-- table:begin (written by gen.py) -->\n| a |\n<!-- table:end -->\n"
+    )
+    doc.write_text(first + "after\n")
+    write_between_markers(doc, "table", "| b |", writer="gen.py")
+    write_between_markers(doc, "other", "x", writer="gen.py")
+    text = doc.read_text()
+    assert text.startswith("# Title\nintro\n<!-- table:begin (written by gen.py) -->\n| b |\n")
+    assert "| a |" not in text and "<!-- table:end -->\nafter\n<!-- other:begin" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["doc.md"]  # no temp file left
