@@ -217,7 +217,7 @@ _register("cnn_simple", CNN, blocks=((32,),))  # 54,410
 _register("convnet", CNN, blocks=((32,), (64,)), head_dropout=0.5)  # 34,826
 # The convnet with BatchNorm after each convolution and no dropout.
 _register("convnet_bn", CNN, blocks=((32,), (64,)), batch_norm_layers=True)  # 35,018
-# Half its widths, pooled before BatchNorm: a third of its step time.
+# Half its widths, pooled before BatchNorm: about a quarter of its convolutions' multiply-adds.
 _register(
     "convnet_small", CNN, blocks=((16,), (32,)), batch_norm_layers=True, pool_first=True
 )  # 12,906

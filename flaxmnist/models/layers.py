@@ -115,10 +115,10 @@ def max_pool(x: jax.Array, window: int = 2, *, impl: str = "auto") -> jax.Array:
 # Bytes of patch matrix per batch chunk: on small CPUs, touching fresh memory is slow, so large
 # layers run as a loop over batch chunks whose temporaries stay a few MiB and are reused.
 CHUNK_BYTES = 4 * 1024 * 1024
-# A fused conv + max-pool whose patches take up to this much is not chunked at all: there a loop
-# of two or three chunks costs more than it saves (`fast`'s second layer, 7.4 MB at batch 128:
-# 8.8 vs 10.4-11.1 ms a step, Intel Xeon). The plain im2col layers keep chunking (`cnn_deep`:
-# 75 vs 82 ms a step chunked).
+# A fused conv + max-pool whose patches take up to this much is not chunked at all: a loop of
+# only two or three chunks costs more than its smaller temporaries save (`fast`'s second layer,
+# 7.4 MB of patches at batch 128, steps faster unchunked). The plain im2col layers keep chunking,
+# which pays for them (`cnn_deep`).
 UNCHUNKED_MAX_BYTES = 12 * 1024 * 1024
 # Outputs this small (per image) get dx by col2im; larger ones by a transposed convolution.
 COL2IM_MAX_PIXELS = 16
@@ -134,8 +134,8 @@ def _patch_indices(h: int, w: int, kh: int, kw: int) -> np.ndarray:
 def _patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     """im2col of NHWC ``x`` ('VALID', stride 1) as [N, H', W', kh*kw*C], in HWIO tap order.
 
-    One gather over the flattened spatial axis: XLA:CPU runs it several times faster than a
-    concatenate of the kh*kw shifted slices.
+    One gather over the flattened spatial axis: XLA:CPU runs it faster than a concatenate of the
+    kh*kw shifted slices.
     """
     n, h, w, c = x.shape
     flat = x.reshape(n, h * w, c)
@@ -154,9 +154,10 @@ def _matmul(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
 # Kernels with at most this many taps × input channels (a first layer on grey images: 3×3×1)
 # whose output is larger than the cache-sized chunk run forward as a sum of shifted copies: a
 # matmul with so short a contraction is bound by writing its output, and the sum fuses with the
-# layer's bias and activation. MNIST's first layer, [128, 28, 28, 1] -> 32 channels: 0.77 ms vs
-# 4.99 ms (AMD EPYC); at batch 32 (2.8 MB of output) the matmul is as fast, and its training
-# step faster.
+# layer's bias and activation. That wins for MNIST's first layer at batch 128 ([128, 28, 28, 1]
+# -> 32 channels, 10.6 MiB of output); with a small output (batch 32: 2.6 MiB) the matmul is as
+# fast and its training step faster, hence the output-size bound. Just above it the matmul can
+# still win (`cnn_simple` at batch 64; docs/results.md, throughput vs batch size).
 SHIFTED_SUM_MAX_TAPS = 16
 SHIFTED_SUM_MIN_OUTPUT_BYTES = CHUNK_BYTES
 
@@ -231,7 +232,7 @@ def _kernel_grad(patches: jax.Array, g: jax.Array, kernel: jax.Array) -> jax.Arr
     """The kernel gradient (dy^T @ patches)^T in one matmul, not a slow weight-gradient conv.
 
     Both operands are flattened to 2-D first: XLA:CPU runs a dot that contracts the leading axes
-    of 4-D operands 2-3x slower than the same dot on [N*H'*W', K] matrices.
+    of 4-D operands slower than the same dot on [N*H'*W', K] matrices.
     """
     patches = patches.reshape(-1, patches.shape[-1])
     dw = _matmul(g.reshape(-1, kernel.shape[-1]).T, patches, jnp.float32).T
@@ -316,7 +317,7 @@ def _pool_patch_indices(h: int, w: int, kh: int, kw: int, window: int) -> np.nda
 def _pool_patches(x: jax.Array, kh: int, kw: int, window: int) -> jax.Array:
     """im2col of the pooled output pixels: [N, window², H'', W'', kh*kw*C], in HWIO tap order.
 
-    One gather per pooling position: XLA:CPU runs them about twice as fast as a single gather.
+    One gather per pooling position: XLA:CPU runs them faster than a single gather.
     """
     n, h, w, c = x.shape
     hp, wp = (h - kh + 1) // window, (w - kw + 1) // window

@@ -5,9 +5,11 @@ View them with ``tensorboard --logdir runs/``. Scalars: per epoch ``train/loss``
 epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: step).
 
 The file is written here, not through tensorboardX: tensorboardX imports PyTorch wherever it is
-installed (Colab, a benchmark machine), 1.5-3 s of a 13 s ``fast`` run. An event file of
-scalars is little: TFRecord framing (length, masked CRC-32C) around ``Event`` protocol buffers
-with three fields, encoded below as the protobuf wire format defines them.
+installed (Colab, a benchmark machine), which would put PyTorch's import into every run's
+start-up, a large share of a short ``fast`` run (``python -X importtime -c "import tensorboardX"``
+measures it). An event file of scalars is little: TFRecord framing (length, masked CRC-32C)
+around ``Event`` protocol buffers with three fields, encoded below as the protobuf wire format
+defines them.
 """
 
 from __future__ import annotations
