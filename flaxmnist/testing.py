@@ -92,8 +92,8 @@ def run_splits(
       ``train``, ``validation`` and ``test`` as arrays, split as training splits them.
     """
     idx = datasets.load_idx_dataset(name, data_dir)
-    train, validation = datasets.split_validation(idx.train, validation_fraction, seed)
-    return {"train": train, "validation": validation, "test": idx.test}
+    sizes = {"train": len(idx.train), "test": len(idx.test)}
+    return datasets.take_positions(idx, datasets.run_positions(sizes, validation_fraction, seed))
 
 
 # The vector units that decide which kernels are fastest, as /proc/cpuinfo's flags name them.

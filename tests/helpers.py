@@ -58,3 +58,15 @@ def run_script(path: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, path, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
     )
+
+
+def assert_same_step_losses(run: Path, reference: Path) -> None:
+    """Asserts that two runs logged the same steps with the same losses (within float noise)."""
+    import numpy as np
+
+    def steps(path: Path) -> np.ndarray:
+        return np.genfromtxt(path / "steps.csv", delimiter=",", names=True)
+
+    mine, theirs = steps(run), steps(reference)
+    np.testing.assert_array_equal(mine["step"], theirs["step"])
+    np.testing.assert_allclose(mine["loss"], theirs["loss"], rtol=1e-5, atol=1e-6)

@@ -11,7 +11,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from helpers import load_experiment, run_script
+from drills.bad_input import run_bad_input_fuzz
+from helpers import run_script
 
 from flaxmnist import config_validation, configs, train
 from flaxmnist.configs import default, preset_names
@@ -389,7 +390,7 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_quick_bad_input_fuzz_has_no_failures(tmp_path):
-    result = load_experiment("faults_bad_input").run_bad_input_fuzz(tmp_path, quick=True)
+    result = run_bad_input_fuzz(tmp_path, quick=True)
     assert result["failures"] == []
     assert result["trials"] >= 8 and result["survived"] == result["trials"]
     assert result["data_lost"] == 0
@@ -397,7 +398,7 @@ def test_quick_bad_input_fuzz_has_no_failures(tmp_path):
 
 @pytest.mark.slow
 def test_a_bad_flag_of_the_fuzz_script_is_one_line_and_exit_2():
-    result = run_script("experiments/faults_bad_input.py", "--quick=often")
+    result = run_script("tests/drills/bad_input.py", "--quick=often")
     assert (result.returncode, result.stderr) == (
         2,
         "error: --quick: expected true or false, got 'often'\n",

@@ -97,16 +97,32 @@ def test_truncated_file_without_checksums_is_reported(tmp_path):
         datasets.load_dataset("mnist", str(tmp_path))
 
 
-def test_split_validation_is_deterministic_and_disjoint():
-    split = datasets.ArraySplit(np.zeros((100, 1, 1, 1), np.uint8), np.arange(100, dtype=np.int32))
-    train, val = datasets.split_validation(split, 0.1, seed=3)
-    _again, val_again = datasets.split_validation(split, 0.1, seed=3)
-    _, other_val = datasets.split_validation(split, 0.1, seed=4)
-    assert len(train) == 90 and len(val) == 10
-    assert set(train.labels).isdisjoint(val.labels)
-    np.testing.assert_array_equal(val.labels, val_again.labels)
-    assert set(val.labels) != set(other_val.labels)
-    assert datasets.split_validation(split, 0.0, seed=3) == (split, None)
+def test_run_positions_hold_out_a_seeded_disjoint_validation_split():
+    sizes = {"train": 100, "test": 7}
+    positions = datasets.run_positions(sizes, 0.1, seed=3)
+    again = datasets.run_positions(sizes, 0.1, seed=3)
+    other = datasets.run_positions(sizes, 0.1, seed=4)
+    train, validation = positions["train"], positions["validation"]
+    assert (len(train), len(validation)) == (90, 10)
+    np.testing.assert_array_equal(np.sort(np.r_[train, validation]), np.arange(100))
+    assert list(train) == sorted(train) and list(validation) == sorted(validation)
+    np.testing.assert_array_equal(validation, again["validation"])
+    assert set(validation) != set(other["validation"])
+    np.testing.assert_array_equal(positions["test"], np.arange(7))
+    assert sorted(datasets.run_positions(sizes, 0.0, seed=3)) == ["test", "train"]
+
+
+def test_take_positions_gives_each_run_split_from_its_stored_split():
+    dataset = datasets.Dataset(
+        "mnist",
+        datasets.ArraySplit(np.zeros((5, 1, 1, 1), np.uint8), np.arange(5, dtype=np.int32)),
+        datasets.ArraySplit(np.ones((2, 1, 1, 1), np.uint8), np.array([7, 8], np.int32)),
+        tuple("0123456789"),
+    )
+    positions = {"train": np.array([0, 2, 3]), "validation": np.array([1, 4]), "test": np.arange(2)}
+    splits = datasets.take_positions(dataset, positions)
+    labels = {name: split.labels.tolist() for name, split in splits.items()}
+    assert labels == {"train": [0, 2, 3], "validation": [1, 4], "test": [7, 8]}
 
 
 def test_unknown_tfds_name_is_reported():

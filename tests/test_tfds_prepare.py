@@ -94,7 +94,7 @@ def prepare_command(*args: str) -> list[str]:
 
 def child_command(idx_root: Path) -> list[str]:
     """What a grain run starts to prepare the IDX files in ``idx_root/mnist`` (both formats)."""
-    return [sys.executable, "-m", "flaxmnist.data.tfds_prepare", "mnist", str(idx_root)]
+    return prepare_command("--datasets=mnist", f"--idx_dir={idx_root / 'mnist'}")
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -240,8 +240,14 @@ def test_the_check_after_building_catches_a_single_changed_pixel(small):
     images[123, 14, 14, 0] ^= 0x80
     changed = dataclasses.replace(idx, test=datasets.ArraySplit(images, idx.test.labels))
     builder = tfds.builder_from_directory(str(version_dir(small)))
-    with pytest.raises(DataError, match=r"\(test: the examples differ\); nothing was installed"):
-        tfds_prepare._verify(builder, changed)
+    for in_order, problem in ((False, "the examples differ"), (True, "the examples differ from")):
+        with pytest.raises(DataError, match=rf"\(test: {problem}.*\); nothing was installed"):
+            tfds_prepare._verify(builder, changed, in_order)
+    order = np.arange(len(idx.test))[::-1]
+    reversed_test = dataclasses.replace(idx, test=idx.test.take(order))
+    tfds_prepare._verify(builder, reversed_test, in_order=False)  # the same examples: fine
+    with pytest.raises(DataError, match=r"test: the examples differ from the IDX files' \(or"):
+        tfds_prepare._verify(builder, reversed_test, in_order=True)
 
 
 @pytest.mark.slow
@@ -520,11 +526,14 @@ def test_killed_prepares_leave_no_loadable_dataset_and_two_reruns_at_once_finish
         (["prepare", "--datasets="], "--datasets: no dataset given"),
         (["prepare", "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["prepare", "--data_dir={file}/tfds"], "cannot write the tfds data dir"),
+        (["prepare", "--idx_dir={tmp}"], "--idx_dir: name one dataset in --datasets, got mnist,"),
+        (["prepare", "--idx_dir={tmp}", "--datasets=kmnist"], "cannot prepare 'kmnist' from IDX"),
+        (["prepare", "--idx_dir={tmp}", "--datasets=mnist"], "missing IDX file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, offline, args, message):
     (tmp_path / "file").write_text("")
-    args = [arg.format(file=tmp_path / "file") for arg in args]
+    args = [arg.format(file=tmp_path / "file", tmp=tmp_path) for arg in args]
     result = run([sys.executable, "-m", "flaxmnist.data", *args], offline)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {message}")

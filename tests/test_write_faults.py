@@ -1,4 +1,4 @@
-"""The write-fault drill (``experiments/write_faults.py``): its injector, its judge, a few trials.
+"""The write-fault drill (``tests/drills/write_faults.py``): its injector, its judge, a few trials.
 
 The injector's tests run tiny Python children (no training); the slow test finds the write sites
 of a 1-epoch ``dense`` run and fails four of them midway.
@@ -13,12 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import load_experiment
+from drills import injector, write_faults, write_judge, write_scenarios
+from drills.common import Outcome
 
 from flaxmnist.errors import DataError
 from flaxmnist.storage import files, scalar_log
-
-write_faults = load_experiment("write_faults")
 
 WRITES = """\
 import os, shutil, tempfile
@@ -47,9 +46,9 @@ def run_injected(tmp_path, code: str, **fault) -> tuple[subprocess.CompletedProc
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     log.unlink(missing_ok=True)
-    write_faults.write_sitecustomize(tmp_path / "site")
+    injector.write_sitecustomize(tmp_path / "site")
     plan = {"root": str(root), "log": str(log), **fault}
-    env = {**os.environ, **write_faults.plan_environment(tmp_path / "site", plan)}
+    env = {**os.environ, **injector.plan_environment(tmp_path / "site", plan)}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True
     )
@@ -129,7 +128,7 @@ def test_an_eio_rename_or_fsync_raises_and_changes_nothing(tmp_path, op):
 
 
 def test_site_patterns_generalise_temp_names_numbers_and_digests():
-    pattern = write_faults.site_pattern
+    pattern = injector.site_pattern
     assert pattern("run/.history.json.a1b_c3d4.tmp") == "run/.history.json.*.tmp"
     assert pattern("tb/events.out.tfevents.1796634061.vm.28203") == "tb/events.out.tfevents.N.vm.N"
     assert (
@@ -143,27 +142,27 @@ def test_the_judge_finds_cut_event_files_and_csv_rows(tmp_path):
     events.add_scalar("train/loss", 0.5, 1)
     events.flush()
     whole = events.path.read_bytes()
-    assert write_faults.tfrecord_problem(whole) is None
-    assert "mid-record" in write_faults.tfrecord_problem(whole[:-1])
-    assert "CRC" in write_faults.tfrecord_problem(whole[:-5] + b"X" + whole[-4:])
-    assert write_faults.csv_problem(b"a,b\n1,2\n") is None
-    assert write_faults.csv_problem(b"") is None
-    assert write_faults.csv_problem(b"a,b\n1,") == "ends mid-line"
+    assert write_judge.tfrecord_problem(whole) is None
+    assert "mid-record" in write_judge.tfrecord_problem(whole[:-1])
+    assert "CRC" in write_judge.tfrecord_problem(whole[:-5] + b"X" + whole[-4:])
+    assert write_judge.csv_problem(b"a,b\n1,2\n") is None
+    assert write_judge.csv_problem(b"") is None
+    assert write_judge.csv_problem(b"a,b\n1,") == "ends mid-line"
 
 
 def test_the_judge_finds_temp_files_and_unknown_hidden_names(tmp_path):
     for name in ("metrics.json", ".lock", ".metrics.json.abcd1234.tmp", ".stray"):
         (tmp_path / name).write_text("")
     (tmp_path / "7.orbax-checkpoint-tmp").mkdir()
-    assert write_faults.leftovers(tmp_path, {".lock"}, library=False) == [
+    assert write_judge.leftovers(tmp_path, {".lock"}, library=False) == [
         "left .metrics.json.abcd1234.tmp",
         "left .stray",
     ]
-    assert "left 7.orbax-checkpoint-tmp" in write_faults.leftovers(tmp_path, set(), library=True)
+    assert "left 7.orbax-checkpoint-tmp" in write_judge.leftovers(tmp_path, set(), library=True)
 
 
 def test_a_failure_must_be_one_error_line_last_and_exit_2():
-    outcome = write_faults.Outcome
+    outcome = Outcome
     assert outcome(2, "", "warning: w\nerror: no space left for run\n").problems() == []
     assert outcome(1, "", "Traceback (most recent call last):\nerror: x\n").problems() == [
         "exit 1",
@@ -217,10 +216,10 @@ def test_optunas_traceback_of_a_failed_trial_is_dropped_its_lines_kept():
 def test_a_training_run_s_write_sites_fail_midway_and_end_in_one_line(tmp_path):
     ws = write_faults.Workspace(tmp_path / "drill")
     try:
-        scenario = write_faults.Scenario(
+        scenario = write_scenarios.Scenario(
             "train",
-            write_faults.nothing,
-            lambda root, shared: write_faults.train_argv(root / "run", shared, 1),
+            write_scenarios.nothing,
+            lambda root, shared: write_scenarios.train_argv(root / "run", shared, 1),
         )
         template = write_faults.make_template(ws, scenario)
         sites, reference = write_faults.discover(ws, scenario, template)

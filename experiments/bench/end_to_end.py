@@ -19,8 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchmark as bench
+import measure
 import ml_collections
+import recipes
+import report
+
+from flaxmnist.testing import machine_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = ("test_accuracy", "epochs_completed", "time_to_first_chunk_s", "total_time_s")
@@ -50,7 +54,7 @@ def run_fast(workdir: Path, cache_dir: Path, *overrides: str) -> dict:
     command = fast_command(workdir, cache_dir, *overrides)
     begin = time.perf_counter()
     out = subprocess.run(
-        command, capture_output=True, text=True, timeout=bench.WORKER_TIMEOUT_S, cwd=REPO_ROOT
+        command, capture_output=True, text=True, timeout=measure.WORKER_TIMEOUT_S, cwd=REPO_ROOT
     )
     wall_s = time.perf_counter() - begin
     if out.returncode:
@@ -61,8 +65,8 @@ def run_fast(workdir: Path, cache_dir: Path, *overrides: str) -> dict:
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
     """Training steps in one MNIST epoch of ``config`` (its validation split held out)."""
-    held_out = round(config.validation_fraction * bench.TRAIN_EXAMPLES)
-    return (bench.TRAIN_EXAMPLES - held_out) // config.batch_size
+    held_out = round(config.validation_fraction * recipes.TRAIN_EXAMPLES)
+    return (recipes.TRAIN_EXAMPLES - held_out) // config.batch_size
 
 
 def startup(warm_runs: int) -> dict:
@@ -74,7 +78,7 @@ def startup(warm_runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="flaxmnist-bench-") as tmp:
         cache = Path(tmp) / "cache"
         runs = [run_fast(Path(tmp) / f"run{i}", cache, *overrides) for i in range(1 + warm_runs)]
-    return {"machine": bench.machine_name(), **startup_summary(runs)}
+    return {"machine": machine_name(), **startup_summary(runs)}
 
 
 def startup_summary(runs: list[dict]) -> dict:
@@ -114,4 +118,4 @@ def startup_markdown(result: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The markdown of this module's sections that have results ("" when none has)."""
-    return bench.sections_markdown(results, {"startup": startup_markdown})
+    return report.sections_markdown(results, {"startup": startup_markdown})

@@ -15,13 +15,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import benchmark as bench
 import end_to_end
+import report
 from absl import flags
 
 from flaxmnist import cli, errors
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from flaxmnist.testing import machine_name
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -35,7 +34,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_multi_string(
         "set", [], "FIELD=VALUE: a config override (repeat).", flag_values=flag_values
     )
-    flags.DEFINE_string("out", str(RESULTS_DIR), "Folder for the results.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "out", str(report.RESULTS), "Folder for the results.", flag_values=flag_values
+    )
 
 
 def run_seed(seed: int, overrides: list[str]) -> dict:
@@ -102,8 +103,8 @@ def main(argv: list[str]) -> None:
     del argv  # cli.parse_flags refuses positional arguments
     values = flags.FLAGS
     runs = [run_seed(seed, values.set) for seed in values.seeds]
-    result = summarize(runs, values.set, bench.machine_name())
-    bench.write_result_files(Path(values.out), "fast_seeds", result, markdown(result))
+    result = summarize(runs, values.set, machine_name())
+    report.write_result_files(Path(values.out), "fast_seeds", result, markdown(result))
 
 
 if __name__ == "__main__":

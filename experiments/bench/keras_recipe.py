@@ -8,15 +8,16 @@ The same model, Adam (lr 1e-3) and cross-entropy as the benchmark's Keras rows, 
 accuracy. It answers whether a reference figure that our runs miss is one Keras reaches reliably.
 Needs the ``bench`` extra (tensorflow-cpu).
 
-It also holds the race's Keras contestants (``race.py``): :func:`train` runs a
-:class:`recipes.Recipe` (the ``fast`` preset, or the "simple MNIST convnet" reference) in one
-``model.fit`` call, as a Keras user would, with a callback that times every epoch and tests where
-the recipe says. ``settings``:
+It also builds the Keras twins of flaxmnist's models from :func:`recipes.layers` and trains them
+for the benchmark: :func:`time_fit` times the models section's epochs, and :func:`train` runs a
+race contestant, a :class:`recipes.Recipe` (the ``fast`` preset, or the "simple MNIST convnet"
+reference), in one ``model.fit`` call, as a Keras user would, with a callback that times every
+epoch and tests where the recipe says. ``settings``:
 
 * ``xla``: ``model.compile(jit_compile=True, steps_per_execution=50)``: XLA-compiled steps
   (Keras 3 leaves XLA off on CPU-only TensorFlow), 50 steps per ``tf.function`` call, which
-  makes Keras's per-call dispatch a fraction of a percent of a 10 ms step while the callbacks
-  still run ten times an epoch (a whole epoch per call would leave no per-step clock at all);
+  makes Keras's per-call dispatch a small share of a step while the callbacks still run ten
+  times an epoch (a whole epoch per call would leave no per-step clock at all);
 * ``default``: ``model.compile()``'s defaults: no XLA, one step per call.
 """
 
@@ -24,28 +25,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
-import benchmark as bench
-import keras
+import measure
+import numpy as np
 import recipes
 
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras  # after its backend is chosen
+
 SETTINGS = ("xla", "default")
-STEPS_PER_EXECUTION = 50
-
-
-def train_and_test(model_name: str, epochs: int, batch: int, seed: int) -> float:
-    """Test accuracy of ``model_name`` after ``epochs`` epochs of the Keras recipe with ``seed``."""
-    keras.utils.set_random_seed(seed)
-    (x, y), (test_x, test_y) = (bench.mnist_arrays(split) for split in ("train", "test"))
-    model = bench.compiled_keras_model(model_name)
-    x, test_x = x.astype("float32") / 255.0, test_x.astype("float32") / 255.0
-    model.fit(x, y, batch_size=batch, epochs=epochs, validation_split=0.1, verbose=0)
-    return float(model.evaluate(test_x, test_y, verbose=0)[1])
 
 
 def build_model(recipe: recipes.Recipe) -> keras.Sequential:
-    """The recipe's model (Keras's default Glorot-uniform kernels and zero biases)."""
+    """The Keras twin of the recipe's flaxmnist model, built from :func:`recipes.layers`.
+
+    Keras's default initialisation is flaxmnist's: Glorot-uniform kernels and zero biases.
+    """
     make = {
         "conv": lambda width: keras.layers.Conv2D(width, 3),
         "pool": keras.layers.MaxPooling2D,
@@ -74,7 +71,9 @@ def learning_rate(recipe: recipes.Recipe, steps_per_epoch: int):
     )
 
 
-def compile_settings(settings: str, steps_per_execution: int = STEPS_PER_EXECUTION) -> dict:
+def compile_settings(
+    settings: str, steps_per_execution: int = recipes.KERAS_STEPS_PER_EXECUTION
+) -> dict:
     """``model.compile`` keywords of ``settings`` (``xla`` or ``default``)."""
     if settings == "xla":
         return {"jit_compile": True, "steps_per_execution": steps_per_execution}
@@ -116,7 +115,7 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):  # noqa: D102
         if self.first_step_s is None:
-            self.first_step_s = bench.process_age_s()
+            self.first_step_s = measure.process_age_s()
 
     def on_test_begin(self, logs=None):  # noqa: D102 (the validation pass inside fit)
         self.test_begin = time.perf_counter()
@@ -156,9 +155,9 @@ class RecipeEpochs(EpochTimer):
             self.model.stop_training = True
 
 
-def unit_arrays(split: str, examples: int | None = None):
+def unit_arrays(split: str, examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A split's first ``examples`` images as float32 in [0, 1], and its labels."""
-    images, labels = bench.mnist_arrays(split)
+    images, labels = measure.mnist_arrays(split)
     return images[:examples].astype("float32") / 255.0, labels[:examples]
 
 
@@ -168,7 +167,7 @@ def train(
     seed: int,
     examples: int | None = None,
     test_examples: int | None = None,
-    steps_per_execution: int = STEPS_PER_EXECUTION,
+    steps_per_execution: int = recipes.KERAS_STEPS_PER_EXECUTION,
 ) -> dict:
     """Trains ``recipe`` in one ``model.fit`` (stopping where it says); returns its history.
 
@@ -208,16 +207,56 @@ def train(
     }
 
 
+def time_fit(
+    recipe: recipes.Recipe, settings: str, repeats: int, steps_per_execution: int, examples: int
+) -> dict:
+    """Times Keras 3 ``model.fit`` on TensorFlow over whole epochs of ``examples`` images.
+
+    A one-batch ``fit`` first gives the startup (its compiled step, and the ``fit`` machinery a
+    user's first step pays); then one ``fit`` of ``1 + repeats`` epochs, the first the warm-up
+    (it compiles the last, partial batch too), each epoch timed by a callback.
+
+    Returns:
+      ``startup_s``, ``run_s`` (each timed epoch), ``run_steps`` (steps per epoch),
+      ``flops_per_step`` (0: Keras does not count them) and the ``settings`` compiled with.
+    """
+    x, y = unit_arrays("train", examples)
+    steps = recipes.steps_per_epoch(recipe, len(x), drop_remainder=False)
+    model = compiled_model(recipe, settings, steps, steps_per_execution)
+    model.fit(x[: recipe.batch], y[: recipe.batch], batch_size=recipe.batch, epochs=1, verbose=0)
+    startup = measure.process_age_s()
+    timer = EpochTimer()
+    model.fit(
+        x,
+        y,
+        batch_size=recipe.batch,
+        epochs=1 + repeats,
+        verbose=0,
+        shuffle=True,
+        callbacks=[timer],
+    )
+    return {
+        "startup_s": startup,
+        "run_s": timer.epoch_s[1:],
+        "run_steps": steps,
+        "flops_per_step": 0.0,
+        "settings": compile_settings(settings, steps_per_execution),
+    }
+
+
 def main() -> None:
     """Parses the command line and prints one JSON record per seed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=list(bench.MODELS))
+    parser.add_argument("--model", required=True, choices=list(recipes.BENCHMARK_MODELS))
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
+    recipe = recipes.adam_recipe(
+        args.model, args.batch, max_epochs=args.epochs, validation_fraction=0.1
+    )
     for seed in args.seeds:
-        accuracy = train_and_test(args.model, args.epochs, args.batch, seed)
+        accuracy = train(recipe, "default", seed)["test_accuracy"]
         record = {"model": args.model, "epochs": args.epochs, "batch": args.batch, "seed": seed}
         print(json.dumps({**record, "test_accuracy": accuracy}), flush=True)
 

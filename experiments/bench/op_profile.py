@@ -25,13 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchmark as bench
 import numpy as np
+import report
 from absl import flags
 
 from flaxmnist import cli, configs, errors
+from flaxmnist.testing import machine_name
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REFERENCE_PRESETS = ("cnn_simple", "convnet", "cnn3")
 COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.-]+) \(.*\) -> .* \{$")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.-]+) = ")
@@ -56,7 +56,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         f"FIELD=VALUE: a model field override, FIELD one of {', '.join(MODEL_FIELDS)} (repeat).",
         flag_values=flag_values,
     )
-    flags.DEFINE_string("out", str(RESULTS_DIR), "Folder for the results.", flag_values=flag_values)
+    flags.DEFINE_string(
+        "out", str(report.RESULTS), "Folder for the results.", flag_values=flag_values
+    )
 
 
 def model_overrides(items: list[str]) -> dict[str, str]:
@@ -142,10 +144,11 @@ def self_times(events: list[dict], known: dict) -> collections.Counter:
 
 def profile(preset: str, steps: int, overrides: dict[str, str]) -> dict:
     """Traces ``steps`` train steps of ``preset`` and sums its ops' self time by layer and pass."""
+    import flax_timing  # JAX, loaded once the flags are checked
     import jax
 
     config = configs.load(preset)
-    state, fns = bench.flax_state_and_steps(config.model, **overrides)
+    state, fns = flax_timing.flax_state_and_steps(config.model, **overrides)
     batch = {
         "image": np.zeros((config.batch_size, 28, 28, 1), np.uint8),
         "label": np.zeros(config.batch_size, np.int32),
@@ -239,14 +242,14 @@ def main(argv: list[str]) -> None:
             raise errors.ConfigError(f"--models: unknown presets {', '.join(unknown)}")
         overrides = model_overrides(values.set)
         results = [profile(preset, values.steps, overrides) for preset in values.models]
-    machine = bench.machine_name()
+    machine = machine_name()
     record = {"machine": machine, "steps": values.steps, "overrides": overrides, "results": results}
     given = [f"--set={item}" for item in values.set]
     if values.models != list(REFERENCE_PRESETS):
         given.insert(0, f"--models={','.join(values.models)}")
     command = " ".join(["python experiments/bench/op_profile.py", *given])
     table = markdown(results, machine, values.steps, command)
-    bench.write_result_files(out, "op_profile", record, table)
+    report.write_result_files(out, "op_profile", record, table)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python experiments/bench/benchmark.py --sections=race --seeds=10,11,12,13,14
     python experiments/bench/benchmark.py --sections=race --smoke --seeds=10   # commands work?
-    python experiments/bench/race.py --contestant=torch_fast --seed=10           # one run
+    python experiments/bench/contestant.py --contestant=torch_fast --seed=10     # one run
 
 Contestants (:data:`CONTESTANTS`; ``--contestants`` picks, :data:`DEFAULT_CONTESTANTS` by
 default): flaxmnist's ``python -m flaxmnist.train --config=fast``; the same ``fast`` recipe
@@ -11,22 +11,22 @@ measured apart from the recipe; and the published recipes a user would otherwise
 "simple MNIST convnet" and pytorch/examples ``mnist``, which test after every epoch and stop at
 the first one reaching 99 % (test time counted). Keras runs with XLA and
 ``steps_per_execution`` (``_default``: ``compile()``'s defaults), PyTorch with ``torch.compile``
-(``_eager``: without), so both the best and the default settings can be shown. On this project's
-2-core AMD EPYC, Keras's XLA is slower than its defaults for these convolutions (14.1 against
-9.9 s per ``fast`` epoch), so the Keras reference runs at its defaults unless
-``--contestants=keras_reference`` asks for XLA.
+(``_eager``: without), so both the best and the default settings can be shown. Keras's XLA
+costs more than it saves on these convolutions (compare the ``keras_fast`` and
+``keras_fast_default`` rows of ``results/benchmark.md``), so the Keras reference runs at its
+defaults unless ``--contestants=keras_reference`` asks for XLA.
 
 Before anything is timed, every ``torch.compile`` contestant's compiled gradients are checked
 against eager ones on one batch (:func:`torch_recipe.compiled_gradient_error`, an untimed
 process); a contestant whose gradients differ is not timed and its row says why.
 
-Every run is a fresh process (this file with ``--contestant``, or flaxmnist's CLI) with empty
+Every run is a fresh process (``contestant.py``, or flaxmnist's CLI) with empty
 compilation caches of its own (JAX's, Inductor's), timed from launch to exit from outside; its
 peak RSS comes from ``os.wait4``. The runs take turns: every seed runs each contestant once, the
 order rotating from seed to seed (A B C, B C A, ...), so a neighbour's load spreads over all.
 The seeds default to 10-14: the ``fast`` preset was tuned on a validation split with seeds 0-3
 (docs/models.md) and never saw these. Medians over the seeds; GFLOP/s is XLA's count of the
-model's training FLOPs per step (``benchmark.training_flops``) times the steps of an epoch over
+model's training FLOPs per step (``flax_timing.training_flops``) times the steps of an epoch over
 s/epoch (the epochs after the first, which compiles), against the measured matmul peak.
 """
 
@@ -40,19 +40,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import benchmark as bench
 import end_to_end
+import measure
 import recipes
-from absl import flags
 
-from flaxmnist import cli, errors
-from flaxmnist.errors import ConfigError
+from flaxmnist.testing import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SMOKE_EXAMPLES = 2048  # --smoke: training images, test images and epochs of a Keras/PyTorch run
-SMOKE_TEST_EXAMPLES = 1000
-SMOKE_MAX_EPOCHS = 2
-FLAG_NAMES = ("contestant", "seed", "smoke", "keras_steps_per_execution", "check_gradients")
+CONTESTANT_WORKER = Path(__file__).resolve().with_name("contestant.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +70,8 @@ CONTESTANTS = {
     "keras_reference_default": Contestant("keras", "keras_reference", "default"),
     "torch_reference_eager": Contestant("torch", "torch_reference", "eager"),
 }
-# Both settings of each framework; the Keras reference with XLA (~7 minutes a run on 2 cores,
-# 4x its defaults) only when asked for.
+# Both settings of each framework; the Keras reference with XLA (several times slower than at its
+# defaults) only when asked for.
 DEFAULT_CONTESTANTS = (
     "flaxmnist_fast",
     "keras_fast",
@@ -121,7 +116,7 @@ def contestant_command(
     if CONTESTANTS[name].framework == "flaxmnist":
         overrides = [f"--config.seed={seed}", *(["--config.num_epochs=1"] if smoke else [])]
         return end_to_end.fast_command(tmp / "run", tmp / "cache", *overrides), env
-    command = [sys.executable, __file__, f"--contestant={name}", f"--seed={seed}"]
+    command = [sys.executable, str(CONTESTANT_WORKER), f"--contestant={name}", f"--seed={seed}"]
     command += [f"--smoke={smoke}", f"--keras_steps_per_execution={steps_per_execution}"]
     return command, env
 
@@ -141,13 +136,8 @@ def flaxmnist_result(workdir: Path) -> dict:
 
 
 def worker_result(out: dict) -> dict:
-    """The ``RESULT`` line of a finished worker (:func:`bench.measured_run`), or its ``error``."""
-    if out["returncode"]:
-        return {"error": out["stderr"][-500:]}
-    lines = [line for line in out["stdout"].splitlines() if line.startswith("RESULT ")]
-    if not lines:
-        return {"error": "no RESULT line: " + out["stderr"][-400:]}
-    return json.loads(lines[-1][len("RESULT ") :])
+    """The result of a finished contestant worker (:func:`measure.measured_run`'s ``out``)."""
+    return measure.worker_result(out["returncode"], out["stdout"], out["stderr"])
 
 
 def gradient_exclusions(contestants: list[str]) -> dict[str, str]:
@@ -156,11 +146,12 @@ def gradient_exclusions(contestants: list[str]) -> dict[str, str]:
     for name in contestants:
         if CONTESTANTS[name] != Contestant("torch", CONTESTANTS[name].recipe, "compile"):
             continue
-        command = [sys.executable, __file__, f"--contestant={name}", "--check_gradients"]
-        result = bench.logged(worker_result(bench.measured_run(command, cwd=REPO_ROOT)))
+        command = [sys.executable, str(CONTESTANT_WORKER), f"--contestant={name}"]
+        out = measure.measured_run([*command, "--check_gradients"], cwd=REPO_ROOT)
+        result = measure.logged(worker_result(out))
         if "error" in result:
             excluded[name] = "the gradient check failed: " + result["error"].splitlines()[-1]
-        elif reason := bench.wrong_gradients(result["gradient_error"]):
+        elif reason := recipes.wrong_gradients(result["gradient_error"]):
             excluded[name] = reason
     return excluded
 
@@ -169,7 +160,7 @@ def run_contestant(name: str, seed: int, smoke: bool, steps_per_execution: int) 
     """One run in a fresh process and temporary directory: wall, peak RSS and its result."""
     with tempfile.TemporaryDirectory(prefix="flaxmnist-race-") as tmp:
         command, env = contestant_command(name, seed, smoke, Path(tmp), steps_per_execution)
-        out = bench.measured_run(command, env={**os.environ, **env}, cwd=REPO_ROOT)
+        out = measure.measured_run(command, env={**os.environ, **env}, cwd=REPO_ROOT)
         run = {"contestant": name, "seed": seed, "wall_s": out.get("wall_s")}
         run["peak_rss_mb"] = out.get("peak_rss_mb")  # both missing if the launcher failed
         if CONTESTANTS[name].framework == "flaxmnist" and not out["returncode"]:
@@ -237,9 +228,11 @@ def race_summary(runs: list[dict], flops: dict[str, float], peak_gflops: float) 
 
 def recipe_flops(contestants: list[str]) -> dict[str, float]:
     """XLA's training FLOPs per step of each recipe the contestants run (its model and batch)."""
+    import flax_timing  # JAX, loaded only when the race runs
+
     names = dict.fromkeys(CONTESTANTS[name].recipe for name in contestants)
     return {
-        name: bench.training_flops(recipes.RECIPES[name].model, recipes.RECIPES[name].batch)
+        name: flax_timing.training_flops(recipes.RECIPES[name].model, recipes.RECIPES[name].batch)
         for name in names
     }
 
@@ -248,13 +241,13 @@ def race_section(
     contestants: list[str],
     seeds: list[int],
     smoke: bool = False,
-    steps_per_execution: int = bench.KERAS_STEPS_PER_EXECUTION,
+    steps_per_execution: int = recipes.KERAS_STEPS_PER_EXECUTION,
 ) -> dict:
     """Runs the race: the ``race`` entry of the results (machine, every run, the summary)."""
     machine = {
-        "cpu": bench.cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "matmul_gflops": bench.matmul_peak_gflops(),
+        "matmul_gflops": measure.matmul_peak_gflops(),
         "seeds": seeds,
         "smoke": smoke,
         "keras_steps_per_execution": steps_per_execution,
@@ -263,7 +256,7 @@ def race_section(
     excluded = gradient_exclusions(contestants)
     timed = [name for name in contestants if name not in excluded]
     runs = [
-        bench.logged(run_contestant(name, seed, smoke, steps_per_execution))
+        measure.logged(run_contestant(name, seed, smoke, steps_per_execution))
         for name, seed in interleaved(timed, seeds)
     ]
     summary = race_summary(runs, flops, machine["matmul_gflops"])
@@ -325,84 +318,3 @@ def race_markdown(section: dict) -> str:
 def markdown(results: dict) -> str:
     """The race section as markdown ("" when it has not run)."""
     return race_markdown(results["race"]) if "race" in results else ""
-
-
-# ------------------------------------------------------------------------------------ worker
-
-
-def smoke_limits(recipe: recipes.Recipe) -> tuple[recipes.Recipe, dict]:
-    """``recipe`` cut to :data:`SMOKE_MAX_EPOCHS`, and a smoke run's train/test image limits."""
-    recipe = dataclasses.replace(recipe, max_epochs=min(recipe.max_epochs, SMOKE_MAX_EPOCHS))
-    return recipe, {"examples": SMOKE_EXAMPLES, "test_examples": SMOKE_TEST_EXAMPLES}
-
-
-def contestant_main(name: str, seed: int, smoke: bool, steps_per_execution: int) -> dict:
-    """Trains one Keras or PyTorch contestant in this process; returns its result."""
-    contestant = CONTESTANTS[name]
-    recipe, limits = recipes.RECIPES[contestant.recipe], {}
-    if smoke:
-        recipe, limits = smoke_limits(recipe)
-    if contestant.framework == "keras":
-        import keras_recipe
-
-        limits["steps_per_execution"] = steps_per_execution
-        return keras_recipe.train(recipe, contestant.settings, seed, **limits)
-    import torch_recipe
-
-    return torch_recipe.train(recipe, contestant.settings, seed, **limits)
-
-
-def define_flags(flag_values: flags.FlagValues) -> None:
-    """Defines the worker's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_string("contestant", None, "The Keras or PyTorch contestant to run.", **fv)
-    flags.DEFINE_integer("seed", 10, "Its seed.", lower_bound=0, **fv)
-    flags.DEFINE_bool("smoke", False, "Tiny data: checks that the run works.", **fv)
-    flags.DEFINE_bool(
-        "check_gradients", False, "Only check torch.compile's gradients against eager.", **fv
-    )
-    flags.DEFINE_integer(
-        "keras_steps_per_execution",
-        bench.KERAS_STEPS_PER_EXECUTION,
-        "Keras with XLA: steps per execution.",
-        lower_bound=1,
-        **fv,
-    )
-
-
-def worker_settings(flag_values: flags.FlagValues) -> dict:
-    """The worker's parsed flags by name.
-
-    Raises:
-      ConfigError: --contestant is missing, unknown or flaxmnist's (run its CLI instead).
-    """
-    values = {name: flag_values[name].value for name in FLAG_NAMES}
-    runnable = [name for name, c in CONTESTANTS.items() if c.framework != "flaxmnist"]
-    if values["contestant"] not in runnable:
-        raise ConfigError(
-            f"--contestant: expected one of {', '.join(runnable)}, got {values['contestant']!r}"
-        )
-    return values
-
-
-def main(argv: list[str]) -> None:
-    """Runs one contestant and prints its RESULT line (the driver reads it)."""
-    del argv
-    with errors.reported(bench.RESULTS):
-        values = worker_settings(flags.FLAGS)
-    if values["check_gradients"]:
-        import torch_recipe
-
-        recipe = recipes.RECIPES[CONTESTANTS[values["contestant"]].recipe]
-        bench.emit_result({"gradient_error": torch_recipe.compiled_gradient_error(recipe)})
-        return
-    result = contestant_main(
-        values["contestant"], values["seed"], values["smoke"], values["keras_steps_per_execution"]
-    )
-    bench.emit_result(result)
-
-
-if __name__ == "__main__":
-    errors.exit_on_signals()
-    define_flags(flags.FLAGS)
-    cli.run(main)

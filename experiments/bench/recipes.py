@@ -1,10 +1,15 @@
-"""The race's recipes, framework-neutral: the ``fast`` preset and the two published references.
+"""The benchmark's models and recipes, framework-neutral: one description, three frameworks.
 
-A :class:`Recipe` says what to train (a CNN from flaxmnist's model registry, as a list of
-:data:`Layer` operations that ``keras_recipe`` and ``torch_recipe`` both build from) and how
-(optimizer, learning-rate schedule, batch, epochs, when to evaluate). The module imports only the
-``fast`` config (no JAX, Keras or PyTorch), so a contestant's process loads its own framework and
-nothing else; ``tests/test_benchmark.py`` checks :data:`ARCHITECTURES` against the registry.
+:data:`ARCHITECTURES` holds the flaxmnist models the benchmark also trains in Keras and PyTorch;
+:func:`layers` turns one into a list of :data:`Layer` operations that ``keras_recipe`` and
+``torch_recipe`` both build their twin from (``tests/test_bench_race.py`` checks the entries
+against the registry and the twins' parameter counts against the Flax models'). A :class:`Recipe`
+says what to train and how (optimizer, learning-rate schedule, batch, epochs, when to evaluate):
+:func:`adam_recipe` is the models section's, :data:`RECIPES` the race's. The module imports only
+the ``fast`` config (no JAX, Keras or PyTorch), so a worker process loads its own framework and
+nothing else.
+
+The race's recipes (:data:`RECIPES`):
 
 * ``fast``: ``flaxmnist/configs/fast.py`` (``convnet_fast``, Adam betas 0.7 / 0.9 at an 8e-3
   peak, linear warm-up over 0.2 epochs then cosine decay to 0, batch 128, 2 epochs, all 60,000
@@ -30,8 +35,15 @@ TARGET_ACCURACY = 0.99
 TRAIN_EXAMPLES = 60_000
 EVAL_BATCH = 1000  # flaxmnist's eval_batch_size and the PyTorch example's test batch
 NUM_CLASSES = 10
-# flaxmnist's registered CNN architectures (models.MODELS.get(name).keywords) the race trains.
+# flaxmnist's registered architectures (models.MODELS.get(name).keywords) the benchmark trains in
+# Keras and PyTorch too: a CNN (``blocks``) or an MLP (``hidden`` only). :func:`layers` turns one
+# into the layer list both twins build from, so a new architecture is one entry here.
 ARCHITECTURES = {
+    "dense": {"hidden": (128,)},
+    "mlp_dropout": {"hidden": (128, 64), "dropout_rate": 0.3},
+    "cnn_simple": {"blocks": ((32,),)},
+    "convnet": {"blocks": ((32,), (64,)), "head_dropout": 0.5},
+    "cnn3": {"blocks": ((64,), (128,), (256,)), "hidden": (256,)},
     "convnet_fast": {
         "blocks": ((16,), (32,)),
         "hidden": (128,),
@@ -39,7 +51,6 @@ ARCHITECTURES = {
         "pool_first": True,
         "batch_norm_momentum": 0.9,
     },
-    "convnet": {"blocks": ((32,), (64,)), "head_dropout": 0.5},
     "cnn_dropout": {
         "blocks": ((32, 64),),
         "hidden": (128,),
@@ -47,7 +58,12 @@ ARCHITECTURES = {
         "head_dropout": 0.5,
     },
 }
+# The models section's models (keys of ARCHITECTURES) and their reference batch sizes.
+BENCHMARK_MODELS = {"dense": 32, "mlp_dropout": 128, "cnn_simple": 32, "convnet": 128, "cnn3": 32}
+KERAS_STEPS_PER_EXECUTION = 50  # Keras with XLA: steps per tf.function call (keras_recipe.py)
+GRADIENT_TOLERANCE = 1e-3  # max relative error of torch.compile's gradients against eager ones
 BATCH_NORM_EPSILON = 1e-3  # flaxmnist's (and Keras's)
+BATCH_NORM_MOMENTUM = 0.99  # flaxmnist's default (and Keras's)
 # One layer: ("conv", width) 3x3 VALID, ("pool",) 2x2 max, ("relu",), ("batch_norm", momentum)
 # (Flax/Keras convention: running = momentum * running + (1 - momentum) * batch),
 # ("dropout", rate), ("flatten",), ("dense", width).
@@ -124,7 +140,7 @@ RECIPES = {
 
 
 def layers(model: str) -> list[Layer]:
-    """The layers of ``model`` in order, as flaxmnist's ``CNN`` applies them, head included.
+    """The layers of ``model`` in order, as flaxmnist's ``CNN`` or ``MLP`` applies them.
 
     Args:
       model: a key of :data:`ARCHITECTURES`.
@@ -133,26 +149,57 @@ def layers(model: str) -> list[Layer]:
       :data:`Layer` tuples; the last is ``("dense", NUM_CLASSES)`` (logits).
     """
     arch = ARCHITECTURES[model]
-    momentum = arch.get("batch_norm_momentum", 0.99)
+    momentum = arch.get("batch_norm_momentum", BATCH_NORM_MOMENTUM)
     norm = [("batch_norm", momentum)] if arch.get("batch_norm_layers") else []
-    pool_first = arch.get("pool_first", False)
     out: list[Layer] = []
-    for widths in arch["blocks"]:
-        for i, width in enumerate(widths):
-            out.append(("conv", width))
-            if pool_first and i == len(widths) - 1:
-                out.append(("pool",))
-            out += [("relu",), *norm]
-        if not pool_first:
-            out.append(("pool",))
-        if arch.get("block_dropout"):
-            out.append(("dropout", arch["block_dropout"]))
+    for widths in arch.get("blocks", ()):
+        out += conv_block(widths, arch, norm)
     out.append(("flatten",))
+    dropout = [("dropout", arch["dropout_rate"])] if arch.get("dropout_rate") else []
     for width in arch.get("hidden", ()):
-        out += [("dense", width), ("relu",), *norm]
+        out += [("dense", width), ("relu",), *norm, *dropout]
     if arch.get("head_dropout"):
         out.append(("dropout", arch["head_dropout"]))
     return [*out, ("dense", NUM_CLASSES)]
+
+
+def conv_block(widths: tuple[int, ...], arch: dict, norm: list[Layer]) -> list[Layer]:
+    """One CNN block of ``arch``: conv, ReLU (and ``norm``) per width, max-pool, dropout."""
+    pool_first = arch.get("pool_first", False)
+    out: list[Layer] = []
+    for i, width in enumerate(widths):
+        out.append(("conv", width))
+        if pool_first and i == len(widths) - 1:
+            out.append(("pool",))
+        out += [("relu",), *norm]
+    if not pool_first:
+        out.append(("pool",))
+    if arch.get("block_dropout"):
+        out.append(("dropout", arch["block_dropout"]))
+    return out
+
+
+def adam_recipe(model: str, batch: int | None = None, **changes) -> Recipe:
+    """The models section's recipe: ``model`` with Adam (lr 1e-3, Keras's defaults), one epoch.
+
+    Args:
+      model: a key of :data:`ARCHITECTURES`.
+      batch: the batch size (default: the model's in :data:`BENCHMARK_MODELS`).
+      **changes: other :class:`Recipe` fields (``max_epochs``, ``validation_fraction``...).
+    """
+    batch = batch or BENCHMARK_MODELS[model]
+    fields = {"max_epochs": 1, **changes}
+    return Recipe("adam", model, batch, optimizer="adam", learning_rate=1e-3, **fields)
+
+
+def wrong_gradients(error: float) -> str | None:
+    """Why a ``torch.compile`` run with this gradient error is not timed (None: it is right)."""
+    if error <= GRADIENT_TOLERANCE:
+        return None
+    return (
+        "torch.compile's gradients differ from eager ones (max relative error "
+        f"{error:.2f} on one batch)"
+    )
 
 
 def warmup_steps(recipe: Recipe, steps_per_epoch: int) -> int:

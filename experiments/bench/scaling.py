@@ -1,7 +1,7 @@
 """Benchmark sections on scaling: flaxmnist throughput vs batch size, epoch time vs data size.
 
-Both time the device-resident training path with ``benchmark.py``'s flaxmnist worker, one fresh
-subprocess per point, after one untimed (compiling) run of the same shape:
+Both time the device-resident training path with the flaxmnist worker (``pair_worker.py``), one
+fresh subprocess per point, after one untimed (compiling) run of the same shape:
 
 * ``batch``: examples/s of ``convnet`` and ``cnn_simple`` (or the ``--models`` named) at batch 32
   to 1024, each timed run about 12,800 examples, the median of the repeats; figure
@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import benchmark as bench
+import measure
+import recipes
+import report
+from models_section import run_pair
+
+from flaxmnist.testing import machine_name
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 BATCH_MODELS = ("convnet", "cnn_simple")
@@ -30,7 +35,7 @@ QUICK_TILES = (1, 2)
 
 def steps_for(batch: int, examples: int) -> int:
     """Steps in a timed run of about ``examples`` examples: at least one, at most an epoch."""
-    return max(1, min(examples, bench.TRAIN_EXAMPLES) // batch)
+    return max(1, min(examples, recipes.TRAIN_EXAMPLES) // batch)
 
 
 def batch_scaling(quick: bool, repeats: int, models: list[str] | None = None) -> dict:
@@ -38,14 +43,14 @@ def batch_scaling(quick: bool, repeats: int, models: list[str] | None = None) ->
     models = models or (QUICK_BATCH_MODELS if quick else BATCH_MODELS)
     examples = QUICK_EXAMPLES_PER_RUN if quick else EXAMPLES_PER_RUN
     rows = [
-        bench.logged(
-            bench.run_pair("flaxmnist", model, steps_for(batch, examples), repeats, batch=batch)
+        measure.logged(
+            run_pair("flaxmnist", model, steps_for(batch, examples), repeats, batch=batch)
         )
         for model in models
         for batch in BATCH_SIZES
     ]
     return {
-        "machine": bench.machine_name(),
+        "machine": machine_name(),
         "examples_per_run": examples,
         "repeats": repeats,
         "rows": rows,
@@ -54,12 +59,12 @@ def batch_scaling(quick: bool, repeats: int, models: list[str] | None = None) ->
 
 def tiling(quick: bool) -> dict:
     """One epoch of ``TILE_MODEL`` over the training set tiled by each factor of ``TILES``."""
-    batch = bench.MODELS[TILE_MODEL]
+    batch = recipes.BENCHMARK_MODELS[TILE_MODEL]
     rows = []
     for tile in QUICK_TILES if quick else TILES:
-        steps = tile * bench.TRAIN_EXAMPLES // batch  # one whole epoch of the tiled set
-        rows.append(bench.logged(bench.run_pair("flaxmnist", TILE_MODEL, steps, 1, tile=tile)))
-    return {"machine": bench.machine_name(), "model": TILE_MODEL, "batch": batch, "rows": rows}
+        steps = tile * recipes.TRAIN_EXAMPLES // batch  # one whole epoch of the tiled set
+        rows.append(measure.logged(run_pair("flaxmnist", TILE_MODEL, steps, 1, tile=tile)))
+    return {"machine": machine_name(), "model": TILE_MODEL, "batch": batch, "rows": rows}
 
 
 def epoch_ratios(rows: list[dict]) -> list[float | None]:
@@ -87,7 +92,7 @@ def batch_markdown(section: dict) -> str:
             continue
         lines.append(
             f"| {row['model']} | {row['batch']} | {row['examples_per_s']:,.0f} | "
-            f"{row['step_ms']:.1f} | {bench.gflops(row['flops_per_step'], row['step_ms']):.1f} | "
+            f"{row['step_ms']:.1f} | {measure.gflops(row['flops_per_step'], row['step_ms']):.1f} | "
             f"{row['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -105,7 +110,7 @@ def tiling_markdown(section: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row, ratio in zip(section["rows"], epoch_ratios(section["rows"]), strict=True):
-        size = f"| {row['tile']}x | {row['tile'] * bench.TRAIN_EXAMPLES:,} |"
+        size = f"| {row['tile']}x | {row['tile'] * recipes.TRAIN_EXAMPLES:,} |"
         if "error" in row:
             lines.append(f"{size} failed | | | |")
             continue
@@ -119,7 +124,7 @@ def tiling_markdown(section: dict) -> str:
 
 def markdown(results: dict) -> str:
     """The markdown of this module's sections that have results ("" when none has)."""
-    return bench.sections_markdown(
+    return report.sections_markdown(
         results, {"batch_scaling": batch_markdown, "tiling": tiling_markdown}
     )
 

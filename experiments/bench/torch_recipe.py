@@ -1,9 +1,10 @@
-"""The race's recipes in PyTorch (CPU): the ``fast`` preset and pytorch/examples ``mnist``.
+"""flaxmnist's models and the race's recipes in PyTorch (CPU), built from :func:`recipes.layers`.
 
-``train(recipe, settings, seed)`` is one contestant of ``race.py``: it builds the recipe's model
-from :func:`recipes.layers`, trains it on the vendored MNIST arrays held in memory as tensors
-(the PyTorch example reads torchvision's files through a ``DataLoader``; in-memory batches only
-make it faster) and returns its per-epoch history. ``settings``:
+:func:`build_model` makes the PyTorch twin of a flaxmnist model. :func:`time_steps` times the
+models section's training loop (Adam, lr 1e-3). ``train(recipe, settings, seed)`` is one
+contestant of ``race.py``: it trains the recipe's model on the vendored MNIST arrays held in
+memory as tensors (the PyTorch example reads torchvision's files through a ``DataLoader``;
+in-memory batches only make it faster) and returns its per-epoch history. ``settings``:
 
 * ``compile``: the training forward and backward run through ``torch.compile`` (default mode,
   Inductor's C++ kernels); the optimizer step and the test evaluation (eager: one or a few
@@ -22,10 +23,11 @@ Needs the ``bench`` extra (CPU torch).
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 
-import benchmark as bench
+import measure
 import numpy as np
 import recipes
 import torch
@@ -33,10 +35,14 @@ import torch.nn.functional as F  # noqa: N812 (PyTorch's own convention)
 from torch import nn
 
 SETTINGS = ("compile", "eager")
+GRADIENT_CHECK_EXAMPLES = 64
 
 
 def build_model(recipe: recipes.Recipe) -> nn.Sequential:
-    """The recipe's model (NCHW, 28x28x1 inputs), Glorot-initialised when the recipe says so."""
+    """The PyTorch twin of the recipe's flaxmnist model (NCHW, 28x28x1 inputs).
+
+    Built from :func:`recipes.layers`; Glorot-initialised (flaxmnist's) when the recipe says so.
+    """
     channels, size, flat = 1, 28, None
     modules: list[nn.Module] = []
     for op, *args in recipes.layers(recipe.model):
@@ -62,31 +68,42 @@ def build_model(recipe: recipes.Recipe) -> nn.Sequential:
             flat = args[0]
     model = nn.Sequential(*modules)
     if recipe.glorot_init:
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d | nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        glorot_initialise(model)
     return model
+
+
+def glorot_initialise(model: nn.Module) -> None:
+    """Gives ``model``'s convolutions and dense layers Glorot-uniform kernels and zero biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def tensors(
     recipe: recipes.Recipe, split: str, examples: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's first ``examples`` images as standardised float NCHW and int64 labels."""
-    images, labels = bench.mnist_arrays(split)
+    images, labels = measure.mnist_arrays(split)
     images, labels = images[:examples], labels[:examples]
     x = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - recipe.mean) / recipe.std
     return torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
 
 
-def optimizer_and_schedule(recipe: recipes.Recipe, model: nn.Module, steps_per_epoch: int):
-    """The recipe's optimizer and a per-step LambdaLR giving :func:`recipes.learning_rate`."""
+def make_optimizer(recipe: recipes.Recipe, model: nn.Module) -> torch.optim.Optimizer:
+    """The recipe's optimizer (Adam or Adadelta) at its peak learning rate."""
     if recipe.optimizer == "adam":
-        optimizer = torch.optim.Adam(
+        return torch.optim.Adam(
             model.parameters(), recipe.learning_rate, betas=recipe.adam_betas, eps=recipe.epsilon
         )
-    else:
-        optimizer = torch.optim.Adadelta(model.parameters(), recipe.learning_rate)
+    return torch.optim.Adadelta(model.parameters(), recipe.learning_rate)
+
+
+def optimizer_and_schedule(
+    recipe: recipes.Recipe, model: nn.Module, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The recipe's optimizer and a per-step LambdaLR giving :func:`recipes.learning_rate`."""
+    optimizer = make_optimizer(recipe, model)
 
     def factor(step: int) -> float:
         return recipes.learning_rate(recipe, step, steps_per_epoch) / recipe.learning_rate
@@ -107,7 +124,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return correct / len(x), time.perf_counter() - begin
 
 
-def compiled_gradient_error(recipe: recipes.Recipe, examples: int = 64) -> float:
+def compiled_gradient_error(
+    recipe: recipes.Recipe, examples: int = GRADIENT_CHECK_EXAMPLES
+) -> float:
     """:func:`model_gradient_error` of the recipe's model (seed 0) on the first training images."""
     torch.manual_seed(0)
     return model_gradient_error(build_model(recipe), *tensors(recipe, "train", examples))
@@ -181,7 +200,7 @@ def train(
             optimizer.step()
             schedule.step()
             if result["first_step_s"] is None:
-                result["first_step_s"] = bench.process_age_s()
+                result["first_step_s"] = measure.process_age_s()
         train_s = time.perf_counter() - begin
         test = evaluate(model, test_x, test_y) if recipes.tests_after(recipe, epoch) else None
         result["epochs"].append(recipes.epoch_record(epoch, train_s, test))
@@ -189,3 +208,32 @@ def train(
             break
     result["test_accuracy"] = result["epochs"][-1].get("test_accuracy")
     return result
+
+
+def time_steps(recipe: recipes.Recipe, steps: int, repeats: int, compiled: bool) -> dict:
+    """Times the recipe's PyTorch training loop (:func:`measure.time_repeats`).
+
+    The model goes through ``torch.compile`` when ``compiled``; its compiled gradients are
+    checked against eager ones first (:func:`compiled_gradient_error`, on a model of its own, so
+    the timed run compiles as a user's would): a model they differ for is not timed.
+    """
+    torch.set_num_threads(os.cpu_count() or 1)
+    if compiled and (reason := recipes.wrong_gradients(compiled_gradient_error(recipe))):
+        return {"error": f"not timed: {reason}"}
+    x, y = tensors(recipe, "train")
+    model = build_model(recipe)
+    step_model = torch.compile(model) if compiled else model
+    optimizer = make_optimizer(recipe, model)
+    batch = recipe.batch
+
+    def run(state: None, epoch: int, run_steps: int = steps) -> None:
+        order = torch.randperm(batch * steps, generator=torch.Generator().manual_seed(epoch))
+        for step in range(run_steps):
+            index = order[step * batch : (step + 1) * batch]
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(step_model(x[index]), y[index]).backward()
+            optimizer.step()
+        return state
+
+    first_step = functools.partial(run, epoch=0, run_steps=1)
+    return measure.time_repeats(run, None, repeats, 0.0, steps, first_step)

@@ -372,12 +372,35 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     return load_tfds_dataset(name, data_dir)
 
 
-def split_validation(
-    train: ArraySplit, fraction: float, seed: int
-) -> tuple[ArraySplit, ArraySplit | None]:
-    """Splits ``fraction`` of ``train`` off as a validation set, determined by ``seed``."""
-    if fraction <= 0:
-        return train, None
-    order = np.random.default_rng(seed).permutation(len(train))
-    num_val = round(fraction * len(train))
-    return train.take(np.sort(order[num_val:])), train.take(np.sort(order[:num_val]))
+STORED_SPLITS = {"train": "train", "validation": "train", "test": "test"}  # run split -> stored
+
+
+def run_positions(
+    stored_sizes: dict[str, int], validation_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Each run split's examples as sorted positions in the stored split it comes from.
+
+    Every source of a dataset (IDX files, its tfds files, their ArrayRecord copies) holds a
+    stored split's examples in one order, so these positions name the same examples in each.
+    ``validation_fraction`` of the training split, picked by ``seed``, is the validation split
+    (none when the fraction is 0).
+
+    Args:
+      stored_sizes: the size of the stored ``train`` and ``test`` splits.
+      validation_fraction: the share of the training split held out.
+      seed: the run's seed.
+
+    Returns:
+      ``train``, ``test`` and (for a fraction > 0) ``validation`` positions, int64.
+    """
+    order = np.random.default_rng(seed).permutation(stored_sizes["train"])
+    num_validation = round(validation_fraction * stored_sizes["train"])
+    positions = {"train": np.sort(order[num_validation:]), "test": np.arange(stored_sizes["test"])}
+    if validation_fraction > 0:
+        positions["validation"] = np.sort(order[:num_validation])
+    return positions
+
+
+def take_positions(dataset: Dataset, positions: dict[str, np.ndarray]) -> dict[str, ArraySplit]:
+    """The run splits at ``positions`` (:func:`run_positions`) of ``dataset``'s stored splits."""
+    return {name: getattr(dataset, STORED_SPLITS[name]).take(p) for name, p in positions.items()}

@@ -7,13 +7,13 @@ Pillow) and Grain instead of tf.data, so TensorFlow is never imported: a process
 
 * **Each split is decoded once.** A tfds split is read from its data source in chunks into one
   uint8 array (the only per-example Python, at start); the run's train, validation and test splits
-  are found in it by their examples, as the tfds pipeline finds them
-  (:func:`flaxmnist.data.input_pipeline.match_splits`).
+  are taken from it at their positions, as the tfds pipeline takes them
+  (:func:`flaxmnist.data.input_pipeline.take_splits`).
 * **An epoch gathers whole batches.** A Grain ``MapDataset`` holds the epoch's batches as index
-  arrays, in the order of :func:`flaxmnist.data.input_pipeline.epoch_order` (per ``(seed,
-  epoch)``, the tfds pipeline's order, so both pipelines train on the same batches and a resumed
-  epoch starts at its next batch); each element is one numpy gather of a chunk of batches,
-  prefetched on one Grain thread. Grain's own per-example shuffling and batching would run Python
+  arrays, in the order of :func:`flaxmnist.data.input_pipeline.epoch_order` (every pipeline's
+  order, so all train on the same batches and a resumed epoch starts at its next batch); each
+  element is one numpy gather of a chunk of batches, prefetched on one Grain thread. Grain's own
+  per-example shuffling and batching would run Python
   per example and another order.
 * **Evaluation batches** are the split padded to whole batches and masked
   (:func:`flaxmnist.data.input_pipeline.pad_to_batches`), one element per batch.
@@ -48,8 +48,8 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> ArraySplit:
       split: the tfds split's name.
 
     Returns:
-      Its images (uint8 [N, H, W, C]) and labels (int32 [N]), in tfds's order (the TFRecord
-      files' order, which the tfds pipeline reads).
+      Its images (uint8 [N, H, W, C]) and labels (int32 [N]), in the stored order (the
+      TFRecord files' order, which the tfds pipeline reads).
     """
     source = builder.as_data_source(split=split)
     images, labels = None, np.zeros(len(source), np.int32)
@@ -82,26 +82,24 @@ def _without_opencv_advice() -> Iterator[None]:
 
 
 def open_splits(
-    builder: tfds.core.DatasetBuilder, wanted: dict[str, ArraySplit]
+    builder: tfds.core.DatasetBuilder, positions: dict[str, np.ndarray]
 ) -> dict[str, ArraySplit]:
-    """The run's splits, read from the dataset's ArrayRecord files: the examples of ``wanted``.
+    """The run's splits, read from the dataset's ArrayRecord files at their positions.
 
     Args:
       builder: the run's dataset, with ArrayRecord files.
-      wanted: the run's splits by name (``train``, ``validation``, ``test``), as arrays.
+      positions: each run split's positions in its stored split
+        (:func:`flaxmnist.data.datasets.run_positions`).
 
     Returns:
-      Each split's examples in tfds's order, as host arrays.
+      Each run split as host arrays.
     """
 
-    def read(name: str) -> tuple[ArraySplit, ArraySplit]:
-        split = read_split(builder, name)
-        return split, split
+    def take(split: ArraySplit, split_positions: np.ndarray) -> ArraySplit:
+        everything = np.array_equal(split_positions, np.arange(len(split)))
+        return split if everything else split.take(split_positions)
 
-    def take(split: ArraySplit, positions: np.ndarray) -> ArraySplit:
-        return split if np.array_equal(positions, np.arange(len(split))) else split.take(positions)
-
-    return input_pipeline.match_splits(wanted, read, take)
+    return input_pipeline.take_splits(positions, functools.partial(read_split, builder), take)
 
 
 def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.IterDataset:

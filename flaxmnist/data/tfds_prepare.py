@@ -17,14 +17,14 @@ So the dataset's path only ever holds a checked dataset: a killed run leaves a s
 tfds never reads and the next run deletes. A lock file per dataset serialises concurrent runs; a
 second run finds the dataset prepared and only checks its metadata (without TensorFlow).
 
-Any other IDX folder (``--config.data_dir`` pointing at one, e.g. synthetic test data) becomes a
-tfds dataset the same way, written by tfds's ``store_as_tfds_dataset`` (the stock builders expect
-exactly 60,000 and 10,000 examples) into ``<folder>/tfds/<digest>/``, where ``<digest>`` is a
-SHA-256 of the folder's IDX files: changed files get a dataset of their own.
-:func:`streaming_builder` picks the builder the ``tfds`` input pipeline reads,
+What a training run's ``tfds`` and ``grain`` pipelines read is another dataset: the run's IDX
+folder (the vendored one, or ``--config.data_dir``'s) written by tfds's ``store_as_tfds_dataset``
+unshuffled, so that its examples are in the IDX files' order (as every source of the dataset
+holds them: :func:`flaxmnist.data.datasets.run_positions`), into ``<folder>/tfds/<digest>/``,
+where ``<digest>`` is a SHA-256 of the folder's IDX files: changed files get a dataset of their
+own. :func:`streaming_builder` picks the builder the ``tfds`` input pipeline reads,
 :func:`source_builder` the one the ``grain`` pipeline reads; that one prepares in a child process
-(``python -m flaxmnist.data.tfds_prepare NAME [DATA_DIR]``), so a grain run never imports
-TensorFlow.
+(``python -m flaxmnist.data prepare --idx_dir=FOLDER``), so a grain run never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ LOCK_FILE = ".flaxmnist-prepare-{name}.lock"
 STAGING_PREFIX = ".flaxmnist-staging-{name}-"  # hidden: tfds skips dot-dirs in a data dir
 READ_BATCH = 10_000
 IDX_TFDS_DIR = "tfds"  # in an IDX folder: its tfds datasets, one subfolder per content digest
-IDX_TFDS_VERSION = "1.0.0"
+IDX_TFDS_VERSION = "2.0.0"  # a dataset of IDX files: the examples in the IDX files' order
 DIGEST_CHARS = 16
 ARRAY_RECORD = "array_record"  # tfds's name of the format as_data_source reads
 
@@ -190,10 +190,14 @@ def prepare(
 def prepare_idx(
     name: str, folder: Path, *, write: bool = True, array_record: bool = True
 ) -> Prepared | None:
-    """Like :func:`ensure_idx_prepared`, also saying what it did and how fast.
+    """Writes the IDX files in ``folder`` as a tfds dataset, in their order, unless it is there.
+
+    The dataset is ``<folder>/tfds/<digest>/<name>/<IDX_TFDS_VERSION>``: the stock dataset's
+    features and splits, the examples those of the IDX files (of any counts), in TFRecord and
+    ArrayRecord files. It is what the ``tfds`` and ``grain`` input pipelines read.
 
     Args:
-      name: ``mnist`` or ``fashion_mnist``.
+      name: ``mnist`` or ``fashion_mnist`` (its class names label the examples).
       folder: a folder holding the four IDX files.
       write: False: only look (no TensorFlow, no lock), and return None unless it is prepared.
       array_record: False: a dataset without ArrayRecord files will do (the tfds pipeline's).
@@ -201,6 +205,9 @@ def prepare_idx(
     Returns:
       The read-only builder, what this call did and the seconds it took; None when ``write`` is
       False and the dataset or its ArrayRecord files are missing.
+
+    Raises:
+      DataError: unknown name, damaged IDX files, or a folder that cannot be written.
     """
     start = time.perf_counter()
     if name not in PREPARABLE:
@@ -220,45 +227,6 @@ def prepare_idx(
     )
 
 
-def ensure_idx_prepared(name: str, folder: Path) -> tfds.core.DatasetBuilder:
-    """A tfds dataset of the IDX files in ``folder``, written on first use; returns its builder.
-
-    Args:
-      name: ``mnist`` or ``fashion_mnist`` (its class names label the examples).
-      folder: a folder holding the four IDX files, of any example counts.
-
-    Returns:
-      A read-only builder of ``<folder>/tfds/<digest>/<name>/1.0.0``: features and splits as the
-      stock dataset's, the examples those of the IDX files (TFRecord and ArrayRecord files).
-
-    Raises:
-      DataError: unknown name, damaged IDX files, or a folder that cannot be written.
-    """
-    return prepare_idx(name, folder).builder
-
-
-def prepare_for_run(
-    name: str, data_dir: str | None = None, *, write: bool = True, array_record: bool = True
-) -> Prepared | None:
-    """Prepares the tfds dataset that a run of ``mnist`` or ``fashion_mnist`` reads.
-
-    Args:
-      name: ``mnist`` or ``fashion_mnist``.
-      data_dir: ``config.data_dir``, the IDX root (None: the vendored files).
-      write: as for :func:`prepare`.
-      array_record: as for :func:`prepare`.
-
-    Returns:
-      For the vendored IDX files, the stock dataset in tfds's data dir (:func:`prepare`); for
-      other IDX files, the dataset of :func:`prepare_idx`.
-    """
-    folder = datasets.idx_folder(name, data_dir)
-    options = {"write": write, "array_record": array_record}
-    if folder.resolve() == (datasets.VENDORED_DATA_DIR / name).resolve():
-        return prepare(name, **options)
-    return prepare_idx(name, folder, **options)
-
-
 def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """The tfds builder the ``tfds`` input pipeline reads for ``config.dataset`` and ``data_dir``.
 
@@ -268,21 +236,22 @@ def streaming_builder(name: str, data_dir: str | None = None) -> tfds.core.Datas
         dir for other names (None: the defaults).
 
     Returns:
-      For ``mnist`` and ``fashion_mnist`` the dataset of :func:`prepare_for_run`, prepared here
-      when it is not yet (one written before the ArrayRecord files will do: it is not changed);
-      for other names, tfds's builder in ``data_dir``.
+      For ``mnist`` and ``fashion_mnist`` the dataset of :func:`prepare_idx` of the run's IDX
+      folder, prepared here when it is not yet (one written before the ArrayRecord files will
+      do: it is not changed); for other names, tfds's builder in ``data_dir``.
     """
     if name not in PREPARABLE:
         return datasets.import_tfds("the tfds input pipeline").builder(name, data_dir=data_dir)
-    return prepare_for_run(name, data_dir, array_record=False).builder
+    return prepare_idx(name, datasets.idx_folder(name, data_dir), array_record=False).builder
 
 
 def source_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """The builder whose ArrayRecord files the ``grain`` input pipeline reads; never TensorFlow.
 
-    ``mnist`` and ``fashion_mnist`` are prepared (:func:`prepare_for_run`) when they are not yet,
-    in a child process (``python -m flaxmnist.data.tfds_prepare``): writing takes TensorFlow,
-    which this process then never imports. Other names must be prepared with ArrayRecord files.
+    ``mnist`` and ``fashion_mnist`` are prepared (:func:`prepare_idx` of the run's IDX folder)
+    when they are not yet, in a child process (``python -m flaxmnist.data prepare --idx_dir``):
+    writing takes TensorFlow, which this process then never imports. Other names must be
+    prepared with ArrayRecord files.
 
     Args:
       name: the dataset's name.
@@ -297,10 +266,11 @@ def source_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetB
     """
     tfds = datasets.import_tfds()
     if name in PREPARABLE:
-        prepared = prepare_for_run(name, data_dir, write=False)
+        folder = datasets.idx_folder(name, data_dir)
+        prepared = prepare_idx(name, folder, write=False)
         if prepared is None:
-            _prepare_in_child(name, data_dir)
-            prepared = prepare_for_run(name, data_dir, write=False)
+            _prepare_in_child(name, folder)
+            prepared = prepare_idx(name, folder, write=False)
     else:
         prepared = prepare(name, data_dir, write=False)
         if prepared is None:
@@ -487,9 +457,9 @@ def _build_stock(root: Path, name: str) -> None:
 
 
 def _build_idx(root: Path, name: str, folder: Path) -> None:
-    """Writes the IDX files in ``folder`` as tfds dataset ``name`` into ``root``."""
+    """Writes the IDX files in ``folder`` as tfds dataset ``name`` into ``root``, in their order."""
     idx = datasets.load_idx_dataset(name, str(folder))
-    _build_and_verify(root, name, idx, functools.partial(_write_idx, name, idx))
+    _build_and_verify(root, name, idx, functools.partial(_write_idx, name, idx), in_order=True)
 
 
 def _not_built(name: str, root: Path) -> None:
@@ -506,17 +476,19 @@ def _build_and_verify(
     name: str,
     idx: datasets.Dataset,
     write: Callable[[Path], tfds.core.DatasetBuilder],
+    in_order: bool = False,
 ) -> None:
     """Writes ``name`` into a staging dir with ``write``, checks it against ``idx``, renames it.
 
     Call it holding the dataset's lock. ``write(staging)`` writes the TFRecord dataset into
     ``staging / "data"`` and returns its builder; the ArrayRecord files are added beside them.
+    ``in_order``: the dataset must hold the IDX examples in their order (else in any order).
     The rename is atomic, so the dataset's path in ``root`` only ever holds a checked dataset.
     """
     with _staging(root, name) as staging:
         builder = write(staging)
         _add_array_record(builder.data_path, staging / "array_record")
-        _verify(builder, idx)
+        _verify(builder, idx, in_order)
         _publish(builder.data_path, root / builder.data_path.relative_to(staging / "data"), staging)
 
 
@@ -554,7 +526,7 @@ def _write_stock(name: str, staging: Path) -> tfds.core.DatasetBuilder:
 
 
 def _write_idx(name: str, idx: datasets.Dataset, staging: Path) -> tfds.core.DatasetBuilder:
-    """Stores ``idx`` as a tfds dataset with the stock features, into ``staging / "data"``."""
+    """Stores ``idx`` unshuffled as a tfds dataset of the stock features in ``staging/data``."""
     tfds = datasets.import_tfds(needs_tensorflow="preparing tfds datasets")
     tf = datasets.import_tensorflow()
     features = tfds.features.FeaturesDict(
@@ -572,7 +544,12 @@ def _write_idx(name: str, idx: datasets.Dataset, staging: Path) -> tfds.core.Dat
     tfds.disable_progress_bar()  # no bars in a training run's terminal
     with contextlib.redirect_stdout(io.StringIO()):
         written = tfds.dataset_builders.store_as_tfds_dataset(
-            name, IDX_TFDS_VERSION, features, splits, data_dir=os.fspath(staging / "data")
+            name,
+            IDX_TFDS_VERSION,
+            features,
+            splits,
+            data_dir=os.fspath(staging / "data"),
+            disable_shuffling=True,
         )
     return tfds.builder_from_directory(os.fspath(written.data_path))
 
@@ -694,12 +671,12 @@ def _stage_downloads(
         resource.get_info_path(path).write_text(json.dumps(record))
 
 
-def _verify(builder: tfds.core.DatasetBuilder, idx: datasets.Dataset) -> None:
-    """Checks that the written dataset holds exactly the IDX files' examples."""
+def _verify(builder: tfds.core.DatasetBuilder, idx: datasets.Dataset, in_order: bool) -> None:
+    """Checks that the written dataset holds exactly the IDX files' examples (in their order)."""
     problems = [
         f"{split}: {problem}"
         for split in SPLIT_SIZES
-        if (problem := _split_problem(builder, split, getattr(idx, split)))
+        if (problem := _split_problem(builder, split, getattr(idx, split), in_order))
     ]
     if problems:
         raise DataError(
@@ -709,12 +686,15 @@ def _verify(builder: tfds.core.DatasetBuilder, idx: datasets.Dataset) -> None:
 
 
 def _split_problem(
-    builder: tfds.core.DatasetBuilder, split: str, expected: datasets.ArraySplit
+    builder: tfds.core.DatasetBuilder, split: str, expected: datasets.ArraySplit, in_order: bool
 ) -> str | None:
     """What is wrong with a prepared split compared with its IDX arrays, or None."""
     images, labels = read_split(builder, split)
     if len(labels) != len(expected):
         return f"{len(labels)} examples, the IDX files hold {len(expected)}"
+    if in_order:
+        same = np.array_equal(images, expected.images) and np.array_equal(labels, expected.labels)
+        return None if same else "the examples differ from the IDX files' (or their order)"
     if split_digest(images, labels) != split_digest(expected.images, expected.labels):
         return "the examples differ"
     return None
@@ -723,8 +703,8 @@ def _split_problem(
 # --------------------------------------------------------------------------- the child process
 
 
-def _prepare_in_child(name: str, data_dir: str | None) -> None:
-    """Runs :func:`prepare_for_run` in a fresh process (``python -m flaxmnist.data.tfds_prepare``).
+def _prepare_in_child(name: str, folder: Path) -> None:
+    """Runs :func:`prepare_idx` in a fresh process (``python -m flaxmnist.data prepare``).
 
     Writing takes TensorFlow (about 540 MB resident); a child keeps it out of this process.
 
@@ -732,7 +712,8 @@ def _prepare_in_child(name: str, data_dir: str | None) -> None:
       DataError: the child's one-line user error (bad IDX files, an unwritable folder, ...).
       RuntimeError: the child failed otherwise (its last line says how).
     """
-    command = [sys.executable, "-m", __name__, name, *([data_dir] if data_dir else [])]
+    command = [sys.executable, "-m", "flaxmnist.data", "prepare", f"--datasets={name}",
+               f"--idx_dir={folder}"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return
@@ -741,23 +722,3 @@ def _prepare_in_child(name: str, data_dir: str | None) -> None:
     if result.returncode == errors.EXIT_USER_ERROR:
         raise DataError(message)
     raise RuntimeError(f"preparing {name} for the grain pipeline failed: {message}")
-
-
-def _main(argv: list[str]) -> None:
-    """``python -m flaxmnist.data.tfds_prepare NAME [DATA_DIR]``: :func:`prepare_for_run`.
-
-    The child of :func:`_prepare_in_child`: one line on stdout as ``python -m flaxmnist.data
-    prepare`` prints it, or one ``error:`` line on stderr and exit status 2 (1 for a bug).
-    """
-    from absl import logging
-
-    errors.exit_on_signals()
-    logging.set_verbosity(logging.ERROR)  # tfds warns about every dataset it does not find
-    name, data_dir = argv[1], (argv[2] if len(argv) > 2 else None)
-    with errors.reported(Path(tempfile.gettempdir())):  # a bug's traceback: not in a data dir
-        datasets.import_tfds().disable_progress_bar()
-        print(prepare_for_run(name, data_dir).summary(), flush=True)
-
-
-if __name__ == "__main__":
-    _main(sys.argv)

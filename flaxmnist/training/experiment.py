@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from flaxmnist import losses, models, optimizers, plugins
@@ -32,6 +33,7 @@ class Experiment:
     dataset: datasets.Dataset
     train: datasets.ArraySplit
     validation: datasets.ArraySplit | None
+    positions: dict[str, np.ndarray]  # the splits' examples in the stored splits
     model: nn.Module
     state: TrainState
     fns: step_functions.StepFunctions
@@ -81,9 +83,10 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     loss_fn = losses.get_loss(config.loss, config.loss_options)
     dataset = datasets.load_dataset(config.dataset, config.data_dir or None)
     model = models.create_model(config, dataset.num_classes)
-    train, validation = datasets.split_validation(
-        dataset.train, config.validation_fraction, config.seed
-    )
+    stored_sizes = {"train": len(dataset.train), "test": len(dataset.test)}
+    positions = datasets.run_positions(stored_sizes, config.validation_fraction, config.seed)
+    splits = datasets.take_positions(dataset, positions)
+    train, validation = splits["train"], splits.get("validation")
     steps_per_epoch = len(train) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -106,6 +109,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         dataset,
         train,
         validation,
+        positions,
         model,
         state,
         fns,

@@ -31,13 +31,18 @@ Chunk = tuple[TrainState, dict[str, np.ndarray]]
 
 @dataclasses.dataclass(frozen=True)
 class FeederInputs:
-    """What a feeder is built from: the jitted steps, the config, the splits and the mesh."""
+    """What a feeder is built from: the jitted steps, the config, the splits and the mesh.
+
+    ``positions`` says where each split's examples are in the stored split it comes from
+    (``datasets.run_positions``): the streaming feeders take them from the dataset's files.
+    """
 
     fns: step_functions.StepFunctions
     config: Any
     train: ArraySplit
     eval_splits: dict[str, ArraySplit]
-    data_rng: jax.Array  # the device path's data-order key (tf.data seeds from config.seed)
+    positions: dict[str, np.ndarray]
+    data_rng: jax.Array  # every pipeline's epoch order (input_pipeline.epoch_order)
     mesh: Mesh
 
 
@@ -79,7 +84,7 @@ class DeviceFeeder(Feeder):
         }
         self.batch_indices = jax.jit(
             functools.partial(
-                input_pipeline.epoch_batch_indices,
+                input_pipeline.epoch_order,
                 num_examples=self.num_train,
                 batch_size=self.config.batch_size,
             )
@@ -106,17 +111,18 @@ class DeviceFeeder(Feeder):
 class StreamingFeeder(Feeder):
     """Batches stream from the host, each chunk placed on the device ahead of its step.
 
-    The run's splits are found in the dataset's tfds files (prepared on first use for ``mnist``
-    and ``fashion_mnist``): the same examples as the arrays of ``inputs``, which the device path
-    trains on. A subclass names how: :meth:`find_builder` finds the dataset, :meth:`open_splits`
-    reads the splits, :meth:`train_batches` and :meth:`eval_batches` give their host batches,
-    as ``input_pipeline.tf_train_dataset`` and ``tf_eval_dataset`` take them.
+    The run's splits are taken from the dataset's tfds files (prepared on first use for ``mnist``
+    and ``fashion_mnist``) at their positions: the same examples, in the same order, as the
+    arrays the device path trains on. A subclass names how: :meth:`find_builder` finds the
+    dataset, :meth:`open_splits` reads the splits, :meth:`train_batches` and
+    :meth:`eval_batches` give their host batches, as ``input_pipeline.tf_train_dataset`` and
+    ``tf_eval_dataset`` take them.
     """
 
     def __init__(self, inputs: FeederInputs):
         super().__init__(inputs)
         builder = self.find_builder(self.config.dataset, self.config.data_dir or None)
-        self.splits = self.open_splits(builder, {"train": inputs.train, **inputs.eval_splits})
+        self.splits = self.open_splits(builder, inputs.positions)
 
     @staticmethod
     @abc.abstractmethod
@@ -125,8 +131,8 @@ class StreamingFeeder(Feeder):
 
     @staticmethod
     @abc.abstractmethod
-    def open_splits(builder: Any, wanted: dict[str, ArraySplit]) -> dict[str, Any]:
-        """The examples of ``wanted``'s splits, read from the builder's files."""
+    def open_splits(builder: Any, positions: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The run's splits, read from the builder's files at their ``positions``."""
 
     @staticmethod
     @abc.abstractmethod
@@ -149,7 +155,7 @@ class StreamingFeeder(Feeder):
         steps = len(self.inputs.train) // self.config.batch_size
         plan = input_pipeline.TrainEpoch(
             self.config.batch_size,
-            seed=self.config.seed,
+            rng=self.inputs.data_rng,
             epoch=epoch,
             start_step=start_step,
             rows=parallel.process_rows(self.mesh, self.config.batch_size),

@@ -344,6 +344,7 @@ def train_and_evaluate(
                     config,
                     exp.train,
                     eval_splits,
+                    exp.positions,
                     exp.data_rng,
                     exp.mesh,
                 )

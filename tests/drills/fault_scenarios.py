@@ -1,55 +1,38 @@
-"""The fault matrix: real training processes, interrupted, damaged and crowded, then checked.
+"""The fault matrix's scenarios: each runs trials on a :class:`Drill` and returns a :class:`Row`.
 
-    python experiments/faults.py                     # every scenario (about 35 min on 2 cores)
-    python experiments/faults.py --quick             # a few trials of each (what CI runs)
-    python experiments/faults.py --only=kill9,cache  # some scenarios
-
-Every trial runs ``python -m flaxmnist.train`` in a subprocess on small synthetic MNIST files and
-checks what a user would: the exit status, a one-line error (no traceback) when it fails, that a
-rerun finishes, and that the run ends exactly as an uninterrupted, uncached run does (identical
-``steps.csv``; bitwise-equal final parameters). "data lost" counts trials where something a run
-had already written (a checkpoint, the history, the config) was gone or unreadable afterwards.
-
-Writes ``experiments/results/faults.json`` and the table in ``docs/reliability.md`` (between its
-``faults`` markers; ``--noreport``: neither); exits 1 if any trial failed, 2 on bad input.
-Disk-full and read-only trials mount small tmpfs folders and need root; elsewhere they are
-reported as skipped.
+A scenario is a function ``(drill, quick) -> Row`` listed in :data:`SCENARIOS`; ``quick`` asks
+for a few trials (what the tests run), else the full set.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
-import os
 import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-from absl import flags, logging
+from drills import bad_input
+from drills.common import REPO_ROOT, Outcome, snapshot
+from drills.fault_drill import (
+    DATA_DIR_ENV,
+    Drill,
+    Row,
+    finish,
+    kill_at,
+    readable_run,
+    small_tmpfs,
+    written,
+)
+from flaxmnist.storage import run_directory
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-from flaxmnist import cli, console, errors  # noqa: E402
-from flaxmnist.errors import ConfigError  # noqa: E402
-from flaxmnist.testing import machine_name, write_idx_dataset  # noqa: E402
-
-RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "faults.json"
-REPORT = REPO_ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- faults:begin (written by experiments/faults.py) -->", "<!-- faults:end -->"
 CUSTOM_LOSSES = REPO_ROOT / "experiments" / "custom_losses.py"
 TWO_CPU_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-RUN_TIMEOUT_S = 300
-DATA_DIR_ENV = "FLAXMNIST_DATA_DIR"
 
 # The resumable run most trials interrupt: 3 epochs of cnn_simple, a checkpoint after each.
 RESUMABLE = ["--config=cnn_simple", "--config.batch_size=32", "--config.num_epochs=3"]
@@ -74,218 +57,7 @@ INTERRUPTED_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
 }
 PROGRESS_BAR = re.compile(r"epoch (\d+)/\d+:\s+(\d+)%")
 RESUMED = re.compile(r"resuming .* after epoch \d+ \(step (\d+)\)")
-
-
-def written(entry: Path) -> bool:
-    """Whether a ``checkpoints/`` entry is a finished checkpoint (Orbax renamed it to its step)."""
-    return entry.name.isdigit()
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What a finished process left: its status and output."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def clean(self) -> bool:
-        """No traceback, and a failure ends in one ``error:`` line."""
-        if "Traceback" in self.stderr:
-            return False
-        lines = self.stderr.strip().splitlines()
-        return self.code == 0 or bool(lines and lines[-1].startswith("error: "))
-
-    def last_line(self) -> str:
-        """The last line of stderr (or stdout), for failure reports."""
-        lines = (self.stderr or self.stdout).strip().splitlines()
-        return lines[-1][:160] if lines else ""
-
-
-@dataclasses.dataclass
-class Row:
-    """One scenario's line of the table."""
-
-    scenario: str
-    trials: int = 0
-    survived: int = 0
-    data_lost: int = 0
-    failures: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-    run: str = ""  # when, at which commit, full or quick
-    key: str = ""  # its name in SCENARIOS
-
-    def record(self, ok: bool, what: str, lost: bool = False) -> None:
-        """Counts one trial; ``what`` says which, for the failure list."""
-        self.trials += 1
-        self.survived += ok
-        self.data_lost += lost
-        if not ok or lost:
-            self.failures.append(what)
-
-
-@dataclasses.dataclass(frozen=True)
-class Finished:
-    """What an uninterrupted, uncached run of a config produced."""
-
-    steps_csv: str
-    params: str  # digest of the final parameters
-    workdir: Path
-
-
-class Drill:
-    """Launches training processes on shared synthetic data and remembers reference runs."""
-
-    def __init__(self, root: Path, seed: int):
-        self.root = root
-        self.data = write_idx_dataset(root / "data" / "mnist", num_train=2048, num_test=200).parent
-        self.other_data = root / "other-data"  # another training-set size
-        write_idx_dataset(self.other_data / "mnist", num_train=1536, num_test=200)
-        # Epochs long enough (0.3-2 s on 2 cores) that a signal can land in the middle of one.
-        self.long_data = root / "long-data"
-        write_idx_dataset(self.long_data / "mnist", num_train=16384, num_test=200)
-        self.rng = random.Random(seed)
-        self._references: dict[tuple, Finished] = {}
-        self._count = 0
-
-    def cache(self, quick: bool) -> Path:
-        """A scenario's cache folder: its own in a full run; when quick, one the drill shares."""
-        return self.root / "shared-cache" if quick else self.fresh("cache")
-
-    def fresh(self, name: str) -> Path:
-        """A new, unused path under the drill's folder."""
-        self._count += 1
-        return self.root / f"{self._count:03d}-{name}"
-
-    def command(
-        self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
-    ) -> list[str]:
-        """The training command line (the drill's data unless ``env`` names other data)."""
-        data = [] if DATA_DIR_ENV in (env or {}) else [f"--config.data_dir={self.data}"]
-        return [
-            sys.executable,
-            "-m",
-            "flaxmnist.train",
-            *args,
-            *data,
-            f"--config.compilation_cache_dir={cache}",
-            f"--workdir={workdir}",
-        ]
-
-    def launch(
-        self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
-    ) -> subprocess.Popen:
-        """Starts a training process; its output goes to files (a full pipe would block it)."""
-        folders = {"other_data": self.other_data, "long_data": self.long_data}
-        env = {k: v.format(**folders) for k, v in (env or {}).items()}
-        log = self.fresh("log")
-        with log.with_suffix(".out").open("w") as out, log.with_suffix(".err").open("w") as err:
-            process = subprocess.Popen(
-                self.command(args, workdir, cache, env),
-                cwd=REPO_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                stdout=out,
-                stderr=err,
-            )
-        process.log, process.workdir = log, workdir  # where finish() reads the output
-        return process
-
-    def run(
-        self, args: list[str], workdir: Path, cache: Path | str, env: dict | None = None
-    ) -> Outcome:
-        """Runs a training process to its end."""
-        return finish(self.launch(args, workdir, cache, env))
-
-    def reference(self, args: list[str], env: dict | None = None) -> Finished:
-        """The uninterrupted, uncached run of ``args`` (made once per drill)."""
-        key = (tuple(args), tuple(sorted((env or {}).items())))
-        if key not in self._references:
-            workdir = self.fresh("reference")
-            outcome = self.run(args, workdir, "", env)
-            if outcome.code != 0:
-                raise RuntimeError(f"reference run {args} failed: {outcome.last_line()}")
-            self._references[key] = Finished(
-                (workdir / "steps.csv").read_text(),
-                params_digest(workdir),
-                workdir,
-            )
-        return self._references[key]
-
-    def matches(self, workdir: Path, args: list[str], env: dict | None = None) -> bool:
-        """Whether ``workdir`` ended exactly as the reference run of ``args``."""
-        expected = self.reference(args, env)
-        steps = workdir / "steps.csv"
-        return (
-            steps.exists()
-            and steps.read_text() == expected.steps_csv
-            and (params_digest(workdir) == expected.params)
-        )
-
-
-def finish(process: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> Outcome:
-    """Waits for a process of :meth:`Drill.launch` and collects its output."""
-    timed_out = ""
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        timed_out = "\nerror: (drill) timed out"
-    log = process.log
-    return Outcome(
-        process.returncode,
-        log.with_suffix(".out").read_text(),
-        log.with_suffix(".err").read_text() + timed_out,
-    )
-
-
-def params_digest(workdir: Path) -> str:
-    """SHA-256 of the final parameters of a run (its latest checkpoint), or "" if none loads."""
-    import jax
-
-    import flaxmnist
-
-    try:
-        params = flaxmnist.load_run(workdir).state.params
-    except Exception as e:  # a damaged run: no digest
-        return f"unloadable: {type(e).__name__}"
-    digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(np.asarray(leaf).tobytes())
-    return digest.hexdigest()
-
-
-def kill_at(process: subprocess.Popen, delay_s: float, signum: int = signal.SIGKILL) -> bool:
-    """Sends ``signum`` after ``delay_s`` unless the process ended first; whether it was sent."""
-    try:
-        process.wait(timeout=delay_s)
-        return False
-    except subprocess.TimeoutExpired:
-        process.send_signal(signum)
-        return True
-
-
-def readable_run(workdir: Path) -> bool:
-    """Whether every file a run had written still reads (config, history, steps, checkpoint)."""
-    for name in ("config.json", "history.json", "metrics.json"):
-        path = workdir / name
-        if path.exists():
-            try:
-                json.loads(path.read_text())
-            except ValueError:
-                return False
-    steps = workdir / "steps.csv"
-    if steps.exists() and steps.read_text() and not steps.read_text().startswith("step,"):
-        return False
-    ckpt = workdir / "checkpoints"
-    has_checkpoint = ckpt.is_dir() and any(map(written, ckpt.iterdir()))
-    return not has_checkpoint or not params_digest(workdir).startswith("unloadable")
-
-
-# --- scenarios ----------------------------------------------------------------------------------
+RUN_LOCK = {run_directory.LOCK_FILE}  # made by every run: no data of its own
 
 CACHE_CONFIGS: dict[str, tuple[list[str], dict[str, str], int]] = {
     # name: (arguments, environment, expected exit status)
@@ -426,23 +198,6 @@ def cache_torture(drill: Drill, quick: bool) -> Row:
         for name in names[: 1 if quick else 2]:
             check_cache_run(drill, row, name, read_only, "read-only cache folder")
     return row
-
-
-@contextlib.contextmanager
-def small_tmpfs(drill: Drill, size: str) -> Iterator[Path | None]:
-    """A fresh tmpfs of ``size`` (mounted by root), or None where it cannot be mounted."""
-    path = drill.fresh("tmpfs")
-    path.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        yield None
-        return
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def interrupt_and_resume(
@@ -611,15 +366,6 @@ def evaluate_on_full_disk(drill: Drill, row: Row, disk: Path, workdir: Path) -> 
     )
 
 
-def snapshot(workdir: Path) -> dict[str, bytes]:
-    """Every file of a run directory and its bytes."""
-    return {
-        str(p.relative_to(workdir)): p.read_bytes()
-        for p in sorted(workdir.rglob("*"))
-        if p.is_file() and p.name != ".lock"
-    }
-
-
 def damaged_run_directories(drill: Drill, quick: bool) -> Row:
     """Resuming a run whose files were damaged: one line, or a correct resume; nothing lost."""
     row = Row("damaged run directories")
@@ -694,14 +440,14 @@ def damaged_run_directories(drill: Drill, quick: bool) -> Row:
     for name, (damage, expected) in cases.items():
         workdir = half_run()
         damage(workdir)
-        before = snapshot(workdir)
+        before = snapshot(workdir, skip=RUN_LOCK)
         outcome = drill.run(three, workdir, cache)
         if expected == "resume":
             ok = outcome.code == 0 and drill.matches(workdir, three)
             lost = False
         else:
             ok = outcome.code == 2 and outcome.clean
-            lost = snapshot(workdir) != before
+            lost = snapshot(workdir, skip=RUN_LOCK) != before
         row.record(ok, f"{name}: exit {outcome.code} {outcome.last_line()}", lost=lost)
     return row
 
@@ -733,12 +479,9 @@ def concurrency(drill: Drill, quick: bool) -> Row:
     return row
 
 
-def bad_input(drill: Drill, quick: bool) -> Row:
-    """Bad config values and damaged data files (``experiments/faults_bad_input.py``)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import faults_bad_input
-
-    result = faults_bad_input.run_bad_input_fuzz(drill.fresh("bad-input"), quick=quick)
+def bad_input_fuzz(drill: Drill, quick: bool) -> Row:
+    """Bad config values and damaged data files (``bad_input.py``)."""
+    result = bad_input.run_bad_input_fuzz(drill.fresh("bad-input"), quick=quick)
     row = Row(result["scenario"], result["trials"], result["survived"], result["data_lost"])
     row.failures = [f"{f['case']}: {f['why']}" for f in result["failures"]]
     return row
@@ -751,142 +494,5 @@ SCENARIOS: dict[str, Callable[[Drill, bool], Row]] = {
     "disk_full": disk_full,
     "damaged": damaged_run_directories,
     "concurrency": concurrency,
-    "bad_input": bad_input,
+    "bad_input": bad_input_fuzz,
 }
-
-
-# --- report -------------------------------------------------------------------------------------
-
-
-def table(rows: list[Row]) -> str:
-    """The markdown table of ``rows``, with a total."""
-    lines = [
-        "| scenario | trials | survived | data lost | seconds | run | notes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        notes = "; ".join(r.notes)[:300]
-        lines.append(
-            f"| {r.scenario} | {r.trials} | {r.survived} | {r.data_lost} | {r.seconds:.0f} "
-            f"| {r.run} | {notes} |"
-        )
-    total = Row(
-        "**all**", *(sum(getattr(r, f) for r in rows) for f in ("trials", "survived", "data_lost"))
-    )
-    lines.append(
-        f"| {total.scenario} | {total.trials} | {total.survived} | {total.data_lost} | "
-        f"{sum(r.seconds for r in rows):.0f} | | |"
-    )
-    return "\n".join(lines)
-
-
-def commit() -> str:
-    """The short commit hash of the code under test ("" outside a git checkout)."""
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return result.stdout.strip()
-
-
-def write_report(rows: list[Row], quick: bool) -> None:
-    """Merges ``rows`` into the JSON results and rewrites the table of docs/reliability.md.
-
-    A scenario not run this time keeps its last row (each row says when and where it ran); a
-    row of a scenario that no longer exists goes.
-    """
-    run = f"{time.strftime('%Y-%m-%d')}, {commit()}, {'quick' if quick else 'full'}"
-    for row in rows:
-        row.run = run
-    kept = json.loads(RESULTS_JSON.read_text())["rows"] if RESULTS_JSON.exists() else []
-    by_key = {r["key"]: Row(**r) for r in kept if r.get("key") in SCENARIOS}
-    by_key |= {r.key: r for r in rows}
-    merged = [by_key[key] for key in SCENARIOS if key in by_key]
-    RESULTS_JSON.write_text(
-        json.dumps(
-            {"machine": machine_name(), "rows": [dataclasses.asdict(r) for r in merged]}, indent=2
-        )
-        + "\n"
-    )
-    text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
-    before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    header = f"`python experiments/faults.py` on {machine_name()}:"
-    failures = [f"- {r.scenario}: {f}" for r in merged for f in r.failures]
-    block = "\n".join([header, "", table(merged), "", *(failures or ["No trial failed."])])
-    REPORT.write_text(f"{before}{BEGIN}\n{block}\n{END}{after}")
-
-
-def run_scenarios(names: list[str], quick: bool, seed: int, root: Path) -> list[Row]:
-    """Runs the named scenarios in ``root``, printing each row as it lands."""
-    drill = Drill(root, seed)
-    rows = []
-    for name in names:
-        start = time.monotonic()
-        console.say(f"[faults] {name} ...")
-        row = SCENARIOS[name](drill, quick)
-        row.key, row.seconds = name, time.monotonic() - start
-        rows.append(row)
-        console.say(
-            f"[faults] {row.scenario}: {row.survived}/{row.trials} survived, "
-            f"{row.data_lost} data lost ({row.seconds:.0f} s)"
-        )
-        for failure in row.failures:
-            console.say(f"[faults]   failed: {failure}")
-    return rows
-
-
-def define_flags(flag_values: flags.FlagValues) -> None:
-    """Defines the command's flags in ``flag_values`` (``flags.FLAGS`` when run as a script)."""
-    flags.DEFINE_boolean("quick", False, "A few trials of each scenario.", flag_values=flag_values)
-    flags.DEFINE_list(
-        "only", list(SCENARIOS), "Comma-separated scenarios.", flag_values=flag_values
-    )
-    flags.DEFINE_integer("seed", 0, "Seed of the random moments.", flag_values=flag_values)
-    flags.DEFINE_boolean("keep", False, "Keep the drill's folder.", flag_values=flag_values)
-    flags.DEFINE_boolean(
-        "report", True, "Write the JSON results and the docs table.", flag_values=flag_values
-    )
-
-
-def check_scenarios(names: list[str]) -> None:
-    """Raises ConfigError unless every name is a scenario of :data:`SCENARIOS`."""
-    unknown = sorted(set(names) - set(SCENARIOS))
-    if unknown:
-        raise ConfigError(
-            f"--only: unknown scenarios {', '.join(unknown)}; valid: {', '.join(SCENARIOS)}"
-        )
-
-
-def fault_matrix(flag_values: flags.FlagValues) -> None:
-    """Runs the scenarios the parsed ``flag_values`` name, prints the table, writes the report.
-
-    Exits 1 when any trial failed or lost data.
-    """
-    names = [name for name in flag_values.only if name]
-    with errors.reported(RESULTS_JSON.parent):
-        check_scenarios(names)
-        root = Path(tempfile.mkdtemp(prefix="flaxmnist-faults-"))
-        try:
-            rows = run_scenarios(names, flag_values.quick, flag_values.seed, root)
-        finally:
-            if not flag_values.keep:
-                shutil.rmtree(root, ignore_errors=True)
-        console.say(table(rows))
-        if flag_values.report:
-            write_report(rows, flag_values.quick)
-    if not all(r.survived == r.trials and r.data_lost == 0 for r in rows):
-        sys.exit(1)
-
-
-def main(argv: list[str]) -> None:
-    """Runs the fault matrix the command-line flags describe."""
-    del argv  # cli.parse_flags refuses positional arguments
-    sys.stdout.reconfigure(line_buffering=True)  # each row as it lands, even through a pipe
-    logging.set_verbosity(logging.WARNING)  # no Orbax log lines from reading the runs' results
-    fault_matrix(flags.FLAGS)
-
-
-if __name__ == "__main__":
-    errors.exit_on_signals()
-    define_flags(flags.FLAGS)
-    cli.run(main)
