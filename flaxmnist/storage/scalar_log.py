@@ -4,12 +4,14 @@ View them with ``tensorboard --logdir runs/``. Scalars: per epoch ``train/loss``
 ``train/accuracy``, ``val/loss``, ``val/accuracy``, ``learning_rate``, ``epoch_time_s`` (x-axis:
 epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: step).
 
-The file is written here, not through tensorboardX: tensorboardX imports PyTorch wherever it is
-installed (Colab, a benchmark machine), which would put PyTorch's import into every run's
-start-up, a large share of a short ``fast`` run (``python -X importtime -c "import tensorboardX"``
-measures it). An event file of scalars is little: TFRecord framing (length, masked CRC-32C)
-around ``Event`` protocol buffers with three fields, encoded below as the protobuf wire format
-defines them.
+The file is written here, not by a library, because none writes it without TensorFlow or
+PyTorch: ``tensorboard``'s own ``EventFileWriter`` reaches its file system through
+``tensorboard.compat.tf``, which imports TensorFlow wherever it is installed (tensorboard 2.21:
+writing one event imported it), and tensorboardX imports PyTorch wherever that is installed
+(Colab, a benchmark machine); either import would add seconds to every run's start-up. An event
+file of scalars is little: TFRecord framing (length, masked CRC-32C) around ``Event`` protocol
+buffers with three fields, encoded below as the protobuf wire format defines them. It is
+rewritten whole and atomically at each flush, so a failed write leaves the last flushed file.
 """
 
 from __future__ import annotations
