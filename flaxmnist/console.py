@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import sys
 
+import jax
 import tqdm
 
-from flaxmnist.training import parallel
+
+def is_primary() -> bool:
+    """Whether this is the process that prints and writes logs, figures and metrics (process 0)."""
+    return jax.process_index() == 0
 
 
 def say(message: str) -> None:
     """Prints ``message`` above the progress bar, from the primary process only (flushed)."""
-    if parallel.is_primary():
+    if is_primary():
         tqdm.tqdm.write(message, file=sys.stdout)
         sys.stdout.flush()  # a line shows at once, through a pipe too
 
 
 def warn(message: str) -> None:
     """Prints ``warning: message`` on stderr, above the progress bar, from the primary process."""
-    if parallel.is_primary():
+    if is_primary():
         tqdm.tqdm.write(f"warning: {message}", file=sys.stderr)

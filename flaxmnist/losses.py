@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flaxmnist import config_schema
 from flaxmnist.errors import ConfigError
 from flaxmnist.registry import Registry
 
@@ -101,16 +102,18 @@ def label_smoothed_cross_entropy(
 
 def parse_options(text: str) -> dict[str, object]:
     """Parses ``"name=value,name=value"`` (values as Python literals) into keyword options."""
-    options: dict[str, object] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip().isidentifier():
-            raise ConfigError(f"loss_options: expected name=value, got {item!r}")
-        try:
-            options[name.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[name.strip()] = value.strip()
-    return options
+    return {
+        name: _literal_or_text(value)
+        for name, value in config_schema.option_items("loss_options", text)
+    }
+
+
+def _literal_or_text(value: str) -> object:
+    """``value`` as a Python literal (``0.1``, ``True``, ``(1, 2)``), or as the text itself."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
 
 
 def get_loss(name: str, options: str = "") -> BoundLoss:

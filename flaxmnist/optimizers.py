@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from flaxmnist.errors import ConfigError
+from flaxmnist import config_schema
 from flaxmnist.registry import Registry
 
 MAX_SKIPPED_STEPS = 1000  # nan_policy=skip_step gives up after this many bad steps in a row
@@ -96,8 +96,7 @@ def adadelta(lr: optax.Schedule, config: ml_collections.ConfigDict):
 
 def create_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """The learning-rate schedule named ``config.schedule`` for a run of ``num_epochs``."""
-    if config.learning_rate <= 0:
-        raise ConfigError(f"learning_rate must be positive, got {config.learning_rate}")
+    config_schema.check("learning_rate", config.learning_rate)
     factory = SCHEDULES.get(config.schedule)
     return factory(config, config.num_epochs * steps_per_epoch, steps_per_epoch)
 

@@ -18,25 +18,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from flaxmnist.errors import ConfigError
+from flaxmnist import config_schema
 from flaxmnist.models import layers
 from flaxmnist.registry import Registry
 
+# The config's names (config_schema declares them) mapped to the flax.linen functions and JAX
+# dtypes of the same names.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "gelu": nn.gelu,
-    "elu": nn.elu,
-    "selu": nn.selu,
-    "swish": nn.swish,
-    "tanh": jnp.tanh,
-    "sigmoid": nn.sigmoid,
-    "leaky_relu": nn.leaky_relu,
+    name: getattr(nn, name) for name in config_schema.choices("activation")
 }
 # Activations that max-pool commutes with: pool(f(x)) == f(pool(x)), gradients included.
 NON_DECREASING_ACTIVATIONS = tuple(
     ACTIVATIONS[name] for name in ("relu", "elu", "selu", "tanh", "sigmoid", "leaky_relu")
 )
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in config_schema.choices("dtype")}
 # Keras BatchNormalization defaults, so cnn_deep matches its reference.
 BATCH_NORM_MOMENTUM = 0.99
 BATCH_NORM_EPSILON = 1e-3
@@ -282,15 +277,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
       101770
     """
     factory = MODELS.get(config.model)
-    if config.activation not in ACTIVATIONS:
-        raise ConfigError(
-            f"unknown activation {config.activation!r}; valid: {', '.join(sorted(ACTIVATIONS))}"
-        )
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
-    for field, valid in (("conv_impl", layers.CONV_IMPLS), ("pool_impl", layers.POOL_IMPLS)):
-        if config[field] not in valid:
-            raise ConfigError(f"unknown {field} {config[field]!r}; valid: {', '.join(valid)}")
+    for field in ("activation", "dtype", "conv_impl", "pool_impl"):
+        config_schema.check(field, config[field])
     return factory(
         num_classes=num_classes,
         activation=ACTIVATIONS[config.activation],

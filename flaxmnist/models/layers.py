@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxmnist import config_validation
+from flaxmnist import config_schema
 
-CONV_IMPLS = config_validation.CONV_IMPLS
-POOL_IMPLS = config_validation.POOL_IMPLS
+# The implementations of each layer, by the names the config fields conv_impl and pool_impl take.
+CONV_IMPLS = config_schema.choices("conv_impl")
+POOL_IMPLS = config_schema.choices("pool_impl")
 
 
 def resolve_impl(impl: str, valid: Sequence[str], cpu_choice: str) -> str:

@@ -11,25 +11,10 @@ from typing import Any
 
 import ml_collections
 
-from flaxmnist.configs import default
+from flaxmnist import config_schema
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage.files import write_csv_atomic, write_json_atomic
 
-# Fields that may change when a run is resumed: they do not change what the steps compute.
-# num_epochs only where the schedule does not span it (flaxmnist.training.loop checks); num_devices
-# changes float reassociation only (equal within rounding, not bitwise; tests/test_parallel.py).
-RESUMABLE_FIELDS = {
-    "num_epochs",
-    "resume",
-    "compilation_cache_dir",
-    "data_dir",
-    "chunks_per_epoch",
-    "num_devices",
-    "import_modules",
-    "early_stopping",
-    "multihost",
-    "tta_shift",
-}
 LOCK_FILE = ".lock"
 STEP_LOG_FIELDS = ("step", "epoch", "loss", "accuracy")  # the columns of steps.csv
 
@@ -82,24 +67,29 @@ class RunDirectory:
     def check_resumable(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
         """Refuses to continue a run whose recorded config differs in a field that matters.
 
+        Fields are compared one by one (``augment.rotation``, not ``augment``); a field that
+        config_schema does not declare resumable must keep its recorded value.
+
         Returns the recorded config (fields this version added read as their defaults).
         """
         # A field a newer version added counts as recorded with its default; a recorded field
         # this version no longer has is not read, so it cannot matter.
-        recorded = {**json.loads(default.get_config().to_json()), **self.read_recorded_config()}
-        current = json.loads(config.to_json())
-        changed = sorted(
-            key
-            for key in current
-            if key not in RESUMABLE_FIELDS and recorded.get(key) != current.get(key)
-        )
+        defaults = config_schema.defaults()
+        recorded = self.read_recorded_config()
+        before = {**flatten(defaults), **flatten(recorded)}
+        now = flatten(json.loads(config.to_json()))
+        changed = [
+            name
+            for name in sorted(now)
+            if name not in config_schema.RESUMABLE_FIELDS and before.get(name) != now[name]
+        ]
         if changed:
-            details = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            details = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in changed)
             raise FlaxmnistError(
                 f"workdir {self.path} holds a run with a different config ({details}); "
                 "use a new --workdir"
             )
-        return recorded
+        return {**defaults, **recorded}
 
     def read_recorded_config(self) -> dict[str, Any]:
         """The config an earlier run recorded; a damaged file is a one-line error."""
@@ -180,6 +170,17 @@ class RunDirectory:
         """Writes metrics.json (atomically)."""
         if self.writer:
             write_json_atomic(self.path / "metrics.json", metrics)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict keyed by dotted names: ``{"augment.zoom": 0.0, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def damaged(path: Path, reason: Exception | str) -> FlaxmnistError:

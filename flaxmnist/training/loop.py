@@ -24,7 +24,7 @@ import numpy as np
 import tqdm
 
 from flaxmnist import models, optimizers
-from flaxmnist.console import say, warn
+from flaxmnist.console import is_primary, say, warn
 from flaxmnist.errors import DivergedError, FlaxmnistError
 from flaxmnist.storage import checkpointing, run_directory, scalar_log
 from flaxmnist.training import early_stopping, feeders, parallel
@@ -168,7 +168,7 @@ def train_one_epoch(
         unit="step",
         dynamic_ncols=True,
         desc=f"epoch {epoch}/{config.num_epochs}",
-        disable=not parallel.is_primary(),
+        disable=not is_primary(),
     ) as bar:
         for new_state, chunk in feeder.train_chunks(state, epoch, exp.dropout_rng, done):
             state = new_state
@@ -327,7 +327,7 @@ def train_and_evaluate(
     """
     start_time = time.perf_counter()
     exp = build_experiment(config)
-    primary = parallel.is_primary()
+    primary = is_primary()
     with run_directory.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
         scalars = scalar_log.ScalarLog(

@@ -24,21 +24,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flaxmnist import config_validation
+from flaxmnist import config_schema
 from flaxmnist.errors import ConfigError, FlaxmnistError
 
 DATA_AXIS = "data"
-MULTIHOST_MODES = config_validation.MULTIHOST_MODES
 # Launchers that start one process per host and tell it so (JAX auto-detects the rest).
 CLUSTER_SIZE_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES")
 
 
 def multihost_requested(settings: ml_collections.ConfigDict) -> bool:
     """Whether this process should join a multi-process run (``config.multihost``)."""
-    if settings.enabled not in MULTIHOST_MODES:
-        raise ConfigError(
-            f"unknown multihost.enabled {settings.enabled!r}; valid: {', '.join(MULTIHOST_MODES)}"
-        )
+    config_schema.check("multihost.enabled", settings.enabled)
     if settings.enabled != "auto":
         return settings.enabled == "on"
     launched = any(_env_int(name, 1) > 1 for name in CLUSTER_SIZE_VARIABLES)
@@ -58,8 +54,7 @@ def initialize_multihost(settings: ml_collections.ConfigDict) -> None:
     """
     if not multihost_requested(settings):
         return
-    if settings.timeout_s <= 0:
-        raise ConfigError(f"multihost.timeout_s must be positive, got {settings.timeout_s}")
+    config_schema.check("multihost.timeout_s", settings.timeout_s)
     num_processes = settings.num_processes or _env_int("JAX_NUM_PROCESSES", 0) or None
     process_id = settings.process_id if settings.process_id >= 0 else _env_int("JAX_PROCESS_ID")
     address = settings.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
@@ -120,11 +115,6 @@ def check_coordinator(address: str, process_id: int, timeout_s: float) -> None:
                     "start process 0 first, or check the address and port"
                 ) from None
             time.sleep(0.25)
-
-
-def is_primary() -> bool:
-    """Whether this is the process that writes logs, figures and metrics (process 0)."""
-    return jax.process_index() == 0
 
 
 def sync(name: str) -> None:
