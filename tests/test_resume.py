@@ -266,17 +266,20 @@ def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
 
 
-def test_tensorboard_events_hold_the_history(tiny_config, tmp_path):
+def test_one_tensorboard_event_file_holds_the_history_of_a_resumed_run(tiny_config, tmp_path):
     import tensorflow as tf
 
     tiny_config.log_every_steps = 5
+    tiny_config.num_epochs = 1
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    tiny_config.num_epochs = 2  # resumed: epoch 2 is trained by a second call
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     scalars: dict[str, dict[int, float]] = {}
-    for event_file in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    (event_file,) = (tmp_path / "run" / "tensorboard").iterdir()  # one file, from the log
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, {})[event.step] = value.simple_value
     assert scalars["val/accuracy"] == pytest.approx(
         {r["epoch"]: r["val_accuracy"] for r in history}
     )

@@ -138,10 +138,8 @@ def test_site_patterns_generalise_temp_names_numbers_and_digests():
 
 
 def test_the_judge_finds_cut_event_files_and_csv_rows(tmp_path):
-    events = scalar_log.EventFile(tmp_path)
-    events.add_scalar("train/loss", 0.5, 1)
-    events.flush()
-    whole = events.path.read_bytes()
+    scalar_log.write_event_file(tmp_path, [{"epoch": 1, "train_loss": 0.5}], [], 0)
+    whole = (tmp_path / scalar_log.EVENT_FILE).read_bytes()
     assert write_judge.tfrecord_problem(whole) is None
     assert "mid-record" in write_judge.tfrecord_problem(whole[:-1])
     assert "CRC" in write_judge.tfrecord_problem(whole[:-5] + b"X" + whole[-4:])
@@ -171,20 +169,19 @@ def test_a_failure_must_be_one_error_line_last_and_exit_2():
     assert outcome(-9, "", "error: x\nhung").problems()[0] == "hung (killed)"
 
 
-def test_a_failed_flush_keeps_the_event_file_as_last_flushed(tmp_path, monkeypatch):
-    events = scalar_log.EventFile(tmp_path)
-    events.flush()
-    flushed = events.path.read_bytes()
-    events.add_scalar("train/loss", 0.5, 1)
+def test_a_failed_write_keeps_the_event_file_as_last_written(tmp_path, monkeypatch):
+    history = [{"epoch": 1, "train_loss": 0.5}]
+    scalar_log.write_event_file(tmp_path, history, [], 0)
+    written = (tmp_path / scalar_log.EVENT_FILE).read_bytes()
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError):
-        events.flush()
-    assert [p.name for p in tmp_path.iterdir()] == [events.path.name]
-    assert events.path.read_bytes() == flushed
+        scalar_log.write_event_file(tmp_path, [*history, {"epoch": 2, "train_loss": 0.25}], [], 0)
+    assert [p.name for p in tmp_path.iterdir()] == [scalar_log.EVENT_FILE]
+    assert (tmp_path / scalar_log.EVENT_FILE).read_bytes() == written
 
 
 def test_a_library_error_naming_a_failing_disk_becomes_oserror(tmp_path):
@@ -227,10 +224,10 @@ def test_a_training_run_s_write_sites_fail_midway_and_end_in_one_line(tmp_path):
         assert len(sites) >= 25
         for name in ("config.json", "history.json", "steps.csv", "metrics.json"):
             assert f"run/.{name}.*.tmp" in written
-        assert "run/tensorboard/.events.out.tfevents.N.vm.N.*.tmp" in written
+        assert "run/tensorboard/.events.out.tfevents.flaxmnist.*.tmp" in written
         chosen = [
             (written["run/.history.json.*.tmp"], "ENOSPC"),
-            (written["run/tensorboard/.events.out.tfevents.N.vm.N.*.tmp"], "EIO"),
+            (written["run/tensorboard/.events.out.tfevents.flaxmnist.*.tmp"], "EIO"),
             (written["run/.metrics.json.*.tmp"], "EIO"),
             (
                 next(s for s in sites if s.key.startswith("rename ") and "steps.csv" in s.key),

@@ -13,6 +13,7 @@ import ml_collections
 
 from flaxmnist import config_schema
 from flaxmnist.errors import FlaxmnistError
+from flaxmnist.storage import scalar_log
 from flaxmnist.storage.files import write_csv_atomic, write_json_atomic
 
 LOCK_FILE = ".lock"
@@ -59,6 +60,11 @@ class RunDirectory:
     def checkpoint_dir(self) -> Path:
         """Where Orbax keeps the checkpoints."""
         return self.path / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where the TensorBoard event file goes (``tensorboard --logdir`` a parent)."""
+        return self.path / "tensorboard"
 
     def has_run(self) -> bool:
         """Whether an earlier run left its config here."""
@@ -125,12 +131,16 @@ class RunDirectory:
             rows = 0
         return epochs, rows
 
-    def write_history(self, history: list[dict], step_log: list[dict]) -> None:
-        """Writes history.json, history.csv and steps.csv (atomically), never with less.
+    def write_history(
+        self, history: list[dict], step_log: list[dict], log_every_steps: int
+    ) -> None:
+        """Writes the run's log (history.json, steps.csv) and what derives from it, never less.
 
-        A run resumed from a checkpoint older than its history (the newest was damaged, or the
-        run was killed between writing an epoch and checkpointing it) leaves the longer files as
-        they are until it has trained as far again.
+        history.csv and the TensorBoard event file are written from the same lists; every file
+        atomically. A run resumed from a checkpoint older than its history (the newest was
+        damaged, or the run was killed between writing an epoch and checkpointing it) leaves the
+        longer files as they are until it has trained as far again. The event file is first
+        written with the first epoch (``log_every_steps``: its ``step/loss`` interval).
         """
         if not self.writer:
             return
@@ -142,6 +152,8 @@ class RunDirectory:
         write_json_atomic(self.path / "history.json", history)
         write_csv_atomic(self.path / "history.csv", history)
         write_csv_atomic(self.path / "steps.csv", step_log)
+        if history:
+            scalar_log.write_event_file(self.tensorboard_dir, history, step_log, log_every_steps)
 
     def read_step_log(self, up_to_step: int) -> list[dict[str, Any]]:
         """The per-step log rows up to ``up_to_step`` (what a resumed run continues from)."""

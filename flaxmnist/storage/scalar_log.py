@@ -1,8 +1,13 @@
-"""TensorBoard event files for a run (``WORKDIR/tensorboard``).
+"""The run's TensorBoard event file (``WORKDIR/tensorboard``), derived from its history.
 
-View them with ``tensorboard --logdir runs/``. Scalars: per epoch ``train/loss``,
+View it with ``tensorboard --logdir runs/``. Scalars: per epoch ``train/loss``,
 ``train/accuracy``, ``val/loss``, ``val/accuracy``, ``learning_rate``, ``epoch_time_s`` (x-axis:
 epoch), and ``step/loss`` every ``log_every_steps`` optimizer steps (x-axis: step).
+
+The run's log is its history (``history.json``) and per-step log (``steps.csv``); the event file
+holds nothing else. :func:`write_event_file` writes it whole from them, atomically, each time
+they are written: one file per run, whose scalars are always those of ``history.json`` (a
+resumed run rewrites it with every epoch, never a second file with some of them).
 
 The file is written here, not by a library, because none writes it without TensorFlow or
 PyTorch: ``tensorboard``'s own ``EventFileWriter`` reaches its file system through
@@ -10,14 +15,11 @@ PyTorch: ``tensorboard``'s own ``EventFileWriter`` reaches its file system throu
 writing one event imported it), and tensorboardX imports PyTorch wherever that is installed
 (Colab, a benchmark machine); either import would add seconds to every run's start-up. An event
 file of scalars is little: TFRecord framing (length, masked CRC-32C) around ``Event`` protocol
-buffers with three fields, encoded below as the protobuf wire format defines them. It is
-rewritten whole and atomically at each flush, so a failed write leaves the last flushed file.
+buffers with three fields, encoded below as the protobuf wire format defines them.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import struct
 import time
 from pathlib import Path
@@ -97,74 +99,50 @@ def event(wall_time: float, *, step: int = 0, tag: str = "", value: float = 0.0)
     return message + _field(5, 2, _field(1, 2, scalar))
 
 
-class EventFile:
-    """A TensorBoard event file, one per process (named as TensorFlow names them).
+EVENT_FILE = "events.out.tfevents.flaxmnist"  # TensorBoard reads files named *tfevents*
 
-    Its records are kept in memory and each :meth:`flush` rewrites the whole file atomically
-    (temp file + rename), so a crash or a full disk leaves the last flushed version, never a cut
-    record. A run's scalars take some kilobytes (about 40 bytes a scalar).
+
+def event_records(
+    history: list[dict[str, Any]], step_log: list[dict[str, Any]], log_every_steps: int
+) -> list[bytes]:
+    """The events of a run's scalars, each framed as a TFRecord, the file-version event first.
+
+    Args:
+      history: the per-epoch records (``history.json``'s).
+      step_log: the per-step rows (``steps.csv``'s).
+      log_every_steps: the step interval of ``step/loss`` (0: none).
+
+    Returns:
+      The records in order: each epoch's scalars, then every ``log_every_steps``-th step's loss.
+      Their wall time is the time of writing.
     """
-
-    def __init__(self, logdir: Path):
-        logdir.mkdir(parents=True, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = logdir / name
-        self._records = bytearray(tfrecord(event(time.time())))
-        self._flushed = 0  # how many bytes of the records the file holds
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        """Adds one scalar (to the file at the next flush)."""
-        self._records += tfrecord(event(time.time(), step=step, tag=tag, value=float(value)))
-
-    def flush(self) -> None:
-        """Rewrites the file with every record so far (atomically), if any is new."""
-        if len(self._records) > self._flushed:
-            files.write_bytes_atomic(self.path, bytes(self._records))
-            self._flushed = len(self._records)
-
-    def close(self) -> None:
-        """Flushes the file."""
-        self.flush()
+    now = time.time()
+    scalars = [
+        (tag, record[field], record["epoch"])
+        for record in history
+        for field, tag in EPOCH_SCALARS.items()
+        if field in record
+    ]
+    if log_every_steps > 0:
+        scalars += [
+            ("step/loss", row["loss"], row["step"])
+            for row in step_log
+            if row["step"] % log_every_steps == 0
+        ]
+    events = [event(now), *(event(now, step=s, tag=tag, value=float(v)) for tag, v, s in scalars)]
+    return [tfrecord(e) for e in events]
 
 
-class ScalarLog:
-    """Appends epoch and step scalars to the run's TensorBoard log (``enabled=False``: nothing).
+def write_event_file(
+    logdir: Path,
+    history: list[dict[str, Any]],
+    step_log: list[dict[str, Any]],
+    log_every_steps: int,
+) -> None:
+    """Writes ``logdir/`` :data:`EVENT_FILE` whole from the run's log, atomically.
 
-    The event file is created with the first scalar, so a run refused at start leaves none.
+    A failed write (a full disk) leaves the file as it was.
     """
-
-    def __init__(self, logdir: Path, log_every_steps: int, *, enabled: bool = True):
-        self.logdir, self.enabled = logdir, enabled
-        self.log_every_steps = log_every_steps
-        self._writer = None
-
-    def writer(self) -> EventFile:
-        """The event file, made on first use (at the end of the first epoch)."""
-        if self._writer is None:
-            self._writer = EventFile(self.logdir)
-        return self._writer
-
-    def epoch(self, record: dict[str, Any]) -> None:
-        """Writes one history record's scalars at x = its epoch."""
-        if not self.enabled:
-            return
-        writer = self.writer()
-        for field, tag in EPOCH_SCALARS.items():
-            if field in record:
-                writer.add_scalar(tag, record[field], record["epoch"])
-        writer.flush()
-
-    def steps(self, rows: list[dict[str, Any]]) -> None:
-        """Writes the loss of every ``log_every_steps``-th step among ``rows``."""
-        if not self.enabled or self.log_every_steps <= 0:
-            return
-        writer = self.writer()
-        for row in rows:
-            if row["step"] % self.log_every_steps == 0:
-                writer.add_scalar("step/loss", row["loss"], row["step"])
-        writer.flush()
-
-    def close(self) -> None:
-        """Flushes the event file (if one was made)."""
-        if self._writer is not None:
-            self._writer.close()
+    logdir.mkdir(parents=True, exist_ok=True)
+    records = event_records(history, step_log, log_every_steps)
+    files.write_bytes_atomic(logdir / EVENT_FILE, b"".join(records))

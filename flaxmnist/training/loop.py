@@ -26,7 +26,7 @@ import tqdm
 from flaxmnist import models, optimizers
 from flaxmnist.console import is_primary, say, warn
 from flaxmnist.errors import DivergedError, FlaxmnistError
-from flaxmnist.storage import checkpointing, run_directory, scalar_log
+from flaxmnist.storage import checkpointing, run_directory
 from flaxmnist.training import early_stopping, feeders, parallel
 from flaxmnist.training.experiment import Experiment, build_experiment
 from flaxmnist.training.interruption import (
@@ -137,11 +137,10 @@ def last_good_message(checkpoints: checkpointing.RunCheckpoints) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RunOutputs:
-    """Where a run's results go: directory, checkpoints, TensorBoard, clock, epoch callback."""
+    """Where a run's results go: directory (its log), checkpoints, clock, epoch callback."""
 
     run: run_directory.RunDirectory
     checkpoints: checkpointing.RunCheckpoints
-    scalars: scalar_log.ScalarLog
     clock: FirstChunkClock
     on_epoch: Callable[[dict[str, Any]], None] | None = None
 
@@ -204,7 +203,7 @@ def train_epochs(
 ) -> tuple[TrainState, Progress]:
     """The epoch loop: train, validate, record, checkpoint, stop early."""
     config = exp.config
-    run, checkpoints, scalars = out.run, out.checkpoints, out.scalars
+    run, checkpoints = out.run, out.checkpoints
     monitor = monitored_field(config)
     es = config.early_stopping
     with InterruptFlag() as interrupt:
@@ -235,12 +234,9 @@ def train_epochs(
                 stopper=stopper,
                 train_time_s=progress.train_time_s + seconds,
             )
-            new_rows = step_rows(per_step, first_step, epoch)
-            step_log.extend(new_rows)
+            step_log.extend(step_rows(per_step, first_step, epoch))
             say(format_record(record))
-            run.write_history(progress.history, step_log)
-            scalars.epoch(record)
-            scalars.steps(new_rows)
+            run.write_history(progress.history, step_log, config.log_every_steps)
             improved = stopper.best_epoch == epoch
             if should_save(config, epoch, improved, stopper.stopped) or interrupt.signal:
                 checkpoints.save(
@@ -330,9 +326,6 @@ def train_and_evaluate(
     primary = is_primary()
     with run_directory.RunDirectory(workdir, writer=primary) as run:
         checkpoints = checkpointing.RunCheckpoints(run.checkpoint_dir, config.keep_checkpoints)
-        scalars = scalar_log.ScalarLog(
-            run.path / "tensorboard", config.log_every_steps, enabled=primary
-        )
         try:
             state, progress, step_log = start_or_resume(run, checkpoints, exp)
             eval_splits = {"test": exp.dataset.test}
@@ -349,13 +342,12 @@ def train_and_evaluate(
                     exp.mesh,
                 )
             )
-            run.write_history(progress.history, step_log)
-            outputs = RunOutputs(run, checkpoints, scalars, FirstChunkClock(), on_epoch)
+            run.write_history(progress.history, step_log, config.log_every_steps)
+            outputs = RunOutputs(run, checkpoints, FirstChunkClock(), on_epoch)
             state, progress = train_epochs(exp, feeder, outputs, state, progress, step_log)
             state, evaluated_epoch = best_state(exp, checkpoints, state, progress)
             test_loss, test_accuracy = summarize(feeder.evaluate(state, "test"))
         finally:
-            scalars.close()
             checkpoints.close()
         metrics = {
             "test_loss": test_loss,
