@@ -23,6 +23,7 @@ from flaxmnist.testing import write_idx_dataset
 # which take whole files (--dist loadfile), finish together instead of waiting on one of them.
 LONGEST_FIRST = (
     "test_faults.py",
+    "test_serve_browser.py",
     "test_tfds_prepare.py",
     "test_tuning.py",
     "test_parallel.py",

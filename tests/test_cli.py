@@ -40,7 +40,7 @@ def test_positional_arguments_are_refused_unless_the_command_takes_them(capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "command", ["train", "evaluate", "predict", "export", "compare", "tune", "data"]
+    "command", ["train", "evaluate", "predict", "export", "compare", "tune", "data", "serve"]
 )
 def test_help_is_printed_on_stdout_with_exit_0(command):
     result = subprocess.run(
