@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT
 
-from flaxmnist.data import datasets, grain_pipeline, tfds_prepare
+from flaxmnist.data import array_record, datasets, grain_pipeline, tfds_prepare
 from flaxmnist.errors import DataError
 from flaxmnist.testing import write_idx_dataset
 
@@ -344,8 +344,8 @@ def assert_both_formats_hold_the_idx_examples(root: Path, path: Path) -> None:
         by_array_record = read_source(path, split)
         expected = getattr(idx, split)
         assert examples(*by_tfrecord) == examples(expected.images, expected.labels)
-        for tfrecord, array_record in zip(by_tfrecord, by_array_record, strict=True):
-            np.testing.assert_array_equal(array_record, tfrecord)  # also the same order
+        for tfrecord, copied in zip(by_tfrecord, by_array_record, strict=True):
+            np.testing.assert_array_equal(copied, tfrecord)  # also the same order
 
 
 @pytest.mark.slow
@@ -355,7 +355,7 @@ def test_a_dataset_written_before_array_record_gets_them_added_once(small, tmp_p
     tfrecords = {p: p.stat().st_mtime_ns for p in path.glob("*.tfrecord-*")}
     assert tfds_prepare.prepare_idx("mnist", root / "mnist", write=False) is None
     tfds_pipeline = tfds_prepare.streaming_builder("mnist", str(root))  # reads it as it is
-    assert tfds_pipeline.data_path == path and not tfds_prepare.has_array_record(path)
+    assert tfds_pipeline.data_path == path and not array_record.has_array_record(path)
     assert tfds_prepare.prepare_idx("mnist", root / "mnist").state == tfds_prepare.CONVERTED
     again = tfds_prepare.prepare_idx("mnist", root / "mnist", write=False)
     assert again.state == tfds_prepare.PRESENT
@@ -391,7 +391,7 @@ def test_a_copy_that_differs_from_its_tfrecord_is_never_installed(small, tmp_pat
     monkeypatch.setattr(file_adapters.ArrayRecordFileAdapter, "write_examples", drop_the_last)
     with pytest.raises(DataError, match=r"its ArrayRecord copy differs \(\d+ records read, "):
         tfds_prepare.prepare_idx("mnist", root / "mnist")
-    assert not tfds_prepare.has_array_record(path) and not list(path.glob("*.array_record-*"))
+    assert not array_record.has_array_record(path) and not list(path.glob("*.array_record-*"))
     assert staging_dirs(path.parents[1]) == []
 
 
@@ -450,7 +450,7 @@ def assert_absent_or_complete(root: Path, path: Path) -> None:
         assert tfds_prepare.prepare_idx("mnist", root / "mnist", write=False) is None
         return
     assert (path / "dataset_info.json").is_file()
-    if tfds_prepare.has_array_record(path):
+    if array_record.has_array_record(path):
         assert_both_formats_hold_the_idx_examples(root, path)
     else:  # killed while adding them: the TFRecord dataset is untouched
         import tensorflow_datasets as tfds

@@ -29,7 +29,6 @@ own. :func:`streaming_builder` picks the builder the ``tfds`` input pipeline rea
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -43,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +50,7 @@ import numpy as np
 
 from flaxmnist import errors
 from flaxmnist.data import datasets
+from flaxmnist.data.array_record import add_array_record, has_array_record
 from flaxmnist.errors import DataError
 from flaxmnist.storage import files
 
@@ -67,7 +67,6 @@ READ_BATCH = 10_000
 IDX_TFDS_DIR = "tfds"  # in an IDX folder: its tfds datasets, one subfolder per content digest
 IDX_TFDS_VERSION = "2.0.0"  # a dataset of IDX files: the examples in the IDX files' order
 DIGEST_CHARS = 16
-ARRAY_RECORD = "array_record"  # tfds's name of the format as_data_source reads
 
 
 BUILT, CONVERTED, PRESENT = "prepared", "ArrayRecord files added", "already prepared"
@@ -413,26 +412,9 @@ def _ensure_written(
             return BUILT
         if array_record and not has_array_record(path):
             with _staging(root, name) as staging:
-                _add_array_record(path, staging / "array_record")
+                add_array_record(path, staging / "array_record")
             return CONVERTED
     return PRESENT
-
-
-def has_array_record(path: Path) -> bool:
-    """Whether the tfds dataset in ``path`` lists ArrayRecord files (its format or an alternative).
-
-    Args:
-      path: a dataset's version dir.
-
-    Returns:
-      True when its ``dataset_info.json`` names ``array_record``, which :func:`_add_array_record`
-      writes only once the files are in place.
-    """
-    try:
-        info = json.loads((path / "dataset_info.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return ARRAY_RECORD in [info.get("fileFormat"), *info.get("alternativeFileFormats", [])]
 
 
 @contextlib.contextmanager
@@ -487,7 +469,7 @@ def _build_and_verify(
     """
     with _staging(root, name) as staging:
         builder = write(staging)
-        _add_array_record(builder.data_path, staging / "array_record")
+        add_array_record(builder.data_path, staging / "array_record")
         _verify(builder, idx, in_order)
         _publish(builder.data_path, root / builder.data_path.relative_to(staging / "data"), staging)
 
@@ -552,93 +534,6 @@ def _write_idx(name: str, idx: datasets.Dataset, staging: Path) -> tfds.core.Dat
             disable_shuffling=True,
         )
     return tfds.builder_from_directory(os.fspath(written.data_path))
-
-
-def _add_array_record(path: Path, staging: Path) -> None:
-    """Adds ArrayRecord copies of the TFRecord files of the dataset in ``path`` beside them.
-
-    Every record is copied as stored (the same serialized examples, in the same order) into
-    ``staging``, read back and compared (count and SHA-256 of the records), then moved into
-    ``path``; last, ``dataset_info.json`` is replaced by one that lists ``array_record`` among
-    the dataset's alternative file formats. That rename is the commit point: until it, readers
-    see the TFRecord dataset alone, and a killed run leaves files nothing reads, replaced by the
-    next run. ``tfds.load`` keeps reading TFRecord, ``as_data_source`` reads ArrayRecord.
-
-    Args:
-      path: a complete dataset's version dir, stored as TFRecord.
-      staging: a dir on the same file system, for the files before they move into ``path``.
-
-    Raises:
-      DataError: the dataset is stored in another format, or a copy differs from its TFRecord.
-    """
-    datasets.import_tfds(needs_tensorflow="adding ArrayRecord files to a tfds dataset")
-    tf = datasets.import_tensorflow()
-    from array_record.python import array_record_module
-    from tensorflow_datasets.core import dataset_info, file_adapters
-
-    info = dataset_info.read_proto_from_builder_dir(path)
-    if info.file_format not in ("", file_adapters.FileFormat.TFRECORD.value):
-        raise DataError(f"{path}: stored as {info.file_format}; only TFRecord can be converted")
-    splits = dataset_info.get_split_dict_from_proto(
-        dataset_info_proto=info, data_dir=path, file_format=file_adapters.FileFormat.TFRECORD
-    )
-    staging.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in splits.values():
-        shards = split.filename_template.sharded_filepaths(num_shards=split.num_shards)
-        for shard, length in zip(shards, split.shard_lengths, strict=True):
-            target = (
-                staging
-                / file_adapters.convert_path_to_file_format(
-                    shard, file_adapters.FileFormat.ARRAY_RECORD
-                ).name
-            )
-            copied, back = _RecordsDigest(), _RecordsDigest()
-            records = copied.over(_tfrecords(tf, shard))
-            file_adapters.ArrayRecordFileAdapter.write_examples(target, enumerate(records))
-            reader = array_record_module.ArrayRecordReader(os.fspath(target))
-            collections.deque(back.over(reader.read_all()), maxlen=0)
-            if copied.value() != back.value() or copied.count != length:
-                raise DataError(
-                    f"{shard}: its ArrayRecord copy differs ({copied.count} records read, "
-                    f"{back.count} written, {length} listed); nothing was installed"
-                )
-            written.append(target)
-    info.alternative_file_formats.append(ARRAY_RECORD)
-    (staging / "dataset_info.json").write_text(dataset_info.get_dataset_info_json(info))
-    for file in [*written, staging / "dataset_info.json"]:  # the metadata last: the commit
-        _flush(file)
-        os.replace(file, path / file.name)
-
-
-def _tfrecords(tf, shard: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file, in order (read in batches: one call a record takes 10 s)."""
-    for batch in tf.data.TFRecordDataset(os.fspath(shard)).batch(READ_BATCH).as_numpy_iterator():
-        yield from batch
-
-
-class _RecordsDigest:
-    """A SHA-256 over records in their order (each length-prefixed), and their count."""
-
-    def __init__(self):
-        self.sha, self.count = hashlib.sha256(), 0
-
-    def over(self, records: Iterable[bytes]) -> Iterator[bytes]:
-        """Yields ``records``, adding each to the digest."""
-        for record in records:
-            self.sha.update(len(record).to_bytes(8, "little") + record)
-            self.count += 1
-            yield record
-
-    def value(self) -> tuple[str, int]:
-        """The digest and the count so far."""
-        return self.sha.hexdigest(), self.count
-
-
-def _flush(file: Path) -> None:
-    """Forces ``file``'s contents to disk before it is renamed into place."""
-    with file.open("rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def _stage_downloads(
