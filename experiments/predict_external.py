@@ -6,7 +6,7 @@ r"""Accuracy of ``predict`` on digits that never were MNIST: handwriting scans, 
 
 Builds two external sets of image files into ``--images``, the same files on every run (each is
 drawn from its own fixed seed), in a ``dev`` split (the framing of
-:mod:`flaxmnist.data.digit_images` was tuned on it) and a held-out ``test`` split:
+:mod:`flaxmnist.evaluation.digit_images` was tuned on it) and a held-out ``test`` split:
 
 - ``handwriting``: scikit-learn's bundled handwritten digits (the UCI corpus, 8x8 images at 17
   grey levels, not MNIST), drawn as a scan would show them: dark ink on light paper, enlarged

@@ -2,7 +2,7 @@
 
 Classifies your own image files (PNG, JPEG, ... or ``.npy``) with a trained run: each is framed as
 the MNIST files were made (grey, white on black, fitted in 20x20, centred by mass; see
-:mod:`flaxmnist.data.digit_images`) and one line per file gives the most probable classes.
+:mod:`flaxmnist.evaluation.digit_images`) and one line per file gives the most probable classes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from helpers import load_experiment
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from flaxmnist.data import digit_images
+from flaxmnist.evaluation import digit_images
 
 SIZE = 240
 

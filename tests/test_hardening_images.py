@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxmnist.data import digit_images
 from flaxmnist.errors import DataError
+from flaxmnist.evaluation import digit_images
 
 FORMATS = "PNG, JPEG, BMP, GIF, TIFF or WebP"
 

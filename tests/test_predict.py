@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flaxmnist.data import digit_images
 from flaxmnist.errors import DataError
+from flaxmnist.evaluation import digit_images
 
 
 def _ellipse(height: int, width: int, size: tuple[int, int], centre: tuple[float, float]):

@@ -27,8 +27,7 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 
-from flaxmnist.data import digit_images
-from flaxmnist.evaluation import serving
+from flaxmnist.evaluation import digit_images, serving
 
 URL_LINE = re.compile(r"serving .* at (?P<url>http://\S+)$")
 STARTUP_TIMEOUT = 180  # seconds

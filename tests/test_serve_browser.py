@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from test_serve import served
 
-from flaxmnist.data import datasets, digit_images
+from flaxmnist.data import datasets
+from flaxmnist.evaluation import digit_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxmnist.data import digit_images
 from flaxmnist.errors import FlaxmnistError
-from flaxmnist.evaluation import metrics
+from flaxmnist.evaluation import digit_images, metrics
 from flaxmnist.evaluation.loading import LoadedRun
 
 
@@ -45,7 +44,7 @@ def framed_images(run: LoadedRun, paths: Sequence[str | Path]) -> np.ndarray:
     """The images the model sees for ``paths``: uint8 ``[N, 28, 28, 1]``.
 
     Each file is framed as the run's dataset frames its images (see
-    :func:`flaxmnist.data.digit_images.load_image_as`).
+    :func:`flaxmnist.evaluation.digit_images.load_image_as`).
 
     Raises:
       FlaxmnistError: for a file that is no readable image.
