@@ -562,3 +562,14 @@ def _string(field: str, value: Any) -> str:
 def _number(value: float | None) -> str:
     """``0`` rather than ``0.0`` in messages."""
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict keyed by dotted names: ``{"augment.zoom": 0.0, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

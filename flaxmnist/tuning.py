@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from flaxmnist import configs, plugins
+from flaxmnist import config_schema, configs, plugins
 from flaxmnist.config_validation import validate_config
 from flaxmnist.console import say
 from flaxmnist.errors import ConfigError, DivergedError, one_line
@@ -264,23 +264,13 @@ def trial_config(
         raise ConfigError(
             f"--space: suggest() failed ({type(e).__name__}: {one_line(e)})"
         ) from None
-    before = flatten(base.to_dict())
-    overrides = {k: v for k, v in flatten(config.to_dict()).items() if before[k] != v}
+    before = config_schema.flatten(base.to_dict())
+    changed = config_schema.flatten(config.to_dict())
+    overrides = {k: v for k, v in changed.items() if before[k] != v}
     if config.validation_fraction == 0:
         config.validation_fraction = VALIDATION_FRACTION
     validate_config(config)
     return config, overrides
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def objective(

@@ -82,8 +82,8 @@ class RunDirectory:
         # this version no longer has is not read, so it cannot matter.
         defaults = config_schema.defaults()
         recorded = self.read_recorded_config()
-        before = {**flatten(defaults), **flatten(recorded)}
-        now = flatten(json.loads(config.to_json()))
+        before = {**config_schema.flatten(defaults), **config_schema.flatten(recorded)}
+        now = config_schema.flatten(json.loads(config.to_json()))
         changed = [
             name
             for name in sorted(now)
@@ -182,17 +182,6 @@ class RunDirectory:
         """Writes metrics.json (atomically)."""
         if self.writer:
             write_json_atomic(self.path / "metrics.json", metrics)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as one dict keyed by dotted names: ``{"augment.zoom": 0.0, ...}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def damaged(path: Path, reason: Exception | str) -> FlaxmnistError:
