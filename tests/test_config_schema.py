@@ -12,7 +12,7 @@ from flaxmnist.config_validation import validate_config
 from flaxmnist.configs import __main__ as configs_main
 from flaxmnist.configs import default
 from flaxmnist.errors import ConfigError, FlaxmnistError
-from flaxmnist.storage.run_directory import RunDirectory, flatten
+from flaxmnist.storage.run_directory import RunDirectory
 from flaxmnist.training import early_stopping
 
 
@@ -24,7 +24,7 @@ def test_every_default_follows_its_own_rule(field):
 def test_the_default_config_holds_exactly_the_declared_fields():
     assert len(config_schema.FIELDS_BY_NAME) == len(config_schema.FIELDS)  # each declared once
     config = default.get_config()
-    assert sorted(flatten(config.to_dict())) == sorted(config_schema.FIELDS_BY_NAME)
+    assert sorted(config_schema.flatten(config.to_dict())) == sorted(config_schema.FIELDS_BY_NAME)
     validate_config(config)
 
 
