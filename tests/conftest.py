@@ -42,8 +42,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def session_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package's checked compilation cache, on for the whole session, in a fresh folder.
 
-    Tests train many small runs of the same shapes: each program is compiled once per session
-    (the suite runs about 3x faster), and the cache is exercised by a long sequence of different
+    Tests train many small runs of the same shapes: each program is compiled once per session,
+    not once per test, and the cache is exercised by a long sequence of different
     runs, in every worker process at once (pytest-xdist workers share the folder). Tests of the
     cache itself use folders of their own.
     """
