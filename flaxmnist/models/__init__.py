@@ -6,6 +6,8 @@ layers); :class:`ResNet` (residual blocks, global average pooling) adds stronger
 registered name is a configuration of one of them; see the tables in docs/models.md.
 All models take ``train`` to switch Dropout and BatchNorm between training and inference, and return
 float32 logits. Kernels use Glorot-uniform initialisation and biases zeros, as Keras does.
+A user's ``nnx.Module`` class joins the registry with :func:`register_nnx` and trains as a Linen
+module through Flax's bridge (:mod:`flaxmnist.models.nnx_models`, docs/nnx.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from flaxmnist import config_schema
-from flaxmnist.models import layers
+from flaxmnist.errors import ConfigError
+from flaxmnist.models import layers, nnx_models
 from flaxmnist.registry import Registry
 
 # The config's names (config_schema declares them) mapped to the flax.linen functions and JAX
@@ -36,7 +39,8 @@ DTYPES = {name: getattr(jnp, name) for name in config_schema.choices("dtype")}
 BATCH_NORM_MOMENTUM = 0.99
 BATCH_NORM_EPSILON = 1e-3
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+# A Linen module factory taking create_model's keywords, or a registered nnx.Module class.
+MODELS: Registry[Callable[..., nn.Module] | nnx_models.NNXModel] = Registry("model")
 
 
 class Classifier(nn.Module):
@@ -250,8 +254,55 @@ _register(
 )  # 2,778,762
 
 
+def register_nnx(name: str, nnx_class: type, **kwargs) -> None:
+    """Registers the ``nnx.Module`` class ``nnx_class`` as model ``name`` (``--config.model``).
+
+    Each model builds ``nnx_class(**kwargs, rngs=rngs)`` (and ``num_classes=`` the dataset's
+    class count where the constructor takes it); its ``__call__(images)`` returns logits, in
+    training or inference mode as ``module.train()`` / ``module.eval()`` set it, and gets
+    ``train=`` too where it declares that parameter (docs/nnx.md).
+
+    Raises:
+      TypeError: when ``nnx_class`` is no ``nnx.Module`` class or ``kwargs`` do not fit it.
+      ValueError: when ``name`` is already registered.
+
+    Example::
+
+        from flax import nnx
+        from flaxmnist import models
+
+        class Linear(nnx.Module):
+            def __init__(self, *, rngs: nnx.Rngs):
+                self.linear = nnx.Linear(784, 10, rngs=rngs)
+
+            def __call__(self, x):
+                return self.linear(x.reshape(x.shape[0], -1))
+
+        models.register_nnx("nnx_linear", Linear)
+    """
+    MODELS.add(name, nnx_models.checked_model(name, nnx_class, kwargs))
+
+
+def _build_nnx(
+    config: ml_collections.ConfigDict, model: nnx_models.NNXModel, num_classes: int
+) -> nn.Module:
+    """The bridged NNX model; refuses an activation or dtype its own layers would ignore."""
+    for field in ("activation", "dtype"):
+        default = config_schema.FIELDS_BY_NAME[field].default
+        if config[field] != default:
+            raise ConfigError(
+                f"--config.{field}: model {config.model!r} is an nnx.Module, whose layers "
+                f"choose their own {field}; leave it at {default!r}"
+            )
+    return model.build(num_classes)
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     """Builds the Linen model named ``config.model`` with the config's activation and dtype.
+
+    A model registered with :func:`register_nnx` comes wrapped as a Linen module with the same
+    ``init`` / ``apply`` (its own layers fix activation and dtype, which must stay at their
+    defaults; ``conv_impl`` and ``pool_impl`` do not apply).
 
     Args:
       config: a run config (``flaxmnist.configs.default.get_config()``); reads ``model``,
@@ -279,6 +330,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
     factory = MODELS.get(config.model)
     for field in ("activation", "dtype", "conv_impl", "pool_impl"):
         config_schema.check(field, config[field])
+    if isinstance(factory, nnx_models.NNXModel):
+        return _build_nnx(config, factory, num_classes)
     return factory(
         num_classes=num_classes,
         activation=ACTIVATIONS[config.activation],
