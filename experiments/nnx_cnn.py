@@ -5,8 +5,9 @@ python -m flaxmnist.train --config=fast --config.import_modules=experiments/nnx_
 
 ``nnx_cnn`` is the official Flax example's NNX CNN, copied unchanged (824,458 parameters, as its
 Linen twin in flax/examples/mnist); ``nnx_cnn_bn`` adds BatchNorm and Dropout, which follow
-``model.train()`` / ``model.eval()`` as in any NNX training loop. docs/nnx.md says what such a
-module must accept.
+``model.train()`` / ``model.eval()`` as in any NNX training loop; ``nnx_mlp_bn`` is an MLP with
+both, which trains in seconds on a CPU, where ``nnx.Conv`` is slow (docs/nnx.md, Limits).
+docs/nnx.md says what such a module must accept.
 """
 
 from functools import partial
@@ -58,5 +59,23 @@ class CNNBatchNormDropout(nnx.Module):
         return self.linear2(self.dropout(x))
 
 
+class MLPBatchNormDropout(nnx.Module):
+    """Two hidden layers of 256 with BatchNorm and Dropout: NNX state, no convolution."""
+
+    def __init__(self, *, num_classes: int, dropout_rate: float = 0.2, rngs: nnx.Rngs):
+        self.linear1 = nnx.Linear(784, 256, rngs=rngs)
+        self.norm1 = nnx.BatchNorm(256, momentum=0.9, rngs=rngs)
+        self.linear2 = nnx.Linear(256, 256, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.linear3 = nnx.Linear(256, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        """Logits [N, num_classes] for images [N, 28, 28, 1]."""
+        x = nnx.relu(self.norm1(self.linear1(x.reshape(x.shape[0], -1))))
+        x = self.dropout(nnx.relu(self.linear2(x)))
+        return self.linear3(x)
+
+
 models.register_nnx("nnx_cnn", CNN)
 models.register_nnx("nnx_cnn_bn", CNNBatchNormDropout)
+models.register_nnx("nnx_mlp_bn", MLPBatchNormDropout)
