@@ -240,3 +240,16 @@ def test_a_training_run_s_write_sites_fail_midway_and_end_in_one_line(tmp_path):
             assert (trial.result, trial.problems) == ("pass", []), trial
     finally:
         ws.close()
+
+
+def test_the_report_names_the_commands_not_run_yet(tmp_path, monkeypatch):
+    monkeypatch.setattr(write_faults, "RESULTS_JSON", tmp_path / "write_faults.json")
+    monkeypatch.setattr(write_faults, "RESULTS_MD", tmp_path / "write_faults.md")
+    site = write_faults.Site("write flaxmnist/storage/files.py:1 run/.a.json.*.tmp", 2)
+    trial = write_faults.Trial("train", site.key, 2, "ENOSPC")
+    write_faults.write_report({"train": [site]}, [trial], ("ENOSPC",), "cmd", ["tune"])
+    report = json.loads((tmp_path / "write_faults.json").read_text())
+    assert report["summary"].endswith("; not run yet: tune") and len(report["trials"]) == 1
+    assert "not run yet: tune" in (tmp_path / "write_faults.md").read_text().splitlines()[2]
+    write_faults.write_report({"train": [site]}, [trial], ("ENOSPC",), "cmd")
+    assert "not run yet" not in (tmp_path / "write_faults.md").read_text()

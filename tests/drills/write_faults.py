@@ -52,6 +52,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,15 +331,23 @@ def summary(trials: list[Trial]) -> str:
 
 
 def write_report(
-    sites: dict[str, list[Site]], trials: list[Trial], kinds: tuple[str, ...], command: str
+    sites: dict[str, list[Site]],
+    trials: list[Trial],
+    kinds: tuple[str, ...],
+    command: str,
+    pending: Sequence[str] = (),
 ) -> None:
-    """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``)."""
+    """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``).
+
+    ``pending``: the commands asked for and not run yet (the summary names them).
+    """
+    not_run = f"; not run yet: {', '.join(pending)}" if pending else ""
     header = {
         "command": command,
         "machine": machine_name(),
         "date": time.strftime("%Y-%m-%d"),
         "commit": revision(),
-        "summary": summary(trials),
+        "summary": summary(trials) + not_run,
     }
     files.write_json_atomic(
         RESULTS_JSON,
@@ -403,25 +412,31 @@ def check_choices(flag_values: flags.FlagValues) -> None:
 
 
 def drill(flag_values: flags.FlagValues) -> list[Trial]:
-    """Runs the trials the parsed ``flag_values`` ask for; prints and writes the report."""
+    """Runs the trials the parsed ``flag_values`` ask for; prints and writes the report.
+
+    The report is rewritten after each command's trials, so a drill stopped part-way leaves the
+    table of the commands it finished (and names the ones it did not run).
+    """
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint it restores
     choice = Choice(tuple(flag_values.kinds), tuple(flag_values.hits), flag_values.sites)
+    command = " ".join(["python", *sys.argv])
     shared = Path(tempfile.mkdtemp(prefix="flaxmnist-write-faults-"))
     ws = Workspace(shared)
     sites: dict[str, list[Site]] = {}
     trials: list[Trial] = []
     try:
-        for name in flag_values.only:
+        for number, name in enumerate(flag_values.only, 1):
             sites[name], mine = run_scenario(ws, SCENARIOS[name], choice)
             trials += mine
+            if flag_values.report:
+                pending = flag_values.only[number:]
+                write_report(sites, trials, choice.kinds, command, pending)
     finally:
         ws.close()
         if not flag_values.keep:
             shutil.rmtree(shared, ignore_errors=True)
     console.say(table(sites, trials, choice.kinds))
     console.say(summary(trials))
-    if flag_values.report:
-        write_report(sites, trials, choice.kinds, " ".join(["python", *sys.argv]))
     return trials
 
 
