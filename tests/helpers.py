@@ -31,11 +31,17 @@ def with_cpu_devices(count: int) -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Runs ``python -m flaxmnist.train ARGS`` in ``cwd`` and returns its captured output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return run_module("train", *args, cwd=cwd)
+
+
+def run_module(
+    command: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python -m flaxmnist.COMMAND ARGS`` in ``cwd`` (unbuffered) and captures its output."""
     return subprocess.run(
-        [sys.executable, "-m", "flaxmnist.train", *args],
+        [sys.executable, "-m", f"flaxmnist.{command}", *args],
         cwd=cwd,
-        env=env,
+        env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,6 +4,7 @@ import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,26 @@ def trained(tmp_path_factory):
     return root
 
 
+def export_and_run_probabilities(out: Path, fmt: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of 37 test images (an odd batch): the export's, then the run's.
+
+    The export in ``out`` is loaded in a process without flaxmnist; the run is ``root/run``, its
+    data ``root/data``.
+    """
+    test = datasets.load_dataset("mnist", str(root / "data")).test
+    images, predicted = root / f"images-{fmt}.npy", root / f"probabilities-{fmt}.npy"
+    np.save(images, test.images[:37])
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOADERS[fmt], str(out), str(images), str(predicted)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    expected = metrics.softmax(flaxmnist.load_run(root / "run").predict(test.images[:37]))
+    return np.load(predicted), expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", exporting.FORMATS)
 def test_an_export_predicts_the_test_set_as_the_run_does_without_flaxmnist(trained, fmt):
@@ -65,19 +86,7 @@ def test_an_export_predicts_the_test_set_as_the_run_does_without_flaxmnist(train
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "classes.json").read_text()) == [str(i) for i in range(10)]
-    test = datasets.load_dataset("mnist", str(trained / "data")).test
-    images = trained / f"images-{fmt}.npy"
-    np.save(images, test.images[:37])  # an odd batch: the export takes any batch size
-    predicted = trained / f"probabilities-{fmt}.npy"
-    loaded = subprocess.run(
-        [sys.executable, "-c", LOADERS[fmt], str(out), str(images), str(predicted)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    got = np.load(predicted)
-    expected = metrics.softmax(flaxmnist.load_run(trained / "run").predict(test.images[:37]))
+    got, expected = export_and_run_probabilities(out, fmt, trained)
     assert got.shape == (37, 10)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
     np.testing.assert_allclose(got, expected, atol=1e-5)

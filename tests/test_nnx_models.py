@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,16 +14,14 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import REPO_ROOT, with_cpu_devices
+from helpers import REPO_ROOT, run_module, with_cpu_devices
 from PIL import Image
-from test_export import LOADERS
+from test_export import export_and_run_probabilities
 
 import flaxmnist
 from flaxmnist import losses, models, plugins
 from flaxmnist.configs import default
-from flaxmnist.data import datasets
 from flaxmnist.errors import ConfigError
-from flaxmnist.evaluation import metrics
 from flaxmnist.models import nnx_models
 from flaxmnist.testing import write_idx_dataset
 from flaxmnist.training import loop, step_functions, train_state
@@ -228,17 +225,6 @@ def test_a_run_trains_checkpoints_and_a_resumed_run_ends_bitwise_equal(nnx_run):
     assert steps[0] == steps[1]
 
 
-def _cli(command: str, *args: str, cwd: Path, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"flaxmnist.{command}", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_evaluate_predict_and_export_refuse_the_plugin_unless_allowed(nnx_run, tmp_path):
     run = nnx_run / "run"
@@ -249,11 +235,11 @@ def test_evaluate_predict_and_export_refuse_the_plugin_unless_allowed(nnx_run, t
         "export": [f"--workdir={run}", f"--out={tmp_path / 'export'}"],
     }
     for command, args in reading.items():
-        refused = _cli(command, *args, cwd=tmp_path)
+        refused = run_module(command, *args, cwd=tmp_path)
         assert refused.returncode == 2, refused.stderr
         assert "model 'nnx_mlp_bn'" in refused.stderr and "--allow_plugins" in refused.stderr
     allowed = {
-        command: _cli(command, *args, "--allow_plugins", cwd=tmp_path)
+        command: run_module(command, *args, "--allow_plugins", cwd=tmp_path)
         for command, args in reading.items()
     }
     for result in allowed.values():
@@ -268,7 +254,7 @@ def test_evaluate_predict_and_export_refuse_the_plugin_unless_allowed(nnx_run, t
 @pytest.mark.parametrize("fmt", ["stablehlo", "saved_model", "onnx"])
 def test_an_export_predicts_as_the_run_does_without_flaxmnist(nnx_run, fmt):
     out = nnx_run / f"export-{fmt}"
-    exported = _cli(
+    exported = run_module(
         "export",
         f"--workdir={nnx_run / 'run'}",
         "--allow_plugins",
@@ -277,18 +263,8 @@ def test_an_export_predicts_as_the_run_does_without_flaxmnist(nnx_run, fmt):
         cwd=nnx_run,
     )
     assert exported.returncode == 0, exported.stderr
-    test = datasets.load_dataset("mnist", str(nnx_run / "data")).test
-    images, predicted = nnx_run / f"images-{fmt}.npy", nnx_run / f"probabilities-{fmt}.npy"
-    np.save(images, test.images[:37])
-    loaded = subprocess.run(
-        [sys.executable, "-c", LOADERS[fmt], str(out), str(images), str(predicted)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    expected = metrics.softmax(flaxmnist.load_run(nnx_run / "run").predict(test.images[:37]))
-    np.testing.assert_allclose(np.load(predicted), expected, atol=1e-5)
+    got, expected = export_and_run_probabilities(out, fmt, nnx_run)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -307,7 +283,7 @@ def test_two_devices_train_as_one(nnx_run, tmp_path):
             "num_devices",
         )
     ]
-    trained = _cli(
+    trained = run_module(
         "train",
         "--config=default",
         *args,

@@ -1,11 +1,10 @@
 """Predicting your own image files: MNIST framing by hand-computed geometry, files, the CLI."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_module
 from PIL import Image
 
 from flaxmnist.errors import DataError
@@ -107,16 +106,6 @@ def test_only_mnist_and_fashion_models_take_image_files(tmp_path):
         digit_images.load_image_as(tmp_path / "x.png", "cifar10")
 
 
-def _predict_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flaxmnist.predict", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_cli_prints_ranked_classes_and_json_and_fails_in_one_line(tiny_config, tmp_path):
     from flaxmnist.training import loop
@@ -126,7 +115,7 @@ def test_cli_prints_ranked_classes_and_json_and_fails_in_one_line(tiny_config, t
     Image.fromarray(255 - _ellipse(60, 30, (100, 100), (50.0, 50.0))).save(tmp_path / "a.png")
     np.save(tmp_path / "b.npy", _ellipse(20, 10, (28, 28), (14.0, 14.0)))
     run = f"--workdir={tmp_path / 'run'}"
-    result = _predict_cli(run, "a.png", "b.npy", "--json", "--top=2", cwd=tmp_path)
+    result = run_module("predict", run, "a.png", "b.npy", "--json", "--top=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     assert [r["file"] for r in records] == ["a.png", "b.npy"]
@@ -134,7 +123,7 @@ def test_cli_prints_ranked_classes_and_json_and_fails_in_one_line(tiny_config, t
         probabilities = [entry["probability"] for entry in record["top"]]
         assert len(probabilities) == 2 and probabilities == sorted(probabilities, reverse=True)
         assert 0 < sum(probabilities) <= 1 + 1e-6
-    lines = _predict_cli(run, "a.png", cwd=tmp_path).stdout.strip().splitlines()
+    lines = run_module("predict", run, "a.png", cwd=tmp_path).stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("a.png: ") and lines[0].count(" %") == 3
     for args, message in [
         (["empty.png"], "empty.png: no such file"),
@@ -142,7 +131,7 @@ def test_cli_prints_ranked_classes_and_json_and_fails_in_one_line(tiny_config, t
         (["a.png", "--top=0"], "top must be between 1 and 10"),
         (["a.png", "--top=x"], "--top: expected an integer"),
     ]:
-        failed = _predict_cli(run, *args, cwd=tmp_path)
+        failed = run_module("predict", run, *args, cwd=tmp_path)
         assert failed.returncode == 2 and "Traceback" not in failed.stderr
         last = failed.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last
