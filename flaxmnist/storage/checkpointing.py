@@ -34,6 +34,7 @@ from absl import logging as absl_logging
 
 from flaxmnist import console
 from flaxmnist.errors import FlaxmnistError, first_line
+from flaxmnist.storage import files
 from flaxmnist.training import parallel
 
 BEST_METRIC = "best_order"  # epoch at which a checkpoint became the best so far; -1 otherwise
@@ -159,7 +160,7 @@ class RunCheckpoints:
         meta = {**meta, STATE_CHECKSUM: state_checksum(state)}
         args = ocp().args
         args = args.Composite(state=args.StandardSave(state), meta=args.JsonSave(meta))
-        with disk_errors(self.directory):
+        with files.disk_errors(self.directory, DISK_ERROR_TEXTS):
             self.manager.save(step, args=args, metrics={BEST_METRIC: best_order}, force=True)
 
     def check_free_space(self, state) -> None:
@@ -178,7 +179,7 @@ class RunCheckpoints:
     def wait_until_finished(self) -> None:
         """Waits for pending asynchronous saves (their disk errors surface here)."""
         if "manager" in self.__dict__:
-            with disk_errors(self.directory):
+            with files.disk_errors(self.directory, DISK_ERROR_TEXTS):
                 self.manager.wait_until_finished()
 
     def steps(self) -> list[int]:
@@ -317,21 +318,8 @@ class RunCheckpoints:
             self.manager.close()
 
 
-DISK_ERRORS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "No space left": errno.ENOSPC}
-
-
-@contextlib.contextmanager
-def disk_errors(directory: Path) -> Iterator[None]:
-    """Turns Orbax / TensorStore's errors for a full disk into ``OSError(ENOSPC)``."""
-    try:
-        yield
-    except OSError:
-        raise
-    except Exception as e:
-        code = next((c for text, c in DISK_ERRORS.items() if text in str(e)), None)
-        if code is None:
-            raise
-        raise OSError(code, os.strerror(code), str(directory)) from None
+# TensorStore reports a full disk as RESOURCE_EXHAUSTED (no errno text), besides the usual ones.
+DISK_ERROR_TEXTS = {**files.DISK_ERROR_TEXTS, "RESOURCE_EXHAUSTED": errno.ENOSPC}
 
 
 class IncompatibleCheckpointError(FlaxmnistError):

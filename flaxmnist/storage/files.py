@@ -76,20 +76,20 @@ def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def disk_errors(path: Path) -> Iterator[None]:
+def disk_errors(path: Path, texts: dict[str, int] = DISK_ERROR_TEXTS) -> Iterator[None]:
     """Turns an error whose message names a failing disk into ``OSError`` for ``path``.
 
     TensorFlow raises ``RuntimeError("... No space left on device")`` and the like for a write
     that fails in native code: as ``OSError`` it is the user's disk (one line, exit 2), not a
-    bug. The texts looked for are :data:`DISK_ERROR_TEXTS`; a ``FlaxmnistError`` keeps its own
-    message.
+    bug. The texts looked for are ``texts`` (default :data:`DISK_ERROR_TEXTS`); a
+    ``FlaxmnistError`` keeps its own message.
     """
     try:
         yield
     except (OSError, FlaxmnistError):
         raise
     except Exception as e:
-        code = next((c for text, c in DISK_ERROR_TEXTS.items() if text in str(e)), None)
+        code = next((c for text, c in texts.items() if text in str(e)), None)
         if code is None:
             raise
         raise OSError(code, os.strerror(code), str(path)) from None
