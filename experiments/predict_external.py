@@ -41,10 +41,10 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from flaxmnist import cli, console, errors
+from flaxmnist.cpu import cpu_model
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.evaluation import figures
 from flaxmnist.storage import files
-from flaxmnist.testing import cpu_model
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = EXPERIMENTS_DIR / "results"

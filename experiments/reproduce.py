@@ -30,8 +30,9 @@ from pathlib import Path
 from absl import flags
 
 from flaxmnist import cli, configs, console, errors
+from flaxmnist.cpu import machine_name
 from flaxmnist.errors import ConfigError
-from flaxmnist.testing import machine_name, write_between_markers
+from flaxmnist.testing import write_between_markers
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"

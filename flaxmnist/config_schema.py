@@ -290,7 +290,8 @@ FIELDS: tuple[Field, ...] = (
         "pool_impl",
         "auto",
         Choice(("auto", "xla", "fast", "fused")),
-        "max-pooling; `auto`: fused into the convolution on CPU, XLA's elsewhere",
+        "max-pooling; `auto`: fused into the convolution on a CPU with AVX-512, `fast` on other "
+        "CPUs, XLA's elsewhere ([kernels](results.md#kernels-by-cpu))",
     ),
     # Loss and optimisation.
     Field(

@@ -3,18 +3,16 @@
 ``write_idx_dataset(folder)`` writes the four standard IDX files (and ``SHA256SUMS``) of a small,
 learnable dataset; point ``config.data_dir`` at the folder's parent and a run trains on it in
 seconds. ``run_splits(data_dir, fraction, seed)`` gives the splits such a run trains and tests on.
-``cpu_model()`` / ``machine_name()`` name the machine a measurement was taken on, and
-``write_between_markers`` puts a generated table into a document.
+``write_between_markers`` puts a generated table into a document, and ``revision()`` names the
+commit a measurement was taken on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import os
-import platform
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -96,30 +94,15 @@ def run_splits(
     return datasets.take_positions(idx, datasets.run_positions(sizes, validation_fraction, seed))
 
 
-# The vector units that decide which kernels are fastest, as /proc/cpuinfo's flags name them.
-INSTRUCTION_SETS = (("amx_tile", "AVX-512 + AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-
-
-def cpu_model() -> str:
-    """The CPU's model name and widest vector units: ``AMD EPYC (AVX-512)``.
-
-    The model name alone can hide which chip it is (``AMD EPYC`` names CPUs with AVX2 only and
-    CPUs with AVX-512); the instruction sets tell timings from different machines apart.
-    """
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())  # the first CPU's
-    name = fields.get("model name") or platform.processor() or "unknown CPU"
-    flags = set(fields.get("flags", "").split())
-    widest = next((label for flag, label in INSTRUCTION_SETS if flag in flags), None)
-    return f"{name} ({widest})" if widest else name
-
-
-def machine_name() -> str:
-    """The CPU (see :func:`cpu_model`) and the cores this process may use."""
-    return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores"
+def revision() -> str:
+    """The code's commit, ``-dirty`` when the working tree differs ("" outside a checkout)."""
+    described = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    return described.stdout.strip()
 
 
 def write_between_markers(doc: Path, name: str, text: str, writer: str) -> None:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flaxmnist import cpu
 from flaxmnist.models import layers
 
 
@@ -223,6 +224,17 @@ def test_conv_max_pool_is_two_layers_unless_im2col_and_fused(impl, pool_impl):
     fn = lambda x, k: layers.conv2d_max_pool(x, k, 2, impl=impl, pool_impl=pool_impl)  # noqa: E731
     assert not _takes_fused_path(fn, x, kernel)
     chex.assert_trees_all_close(fn(x, kernel), _reference_conv_max_pool(x, kernel, "VALID"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "fused"),
+    [({"avx2", "avx512f"}, True), ({"avx2"}, False), (set(), False)],
+)
+def test_auto_fuses_the_pool_only_on_a_cpu_with_avx512(monkeypatch, flags, fused):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    x, kernel = jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 2))
+    fn = lambda x, k: layers.conv2d_max_pool(x, k, 2)  # noqa: E731
+    assert _takes_fused_path(fn, x, kernel) == fused
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from drills import injector, write_faults, write_judge, write_scenarios
 from drills.common import Outcome
 
-from flaxmnist.errors import DataError
+from flaxmnist.errors import ConfigError, DataError
 from flaxmnist.storage import files, scalar_log
 
 WRITES = """\
@@ -242,14 +242,46 @@ def test_a_training_run_s_write_sites_fail_midway_and_end_in_one_line(tmp_path):
         ws.close()
 
 
-def test_the_report_names_the_commands_not_run_yet(tmp_path, monkeypatch):
+def _report_paths(tmp_path, monkeypatch) -> tuple:
     monkeypatch.setattr(write_faults, "RESULTS_JSON", tmp_path / "write_faults.json")
     monkeypatch.setattr(write_faults, "RESULTS_MD", tmp_path / "write_faults.md")
+    return write_faults.RESULTS_JSON, write_faults.RESULTS_MD
+
+
+def test_the_report_names_the_commands_not_run_yet(tmp_path, monkeypatch):
+    results_json, results_md = _report_paths(tmp_path, monkeypatch)
     site = write_faults.Site("write flaxmnist/storage/files.py:1 run/.a.json.*.tmp", 2)
-    trial = write_faults.Trial("train", site.key, 2, "ENOSPC")
-    write_faults.write_report({"train": [site]}, [trial], ("ENOSPC",), "cmd", ["tune"])
-    report = json.loads((tmp_path / "write_faults.json").read_text())
-    assert report["summary"].endswith("; not run yet: tune") and len(report["trials"]) == 1
-    assert "not run yet: tune" in (tmp_path / "write_faults.md").read_text().splitlines()[2]
-    write_faults.write_report({"train": [site]}, [trial], ("ENOSPC",), "cmd")
-    assert "not run yet" not in (tmp_path / "write_faults.md").read_text()
+    trial = write_faults.Trial("train", site.key, 2, "ENOSPC", fired=True)
+    header = write_faults.run_header("cmd", [trial], ["tune"])
+    write_faults.write_report([header], {"train": [site]}, [trial])
+    report = json.loads(results_json.read_text())
+    assert report["runs"][0]["summary"].endswith("; not run yet: tune")
+    assert len(report["trials"]) == 1
+    assert "not run yet: tune" in results_md.read_text().splitlines()[2]
+    write_faults.write_report([write_faults.run_header("cmd", [trial])], {"train": [site]}, [trial])
+    assert "not run yet" not in results_md.read_text()
+
+
+def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_command(
+    tmp_path, monkeypatch
+):
+    results_json, results_md = _report_paths(tmp_path, monkeypatch)
+    saved = []
+    for name, kind, code in (("train", "ENOSPC", 2), ("tune", "EIO", 1)):
+        site = write_faults.Site(f"write flaxmnist/{name}.py:1 run/x", 1)
+        trial = write_faults.Trial(name, site.key, 1, kind, fired=True, code=code)
+        trial.problems = [] if code == 2 else ["exit 1"]
+        write_faults.write_report(
+            [write_faults.run_header(f"drill --only={name}", [trial])], {name: [site]}, [trial]
+        )
+        saved.append(tmp_path / f"{name}.json")
+        results_json.rename(saved[-1])
+    write_faults.combine([str(path) for path in saved])
+    report = json.loads(results_json.read_text())
+    assert [run["command"] for run in report["runs"]] == ["drill --only=train", "drill --only=tune"]
+    assert [t["result"] for t in report["trials"]] == ["pass", "FAIL"]
+    text = results_md.read_text()
+    assert "All together: 2 trials: 1 passed, 1 failed, 0 not reached." in text
+    assert "| ENOSPC | EIO |" in text and "- tune, EIO at hit 1" in text
+    with pytest.raises(ConfigError, match="repeats the commands train"):
+        write_faults.combine([str(saved[0]), str(saved[0])])

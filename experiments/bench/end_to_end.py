@@ -24,7 +24,7 @@ import ml_collections
 import recipes
 import report
 
-from flaxmnist.testing import machine_name
+from flaxmnist.cpu import machine_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = ("test_accuracy", "epochs_completed", "time_to_first_chunk_s", "total_time_s")

@@ -20,7 +20,7 @@ import report
 from absl import flags
 
 from flaxmnist import cli, errors
-from flaxmnist.testing import machine_name
+from flaxmnist.cpu import machine_name
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

@@ -26,7 +26,7 @@ import measure
 import numpy as np
 import recipes
 
-from flaxmnist.testing import cpu_model, machine_name
+from flaxmnist.cpu import cpu_model, machine_name
 
 PAIR_WORKER = Path(__file__).resolve().with_name("pair_worker.py")
 FRAMEWORK_SETTINGS = {

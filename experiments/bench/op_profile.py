@@ -30,7 +30,7 @@ import report
 from absl import flags
 
 from flaxmnist import cli, configs, errors
-from flaxmnist.testing import machine_name
+from flaxmnist.cpu import machine_name
 
 REFERENCE_PRESETS = ("cnn_simple", "convnet", "cnn3")
 COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.-]+) \(.*\) -> .* \{$")

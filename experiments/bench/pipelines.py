@@ -18,7 +18,8 @@ from pathlib import Path
 
 import measure
 
-from flaxmnist.testing import cpu_model, write_between_markers
+from flaxmnist.cpu import cpu_model
+from flaxmnist.testing import write_between_markers
 
 PIPELINES = ("device", "tfds", "grain")
 PIPELINE_BATCH = 128  # the Flax MNIST example's recipe

@@ -44,7 +44,7 @@ import end_to_end
 import measure
 import recipes
 
-from flaxmnist.testing import cpu_model
+from flaxmnist.cpu import cpu_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTESTANT_WORKER = Path(__file__).resolve().with_name("contestant.py")

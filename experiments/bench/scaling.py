@@ -21,7 +21,7 @@ import recipes
 import report
 from models_section import run_pair
 
-from flaxmnist.testing import machine_name
+from flaxmnist.cpu import machine_name
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 BATCH_MODELS = ("convnet", "cnn_simple")

@@ -12,8 +12,9 @@ module provides drop-in replacements:
 * :func:`conv2d_max_pool` — a convolution followed by a max-pool in one pass: only the output
   pixels the pool reads are computed, their maximum taken as they are produced, one custom VJP;
 * :class:`Conv` — a Linen module with the same parameters as ``flax.linen.Conv`` (``kernel`` HWIO
-  and ``bias``) whose implementation is a config switch; ``"auto"`` picks im2col (and the fused
-  pool) on CPU and the native ops on GPU/TPU.
+  and ``bias``) whose implementation is a config switch; ``"auto"`` picks im2col on CPU (with the
+  fused pool where the CPU has AVX-512: :func:`flaxmnist.cpu.fused_pool_pays`) and the native ops
+  on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxmnist import config_schema
+from flaxmnist import config_schema, cpu
 
 # The implementations of each layer, by the names the config fields conv_impl and pool_impl take.
 CONV_IMPLS = config_schema.choices("conv_impl")
@@ -407,14 +408,16 @@ def conv2d_max_pool(
 ) -> jax.Array:
     """``max_pool(conv2d(x, kernel), window)``, computed in one pass where ``pool_impl`` is fused.
 
-    With ``pool_impl="fused"`` (what ``"auto"`` picks on CPU) and the im2col convolution, only the
-    output pixels the pool reads are computed (a 'VALID' 11×11 output pooled to 5×5 loses its last
-    row and column), the maximum is taken as they are produced, and the backward pass is one
-    custom VJP: the gradient goes to the first maximum of each window, as ``select_and_scatter``
-    routes it. Otherwise this is the two layers one after the other.
+    With ``pool_impl="fused"`` (what ``"auto"`` picks on a CPU with AVX-512) and the im2col
+    convolution, only the output pixels the pool reads are computed (a 'VALID' 11×11 output pooled
+    to 5×5 loses its last row and column), the maximum is taken as they are produced, and the
+    backward pass is one custom VJP: the gradient goes to the first maximum of each window, as
+    ``select_and_scatter`` routes it. Otherwise this is the two layers one after the other.
     """
     impl = resolve_impl(impl, CONV_IMPLS, cpu_choice="im2col")
-    pool_impl = resolve_impl(pool_impl, POOL_IMPLS, cpu_choice="fused")
+    pool_impl = resolve_impl(
+        pool_impl, POOL_IMPLS, cpu_choice="fused" if cpu.fused_pool_pays() else "fast"
+    )
     _check_padding(padding)
     if impl != "im2col" or pool_impl != "fused":
         return max_pool(conv2d(x, kernel, padding=padding, impl=impl), window, impl=pool_impl)

@@ -72,14 +72,6 @@ def params_digest(workdir: Path) -> str:
     return digest.hexdigest()
 
 
-def revision() -> str:
-    """The code's commit, ``-dirty`` when the working tree differs ("" outside a checkout)."""
-    described = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    return described.stdout.strip()
-
-
 def mount_tmpfs(folder: Path, size: str) -> bool:
     """Mounts a tmpfs of ``size`` (``4k``, ``256m``) on ``folder``; whether it could (root)."""
     mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]

@@ -31,13 +31,14 @@ if not __package__:  # run as a script, sys.path[0] is tests/drills: make `drill
 
 from absl import flags, logging
 
-from drills.common import REPO_ROOT, revision
+from drills.common import REPO_ROOT
 from drills.fault_drill import Drill, Row
 from drills.fault_scenarios import SCENARIOS
 from flaxmnist import cli, console, errors
+from flaxmnist.cpu import machine_name
 from flaxmnist.errors import ConfigError
 from flaxmnist.storage import files
-from flaxmnist.testing import machine_name, write_between_markers
+from flaxmnist.testing import revision, write_between_markers
 
 RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "faults.json"
 REPORT = REPO_ROOT / "docs" / "reliability.md"

@@ -4,6 +4,7 @@
     python tests/drills/write_faults.py --only=train  # one command's sites
     python tests/drills/write_faults.py --kinds=ENOSPC --hits=first
     python tests/drills/write_faults.py --only=train --sites=orbax   # sites matching a regex
+    python tests/drills/write_faults.py --combine=a.json,b.json      # one report of two runs
 
 The sites are found, not listed: every command (training, new and resumed; evaluation; export;
 comparison; tfds preparation of IDX files, of a damaged dataset and of the stock ``mnist``; a
@@ -36,7 +37,9 @@ A fault that fires in a run that still exits 0 passes only when every output is 
 equal to the uninterrupted run's. A command still running 10 s after its error line is hung.
 
 Writes ``experiments/results/write_faults.json`` and ``.md`` (``--noreport``: neither); exits 1
-when any trial failed. The ``full`` trials mount tmpfs folders and need root; elsewhere they are
+when any trial failed. Drill runs of different commands (say, in two checkouts at one commit, to
+use two machines' time) make one report with ``--combine``: each run's command and commit are
+named above the tables. The ``full`` trials mount tmpfs folders and need root; elsewhere they are
 skipped. Not covered: the JAX compilation cache (kept outside the trial folder: the fault
 matrix's cache torture fills it and makes it read-only) and other processes than the command's
 own (a hit is counted per process).
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import re
 import shutil
 import signal
@@ -61,14 +65,15 @@ if not __package__:  # run as a script, sys.path[0] is tests/drills: make `drill
 
 from absl import flags, logging
 
-from drills.common import REPO_ROOT, mount_tmpfs, revision, snapshot, unmount
+from drills.common import REPO_ROOT, mount_tmpfs, snapshot, unmount
 from drills.injector import KINDS, PASS, plan_environment, read_log, write_sitecustomize
 from drills.write_judge import Reference, alike, all_paths, digests, final_problems, state_problems
 from drills.write_scenarios import SCENARIOS, Scenario, run_command, temp_environment
 from flaxmnist import cli, console, errors
+from flaxmnist.cpu import machine_name
 from flaxmnist.errors import ConfigError
 from flaxmnist.storage import files
-from flaxmnist.testing import machine_name, write_idx_dataset
+from flaxmnist.testing import revision, write_idx_dataset
 
 RESULTS_JSON = REPO_ROOT / "experiments" / "results" / "write_faults.json"
 RESULTS_MD = REPO_ROOT / "experiments" / "results" / "write_faults.md"
@@ -330,29 +335,31 @@ def summary(trials: list[Trial]) -> str:
     )
 
 
-def write_report(
-    sites: dict[str, list[Site]],
-    trials: list[Trial],
-    kinds: tuple[str, ...],
-    command: str,
-    pending: Sequence[str] = (),
-) -> None:
-    """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``).
+def run_header(command: str, trials: list[Trial], pending: Sequence[str] = ()) -> dict:
+    """What one drill run records about itself: command, machine, date, commit and summary.
 
     ``pending``: the commands asked for and not run yet (the summary names them).
     """
     not_run = f"; not run yet: {', '.join(pending)}" if pending else ""
-    header = {
+    return {
         "command": command,
         "machine": machine_name(),
         "date": time.strftime("%Y-%m-%d"),
         "commit": revision(),
         "summary": summary(trials) + not_run,
     }
+
+
+def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Trial]) -> None:
+    """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``).
+
+    ``runs``: the headers (:func:`run_header`) of the drill runs whose trials these are.
+    """
+    kinds = tuple(kind for kind in KINDS if any(t.kind == kind for t in trials))
     files.write_json_atomic(
         RESULTS_JSON,
         {
-            **header,
+            "runs": runs,
             "sites": {
                 name: [dataclasses.asdict(s) for s in found] for name, found in sites.items()
             },
@@ -365,11 +372,17 @@ def write_report(
         for t in trials
         if t.result == "FAIL"
     ]
+    runs_text = [
+        f"- `{run['command']}` on {run['machine']}, {run['date']} (commit {run['commit']}): "
+        f"{run['summary']}."
+        for run in runs
+    ]
     text = [
         "# Write faults",
         "",
-        f"`{command}` on {header['machine']}, {header['date']} (commit {header['commit']}): "
-        f"{header['summary']}.",
+        *runs_text,
+        "",
+        f"All together: {summary(trials)}.",
         "",
         summary_table(sites, trials),
         "",
@@ -378,6 +391,28 @@ def write_report(
         *(failures or ["No trial failed."]),
     ]
     files.write_text_atomic(RESULTS_MD, "\n".join(text) + "\n")
+
+
+def combine(paths: Sequence[str]) -> None:
+    """Writes one report from the JSON results of drill runs that each covered some commands."""
+    runs: list[dict] = []
+    sites: dict[str, list[Site]] = {}
+    trials: list[Trial] = []
+    for path in paths:
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--combine: cannot read {path}: {e}") from None
+        overlap = sorted(set(sites) & set(saved["sites"]))
+        if overlap:
+            raise ConfigError(f"--combine: {path} repeats the commands {', '.join(overlap)}")
+        runs += saved["runs"]
+        sites |= {name: [Site(**s) for s in found] for name, found in saved["sites"].items()}
+        fields = {f.name for f in dataclasses.fields(Trial)}
+        trials += [Trial(**{k: v for k, v in t.items() if k in fields}) for t in saved["trials"]]
+    order = [name for name in SCENARIOS if name in sites]
+    write_report(runs, {name: sites[name] for name in order}, trials)
+    console.say(summary(trials))
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -396,6 +431,13 @@ def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_boolean("keep", False, "Keep the drill's folder.", flag_values=flag_values)
     flags.DEFINE_boolean(
         "report", True, "Write experiments/results/write_faults.*.", flag_values=flag_values
+    )
+    flags.DEFINE_list(
+        "combine",
+        [],
+        "Run nothing: write the report from these saved results (JSON files of drill runs that "
+        "covered different commands).",
+        flag_values=flag_values,
     )
 
 
@@ -429,8 +471,8 @@ def drill(flag_values: flags.FlagValues) -> list[Trial]:
             sites[name], mine = run_scenario(ws, SCENARIOS[name], choice)
             trials += mine
             if flag_values.report:
-                pending = flag_values.only[number:]
-                write_report(sites, trials, choice.kinds, command, pending)
+                header = run_header(command, trials, flag_values.only[number:])
+                write_report([header], sites, trials)
     finally:
         ws.close()
         if not flag_values.keep:
@@ -446,6 +488,9 @@ def main(argv: list[str]) -> None:
     sys.stdout.reconfigure(line_buffering=True)  # each verdict as it lands, even through a pipe
     with errors.reported(RESULTS_JSON.parent):
         check_choices(flags.FLAGS)
+        if flags.FLAGS.combine:
+            combine(flags.FLAGS.combine)
+            return
         trials = drill(flags.FLAGS)
     if any(t.result == "FAIL" for t in trials):
         sys.exit(1)
