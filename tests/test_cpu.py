@@ -1,4 +1,4 @@
-"""flaxmnist.cpu: the CPU's name for measurements and the kernel rule, from /proc/cpuinfo's fields."""
+"""flaxmnist.cpu: the CPU's name and the kernel rule, from /proc/cpuinfo's fields."""
 
 import pytest
 

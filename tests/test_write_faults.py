@@ -262,26 +262,30 @@ def test_the_report_names_the_commands_not_run_yet(tmp_path, monkeypatch):
     assert "not run yet" not in results_md.read_text()
 
 
-def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_command(
+def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_trial(
     tmp_path, monkeypatch
 ):
     results_json, results_md = _report_paths(tmp_path, monkeypatch)
     saved = []
-    for name, kind, code in (("train", "ENOSPC", 2), ("tune", "EIO", 1)):
-        site = write_faults.Site(f"write flaxmnist/{name}.py:1 run/x", 1)
+    for name, kind, code in (("train", "ENOSPC", 2), ("train", "EIO", 1)):
+        site = write_faults.Site(f"write flaxmnist/{name}.py:1 run/{kind}", 1)
         trial = write_faults.Trial(name, site.key, 1, kind, fired=True, code=code)
         trial.problems = [] if code == 2 else ["exit 1"]
         write_faults.write_report(
             [write_faults.run_header(f"drill --only={name}", [trial])], {name: [site]}, [trial]
         )
-        saved.append(tmp_path / f"{name}.json")
+        saved.append(tmp_path / f"{kind}.json")
         results_json.rename(saved[-1])
     write_faults.combine([str(path) for path in saved])
     report = json.loads(results_json.read_text())
-    assert [run["command"] for run in report["runs"]] == ["drill --only=train", "drill --only=tune"]
+    assert [run["command"] for run in report["runs"]] == ["drill --only=train"] * 2
     assert [t["result"] for t in report["trials"]] == ["pass", "FAIL"]
+    assert [s["key"] for s in report["sites"]["train"]] == [
+        "write flaxmnist/train.py:1 run/ENOSPC",
+        "write flaxmnist/train.py:1 run/EIO",
+    ]
     text = results_md.read_text()
     assert "All together: 2 trials: 1 passed, 1 failed, 0 not reached." in text
-    assert "| ENOSPC | EIO |" in text and "- tune, EIO at hit 1" in text
-    with pytest.raises(ConfigError, match="repeats the commands train"):
+    assert "| ENOSPC | EIO |" in text and "- train, EIO at hit 1" in text
+    with pytest.raises(ConfigError, match="repeats a trial: ENOSPC at hit 1 of train's"):
         write_faults.combine([str(saved[0]), str(saved[0])])

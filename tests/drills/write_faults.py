@@ -37,12 +37,12 @@ A fault that fires in a run that still exits 0 passes only when every output is 
 equal to the uninterrupted run's. A command still running 10 s after its error line is hung.
 
 Writes ``experiments/results/write_faults.json`` and ``.md`` (``--noreport``: neither); exits 1
-when any trial failed. Drill runs of different commands (say, in two checkouts at one commit, to
-use two machines' time) make one report with ``--combine``: each run's command and commit are
-named above the tables. The ``full`` trials mount tmpfs folders and need root; elsewhere they are
-skipped. Not covered: the JAX compilation cache (kept outside the trial folder: the fault
-matrix's cache torture fills it and makes it read-only) and other processes than the command's
-own (a hit is counted per process).
+when any trial failed. Drill runs of different trials (say, in two checkouts at one commit, to
+use two cores' time, or one with ENOSPC and one with EIO) make one report with ``--combine``:
+each run's command and commit are named above the tables. The ``full`` trials mount tmpfs
+folders and need root; elsewhere they are skipped. Not covered: the JAX compilation cache (kept
+outside the trial folder: the fault matrix's cache torture fills it and makes it read-only) and
+other processes than the command's own (a hit is counted per process).
 """
 
 from __future__ import annotations
@@ -394,25 +394,37 @@ def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Tr
 
 
 def combine(paths: Sequence[str]) -> None:
-    """Writes one report from the JSON results of drill runs that each covered some commands."""
+    """Writes one report from the JSON results of drill runs that covered different trials.
+
+    The runs may share commands (one ran ENOSPC, another EIO): a command's sites are the union
+    of theirs. The same trial (command, site, hit, kind) in two runs is refused.
+    """
     runs: list[dict] = []
     sites: dict[str, list[Site]] = {}
-    trials: list[Trial] = []
+    trials: dict[tuple, Trial] = {}
+    fields = {f.name for f in dataclasses.fields(Trial)}
     for path in paths:
         try:
             saved = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"--combine: cannot read {path}: {e}") from None
-        overlap = sorted(set(sites) & set(saved["sites"]))
-        if overlap:
-            raise ConfigError(f"--combine: {path} repeats the commands {', '.join(overlap)}")
         runs += saved["runs"]
-        sites |= {name: [Site(**s) for s in found] for name, found in saved["sites"].items()}
-        fields = {f.name for f in dataclasses.fields(Trial)}
-        trials += [Trial(**{k: v for k, v in t.items() if k in fields}) for t in saved["trials"]]
+        for name, found in saved["sites"].items():
+            known = sites.setdefault(name, [])
+            keys = {site.key for site in known}
+            known += [Site(**site) for site in found if site["key"] not in keys]
+        for fields_of_trial in saved["trials"]:
+            trial = Trial(**{k: v for k, v in fields_of_trial.items() if k in fields})
+            key = (trial.scenario, trial.site, trial.hit, trial.kind)
+            if key in trials:
+                raise ConfigError(
+                    f"--combine: {path} repeats a trial: {trial.kind} at hit {trial.hit} of "
+                    f"{trial.scenario}'s `{trial.site}`"
+                )
+            trials[key] = trial
     order = [name for name in SCENARIOS if name in sites]
-    write_report(runs, {name: sites[name] for name in order}, trials)
-    console.say(summary(trials))
+    write_report(runs, {name: sites[name] for name in order}, list(trials.values()))
+    console.say(summary(list(trials.values())))
 
 
 # --- command line -----------------------------------------------------------------------------
