@@ -252,13 +252,14 @@ def test_the_report_names_the_commands_not_run_yet(tmp_path, monkeypatch):
     results_json, results_md = _report_paths(tmp_path, monkeypatch)
     site = write_faults.Site("write flaxmnist/storage/files.py:1 run/.a.json.*.tmp", 2)
     trial = write_faults.Trial("train", site.key, 2, "ENOSPC", fired=True)
-    header = write_faults.run_header("cmd", [trial], ["tune"])
+    header = write_faults.run_header("cmd", "abc1234", [trial], ["tune"])
     write_faults.write_report([header], {"train": [site]}, [trial])
     report = json.loads(results_json.read_text())
     assert report["runs"][0]["summary"].endswith("; not run yet: tune")
     assert len(report["trials"]) == 1
     assert "not run yet: tune" in results_md.read_text().splitlines()[2]
-    write_faults.write_report([write_faults.run_header("cmd", [trial])], {"train": [site]}, [trial])
+    header = write_faults.run_header("cmd", "abc1234", [trial])
+    write_faults.write_report([header], {"train": [site]}, [trial])
     assert "not run yet" not in results_md.read_text()
 
 
@@ -271,9 +272,8 @@ def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_tri
         site = write_faults.Site(f"write flaxmnist/{name}.py:1 run/{kind}", 1)
         trial = write_faults.Trial(name, site.key, 1, kind, fired=True, code=code)
         trial.problems = [] if code == 2 else ["exit 1"]
-        write_faults.write_report(
-            [write_faults.run_header(f"drill --only={name}", [trial])], {name: [site]}, [trial]
-        )
+        header = write_faults.run_header(f"drill --only={name}", "abc1234", [trial])
+        write_faults.write_report([header], {name: [site]}, [trial])
         saved.append(tmp_path / f"{kind}.json")
         results_json.rename(saved[-1])
     write_faults.combine([str(path) for path in saved])

@@ -335,17 +335,19 @@ def summary(trials: list[Trial]) -> str:
     )
 
 
-def run_header(command: str, trials: list[Trial], pending: Sequence[str] = ()) -> dict:
+def run_header(command: str, commit: str, trials: list[Trial], pending: Sequence[str] = ()) -> dict:
     """What one drill run records about itself: command, machine, date, commit and summary.
 
-    ``pending``: the commands asked for and not run yet (the summary names them).
+    ``commit``: the code's, read before the drill wrote anything (its own result files would
+    make the checkout look modified). ``pending``: the commands asked for and not run yet (the
+    summary names them).
     """
     not_run = f"; not run yet: {', '.join(pending)}" if pending else ""
     return {
         "command": command,
         "machine": machine_name(),
         "date": time.strftime("%Y-%m-%d"),
-        "commit": revision(),
+        "commit": commit,
         "summary": summary(trials) + not_run,
     }
 
@@ -473,7 +475,7 @@ def drill(flag_values: flags.FlagValues) -> list[Trial]:
     """
     logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint it restores
     choice = Choice(tuple(flag_values.kinds), tuple(flag_values.hits), flag_values.sites)
-    command = " ".join(["python", *sys.argv])
+    command, commit = " ".join(["python", *sys.argv]), revision()
     shared = Path(tempfile.mkdtemp(prefix="flaxmnist-write-faults-"))
     ws = Workspace(shared)
     sites: dict[str, list[Site]] = {}
@@ -483,7 +485,7 @@ def drill(flag_values: flags.FlagValues) -> list[Trial]:
             sites[name], mine = run_scenario(ws, SCENARIOS[name], choice)
             trials += mine
             if flag_values.report:
-                header = run_header(command, trials, flag_values.only[number:])
+                header = run_header(command, commit, trials, flag_values.only[number:])
                 write_report([header], sites, trials)
     finally:
         ws.close()
