@@ -473,7 +473,6 @@ def drill(flag_values: flags.FlagValues) -> list[Trial]:
     The report is rewritten after each command's trials, so a drill stopped part-way leaves the
     table of the commands it finished (and names the ones it did not run).
     """
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint it restores
     choice = Choice(tuple(flag_values.kinds), tuple(flag_values.hits), flag_values.sites)
     command, commit = " ".join(["python", *sys.argv]), revision()
     shared = Path(tempfile.mkdtemp(prefix="flaxmnist-write-faults-"))
@@ -500,6 +499,7 @@ def main(argv: list[str]) -> None:
     """Runs the drill the command-line flags describe; exits 1 when a trial failed."""
     del argv  # cli.run refuses positional arguments
     sys.stdout.reconfigure(line_buffering=True)  # each verdict as it lands, even through a pipe
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint it restores
     with errors.reported(RESULTS_JSON.parent):
         check_choices(flags.FLAGS)
         if flags.FLAGS.combine:
