@@ -4,6 +4,7 @@ No timings are checked. The race, its recipes and the Keras and PyTorch twins: t
 """
 
 import importlib
+import json
 import sys
 
 import pytest
@@ -29,7 +30,9 @@ benchmark, end_to_end, fast_seeds, scaling = (
 measure, models_section, pipelines, pair_worker = (
     load(name) for name in ("measure", "models_section", "pipelines", "pair_worker")
 )
-race, recipes, op_profile = (load(name) for name in ("race", "recipes", "op_profile"))
+race, recipes, op_profile, kernels = (
+    load(name) for name in ("race", "recipes", "op_profile", "kernels")
+)
 
 
 def pair_row(model="cnn_simple", batch=32, tile=1, timed_s=2.0, **extra):
@@ -93,6 +96,35 @@ def test_op_profile_bad_input_is_one_line_and_exit_2(tmp_path):
     result = run_script("experiments/bench/op_profile.py", "--steps=0", f"--out={tmp_path}")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: --steps:")
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_kernels_names_auto_over_the_fastest_and_keeps_every_cpus_table(tmp_path):
+    record = {
+        "command": "python experiments/bench/kernels.py",
+        "machine": "CPU, 2 cores",
+        "date": "2026-12-07",
+        "commit": "abc1234",
+        "steps": 10,
+        "rounds": 3,
+    }
+    step_ms = {"fused": 8.0, "im2col": 6.0, "xla": 20.0}
+    row = {"preset": "fast", "batch_size": 128, "step_ms": step_ms}
+    row |= kernels.verdict(step_ms, "fused")
+    assert (row["fastest"], row["auto"], row["auto_over_fastest"]) == ("im2col", "fused", 8 / 6)
+    by_cpu = {"Zen (AVX2)": {**record, "rows": [row]}, "Xeon (AVX-512)": {**record, "rows": []}}
+    text = kernels.markdown(by_cpu)
+    assert text.index("## Xeon (AVX-512)") < text.index("## Zen (AVX2)")
+    assert "| `fast` | 128 | 8.0 | 6.0 | 20.0 | im2col | fused | 1.33 |" in text
+    (tmp_path / "kernels.json").write_text(json.dumps({"cpus": by_cpu}))
+    assert kernels.earlier_results(tmp_path) == by_cpu
+    assert kernels.earlier_results(tmp_path / "none") == {}
+
+
+@pytest.mark.slow  # a subprocess
+def test_kernels_bad_input_is_one_line_and_exit_2(tmp_path):
+    result = run_script("experiments/bench/kernels.py", "--models=fast,nope", f"--out={tmp_path}")
+    assert (result.returncode, result.stderr) == (2, "error: --models: unknown presets nope\n")
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

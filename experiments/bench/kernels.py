@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import recipes
 import report
 from absl import flags
 
@@ -158,9 +159,7 @@ def main(argv: list[str]) -> None:
     values = flags.FLAGS
     out = Path(values.out)
     with errors.reported(out):
-        unknown = sorted(set(values.models) - set(configs.preset_names()))
-        if unknown:
-            raise errors.ConfigError(f"--models: unknown presets {', '.join(unknown)}")
+        recipes.check_presets(values.models)
         auto = AUTO_VARIANT[cpu.fused_pool_pays()]
         rows = []
         for preset in values.models:

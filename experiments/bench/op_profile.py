@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import recipes
 import report
 from absl import flags
 
@@ -237,9 +238,7 @@ def main(argv: list[str]) -> None:
     values = flags.FLAGS
     out = Path(values.out)
     with errors.reported(out):
-        unknown = sorted(set(values.models) - set(configs.preset_names()))
-        if unknown:
-            raise errors.ConfigError(f"--models: unknown presets {', '.join(unknown)}")
+        recipes.check_presets(values.models)
         overrides = model_overrides(values.set)
         results = [profile(preset, values.steps, overrides) for preset in values.models]
     machine = machine_name()

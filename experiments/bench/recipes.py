@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from flaxmnist import configs
 from flaxmnist.configs import fast
+from flaxmnist.errors import ConfigError
 
 TARGET_ACCURACY = 0.99
 TRAIN_EXAMPLES = 60_000
@@ -249,3 +251,10 @@ def epoch_record(epoch: int, train_s: float, test: tuple[float, float] | None) -
     if test is not None:
         record["test_accuracy"], record["eval_s"] = test
     return record
+
+
+def check_presets(names: list[str]) -> None:
+    """Raises ConfigError when ``--models`` names a preset flaxmnist does not have."""
+    unknown = sorted(set(names) - set(configs.preset_names()))
+    if unknown:
+        raise ConfigError(f"--models: unknown presets {', '.join(unknown)}")
