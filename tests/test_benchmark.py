@@ -121,6 +121,24 @@ def test_kernels_names_auto_over_the_fastest_and_keeps_every_cpus_table(tmp_path
     assert kernels.earlier_results(tmp_path / "none") == {}
 
 
+@pytest.mark.parametrize("flags", [{"avx2", "avx512f"}, {"avx2"}])
+def test_the_variant_kernels_calls_auto_is_what_the_layers_run(monkeypatch, flags):
+    import jax
+    import jax.numpy as jnp
+
+    from flaxmnist import cpu
+    from flaxmnist.models import layers
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags))
+    x, kernel = jnp.ones((1, 6, 6, 1)), jnp.ones((3, 3, 1, 2))
+    auto = kernels.VARIANTS[kernels.AUTO_VARIANT[cpu.fused_pool_pays()]]
+
+    def program(**impls):
+        return str(jax.make_jaxpr(lambda x, k: layers.conv2d_max_pool(x, k, 2, **impls))(x, kernel))
+
+    assert program() == program(impl=auto["conv_impl"], pool_impl=auto["pool_impl"])
+
+
 @pytest.mark.slow  # a subprocess
 def test_kernels_bad_input_is_one_line_and_exit_2(tmp_path):
     result = run_script("experiments/bench/kernels.py", "--models=fast,nope", f"--out={tmp_path}")

@@ -289,3 +289,8 @@ def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_tri
     assert "| ENOSPC | EIO |" in text and "- train, EIO at hit 1" in text
     with pytest.raises(ConfigError, match="repeats a trial: ENOSPC at hit 1 of train's"):
         write_faults.combine([str(saved[0]), str(saved[0])])
+    (tmp_path / "other.json").write_text('{"summary": "an older report"}')
+    for path, message in ((tmp_path / "other.json", "holds no drill run's results"),
+                          (tmp_path / "none.json", "cannot read it")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"--combine: {path}: {message}"):
+            write_faults.combine([str(path)])

@@ -408,15 +408,19 @@ def combine(paths: Sequence[str]) -> None:
     for path in paths:
         try:
             saved = json.loads(Path(path).read_text())
+            saved_runs, saved_sites, saved_trials = saved["runs"], saved["sites"], saved["trials"]
+            found_sites = {name: [Site(**s) for s in found] for name, found in saved_sites.items()}
+            found_trials = [Trial(**{k: t[k] for k in t if k in fields}) for t in saved_trials]
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--combine: cannot read {path}: {e}") from None
-        runs += saved["runs"]
-        for name, found in saved["sites"].items():
+            raise ConfigError(f"--combine: {path}: cannot read it ({e})") from None
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"--combine: {path}: holds no drill run's results") from None
+        runs += saved_runs
+        for name, found in found_sites.items():
             known = sites.setdefault(name, [])
             keys = {site.key for site in known}
-            known += [Site(**site) for site in found if site["key"] not in keys]
-        for fields_of_trial in saved["trials"]:
-            trial = Trial(**{k: v for k, v in fields_of_trial.items() if k in fields})
+            known += [site for site in found if site.key not in keys]
+        for trial in found_trials:
             key = (trial.scenario, trial.site, trial.hit, trial.kind)
             if key in trials:
                 raise ConfigError(
@@ -450,7 +454,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "combine",
         [],
         "Run nothing: write the report from these saved results (JSON files of drill runs that "
-        "covered different commands).",
+        "covered different trials).",
         flag_values=flag_values,
     )
 
