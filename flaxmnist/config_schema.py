@@ -255,7 +255,7 @@ FIELDS: tuple[Field, ...] = (
         "chunks_per_epoch",
         20,
         Integer(POSITIVE),
-        "host syncs (progress-bar updates, Ctrl-C checks) per epoch, every pipeline",
+        "about this many host syncs (progress bar, Ctrl-C checks) per epoch, in chunks of one length",
         resumable=True,
     ),
     # On-device augmentation (the Keras ImageDataGenerator set); all zero = off.

@@ -41,6 +41,15 @@ def test_the_field_table_of_the_docs_is_written_from_the_schema():
     assert table == config_schema.markdown_table(), "run: python -m flaxmnist.configs"
 
 
+def test_the_table_writers_help_exits_0_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    doc = tmp_path / "configuration.md"
+    monkeypatch.setattr(configs_main, "CONFIGURATION_DOC", doc)
+    with pytest.raises(SystemExit) as exit_info:
+        configs_main.main(["--help"])
+    assert exit_info.value.code == 0 and "field table" in capsys.readouterr().out
+    assert not doc.exists()
+
+
 @pytest.fixture
 def recorded_run(tmp_path):
     with RunDirectory(tmp_path / "run") as run:

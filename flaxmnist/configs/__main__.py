@@ -4,6 +4,7 @@ The table lies between the document's ``fields`` markers; the rest of the docume
 tests/test_config_schema.py fails while the table is out of date.
 """
 
+import argparse
 from pathlib import Path
 
 from flaxmnist import config_schema
@@ -13,8 +14,9 @@ CONFIGURATION_DOC = Path(__file__).resolve().parents[2] / "docs" / "configuratio
 WRITER = "python -m flaxmnist.configs"
 
 
-def main() -> None:
-    """Rewrites the table and says where."""
+def main(argv: list[str] | None = None) -> None:
+    """Rewrites the table and says where (``--help`` says what it does and writes nothing)."""
+    argparse.ArgumentParser(prog=WRITER, description=__doc__).parse_args(argv)
     write_between_markers(CONFIGURATION_DOC, "fields", config_schema.markdown_table(), WRITER)
     print(f"wrote the config field table of {CONFIGURATION_DOC}")
 

@@ -29,7 +29,7 @@ from flaxmnist.errors import FlaxmnistError, one_line
 from flaxmnist.registry import Registry
 from flaxmnist.storage import checkpointing
 from flaxmnist.training import step_functions
-from flaxmnist.training.train_state import TrainState, create_train_state
+from flaxmnist.training.train_state import TrainState, create_train_state, initial_state
 
 # Bounds on what a run directory may ask this process to allocate (every shipped model is far
 # below them: the largest state, resnet_fashion's, is 33 MB).
@@ -164,16 +164,9 @@ def load_run(
         class_names, image_shape = check_data_info(workdir, meta)
         model = models.create_model(config, len(class_names))
         tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
-        make_template = functools.partial(
-            create_train_state,
-            model,
-            image_shape,
-            tx,
-            jax.random.key(0),
-            config.get("ema_decay", 0.0),
-        )
-        check_state_size(workdir, make_template)
-        template = make_template()
+        arguments = (model, image_shape, tx, jax.random.key(0), config.get("ema_decay", 0.0))
+        check_state_size(workdir, functools.partial(initial_state, *arguments))
+        template = create_train_state(*arguments)
         state, meta = checkpoints.restore_checked(step, template)
     finally:
         checkpoints.close()

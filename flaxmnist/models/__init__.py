@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -22,8 +23,11 @@ import ml_collections
 
 from flaxmnist import config_schema
 from flaxmnist.errors import ConfigError
-from flaxmnist.models import layers, nnx_models
+from flaxmnist.models import layers
 from flaxmnist.registry import Registry
+
+if TYPE_CHECKING:  # flax.nnx is imported by register_nnx, not by every Linen run
+    from flaxmnist.models import nnx_models
 
 # The config's names (config_schema declares them) mapped to the flax.linen functions and JAX
 # dtypes of the same names.
@@ -280,6 +284,8 @@ def register_nnx(name: str, nnx_class: type, **kwargs) -> None:
 
         models.register_nnx("nnx_linear", Linear)
     """
+    from flaxmnist.models import nnx_models
+
     MODELS.add(name, nnx_models.checked_model(name, nnx_class, kwargs))
 
 
@@ -330,7 +336,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
     factory = MODELS.get(config.model)
     for field in ("activation", "dtype", "conv_impl", "pool_impl"):
         config_schema.check(field, config[field])
-    if isinstance(factory, nnx_models.NNXModel):
+    if not callable(factory):  # an nnx_models.NNXModel, from register_nnx
         return _build_nnx(config, factory, num_classes)
     return factory(
         num_classes=num_classes,

@@ -22,7 +22,7 @@ from flaxmnist.config_validation import validate_config
 from flaxmnist.data import augment, datasets
 from flaxmnist.errors import ConfigError
 from flaxmnist.training import parallel, step_functions, warm_start
-from flaxmnist.training.train_state import TrainState, create_train_state
+from flaxmnist.training.train_state import QUICK_COMPILE, TrainState, create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,10 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the {len(train)} training examples"
         )
-    schedule = optimizers.create_schedule(config, steps_per_epoch)
+    # The learning rate each epoch's record logs: one program, not one per operation.
+    schedule = jax.jit(
+        optimizers.create_schedule(config, steps_per_epoch), compiler_options=QUICK_COMPILE
+    )
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     init_rng, dropout_rng, data_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = create_train_state(model, dataset.image_shape, tx, init_rng, config.ema_decay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -12,6 +13,11 @@ from flax import struct
 from flax.training import train_state
 
 from flaxmnist import models
+
+# XLA options for the programs a run executes once or once an epoch (the state's initialisation,
+# an epoch's order): LLVM's cheapest level compiles them several times faster, to the same bits
+# (tests/test_train_state.py), where only compile time counts. The steps keep XLA's defaults.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 class TrainState(train_state.TrainState):
@@ -40,6 +46,28 @@ class TrainState(train_state.TrainState):
         return self.replace(ema_params=ema)
 
 
+def initial_state(
+    model: nn.Module,
+    image_shape: tuple[int, ...],
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    ema_decay: float = 0.0,
+) -> TrainState:
+    """The state :func:`create_train_state` returns, traceable (``jax.eval_shape`` sizes it)."""
+    variables = models.init_variables(model, image_shape, rng)
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+        ema_decay=ema_decay,
+    )
+    # A strong int32 step, as a restored checkpoint has (Flax's weak-typed 0 would make a
+    # resumed run compile its steps again).
+    state = state.replace(step=jnp.zeros((), jnp.int32))
+    return state.replace(ema_params=state.params) if ema_decay else state
+
+
 def create_train_state(
     model: nn.Module,
     image_shape: tuple[int, ...],
@@ -51,23 +79,10 @@ def create_train_state(
 
     With ``ema_decay > 0`` the state also keeps an EMA of the parameters, used for evaluation.
     """
-
-    def create(rng: jax.Array) -> TrainState:
-        variables = models.init_variables(model, image_shape, rng)
-        state = TrainState.create(
-            apply_fn=model.apply,
-            params=variables["params"],
-            tx=tx,
-            batch_stats=variables.get("batch_stats", {}),
-            ema_decay=ema_decay,
-        )
-        # A strong int32 step, as a restored checkpoint has (Flax's weak-typed 0 would make a
-        # resumed run compile its steps again).
-        return state.replace(step=jnp.zeros((), jnp.int32))
-
     # One jitted program (a compilation-cache hit on reruns) instead of one dispatch per optimizer
     # leaf, each of which would add to start-up.
-    state = jax.jit(create)(rng)
+    create = functools.partial(initial_state, model, image_shape, tx, ema_decay=ema_decay)
+    state = jax.jit(create, compiler_options=QUICK_COMPILE)(rng)
     if not ema_decay:
         return state
     # A copy made outside jit: donating the state must not see the same buffer twice.
