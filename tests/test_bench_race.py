@@ -169,6 +169,25 @@ def test_contestant_commands_keep_their_caches_fresh(tmp_path):
     assert env == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
 
 
+def test_the_warm_contestant_is_timed_after_an_untimed_run_filled_its_cache(monkeypatch):
+    commands = []
+
+    def measured_run(command, **popen):
+        commands.append(command)
+        return {"returncode": 1, "stdout": "", "stderr": "stopped", "wall_s": 1.0}
+
+    monkeypatch.setattr(race.measure, "measured_run", measured_run)
+    run = race.run_contestant("flaxmnist_fast_warm", 12, False, 50)
+    assert (run["contestant"], run["seed"], run["error"]) == ("flaxmnist_fast_warm", 12, "stopped")
+    fill, timed = commands
+    assert (fill[-1], timed[-1]) == ("--config.seed=1012", "--config.seed=12")
+    cache = [arg for arg in timed if arg.startswith("--config.compilation_cache_dir=")]
+    assert len(cache) == 1 and cache[0] in fill  # one cache: the timed run finds it filled
+    assert next(a for a in fill if a.startswith("--workdir")) != next(
+        a for a in timed if a.startswith("--workdir")
+    )
+
+
 def race_run(name, seed, wall, accuracy, epochs=(10.0, 6.0), rss=500.0, steps=468):
     history = [{"epoch": i + 1, "train_s": s} for i, s in enumerate(epochs)]
     history[-1]["test_accuracy"] = accuracy

@@ -30,8 +30,8 @@ benchmark, end_to_end, fast_seeds, scaling = (
 measure, models_section, pipelines, pair_worker = (
     load(name) for name in ("measure", "models_section", "pipelines", "pair_worker")
 )
-race, recipes, op_profile, kernels = (
-    load(name) for name in ("race", "recipes", "op_profile", "kernels")
+race, recipes, op_profile, kernels, report = (
+    load(name) for name in ("race", "recipes", "op_profile", "kernels", "report")
 )
 
 
@@ -117,8 +117,8 @@ def test_kernels_names_auto_over_the_fastest_and_keeps_every_cpus_table(tmp_path
     assert text.index("## Xeon (AVX-512)") < text.index("## Zen (AVX2)")
     assert "| `fast` | 128 | 8.0 | 6.0 | 20.0 | im2col | fused | 1.33 |" in text
     (tmp_path / "kernels.json").write_text(json.dumps({"cpus": by_cpu}))
-    assert kernels.earlier_results(tmp_path) == by_cpu
-    assert kernels.earlier_results(tmp_path / "none") == {}
+    assert report.results_by_cpu(tmp_path / "kernels.json") == by_cpu
+    assert report.results_by_cpu(tmp_path / "none.json") == {}
 
 
 @pytest.mark.parametrize("flags", [{"avx2", "avx512f"}, {"avx2"}])

@@ -45,7 +45,8 @@ only ``models``; ``--frameworks`` and ``--models`` are comma-separated too):
   smaller variants (cnn_simple only and shorter runs; 1x and 2x only).
 
 Writes ``results/benchmark.{json,md,png}`` and ``results/throughput_vs_batch.png`` beside this
-file; sections that do not run keep their previous results in the JSON and markdown. Bad flags
+file. The JSON and markdown keep the results of each CPU type apart (``report.results_by_cpu``):
+sections that do not run keep this CPU's previous results; the charts are this CPU's. Bad flags
 end in one line on stderr and exit status 2.
 
 Frameworks (``models_section.FRAMEWORK_SETTINGS``): ``flaxmnist``, ``flaxmnist_tfds``, ``keras``,
@@ -55,7 +56,6 @@ variant.
 
 from __future__ import annotations
 
-import json
 import time
 import types
 
@@ -69,6 +69,7 @@ import scaling
 from absl import flags
 
 from flaxmnist import cli, errors
+from flaxmnist.cpu import cpu_model
 from flaxmnist.errors import ConfigError
 
 SECTIONS = ("models", "pipelines", "race", "startup", "batch", "tiling")
@@ -179,15 +180,18 @@ def run_section(name: str, args: types.SimpleNamespace) -> dict:
 
 
 def document(results: dict) -> str:
-    """``benchmark.md``: the per-model table, then every further section that has results."""
+    """One CPU's results: the per-model table, then every further section that has results."""
     parts = [models_section.markdown(results), pipelines.markdown(results)]
     parts += [race.markdown(results), end_to_end.markdown(results), scaling.markdown(results)]
     return "\n".join(part for part in parts if part)
 
 
-def write_results(results: dict, sections: list[str]) -> None:
-    """Writes ``benchmark.{json,md}``, the figures of the sections that ran, and the data doc."""
-    report.write_result_files(report.RESULTS, "benchmark", results, document(results))
+def write_results(by_cpu: dict[str, dict], sections: list[str]) -> None:
+    """Writes ``benchmark.{json,md}``, this CPU's figures of the sections that ran, the data doc."""
+    intro = "Written by `python experiments/bench/benchmark.py`: the results of each CPU type."
+    text = report.by_cpu_markdown("Benchmark by CPU", intro, by_cpu, document)
+    report.write_result_files(report.RESULTS, "benchmark", {"cpus": by_cpu}, text)
+    results = by_cpu[cpu_model()]
     if "models" in sections:
         models_section.chart(results["rows"], report.RESULTS / "benchmark.png")
     if "pipelines" in sections:
@@ -199,12 +203,12 @@ def write_results(results: dict, sections: list[str]) -> None:
 def main(argv: list[str]) -> None:
     """Runs the chosen sections and writes the results.
 
-    Sections that do not run keep their previous results in ``benchmark.json``.
+    Sections that do not run keep this CPU's previous results in ``benchmark.json``.
     """
     del argv  # cli.parse_flags refuses positional arguments
     with errors.reported(report.RESULTS):
         args = settings(flags.FLAGS)
-        results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+        by_cpu = report.results_by_cpu(RESULTS_JSON)
         ran = {}
         for name in args.sections:
             begin = time.perf_counter()
@@ -213,7 +217,8 @@ def main(argv: list[str]) -> None:
         if args.smoke:  # a check of the commands, not a measurement
             print(document(ran))
             return
-        write_results({**results, **ran}, args.sections)
+        by_cpu[cpu_model()] = {**by_cpu.get(cpu_model(), {}), **ran}
+        write_results(by_cpu, args.sections)
 
 
 if __name__ == "__main__":

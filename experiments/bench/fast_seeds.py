@@ -6,7 +6,8 @@ Each seed runs ``python -m flaxmnist.train --config=fast --config.seed=S`` twice
 outside (launch to exit): first with a fresh, empty compilation cache (cold), then again with the
 cache that run filled (warm). Cold and warm runs alternate, so a neighbour's load on a shared
 machine spreads over both. ``--set FIELD=VALUE`` (repeated) adds config overrides. Writes
-``OUT/fast_seeds.{json,md}`` (default ``experiments/bench/results``) and prints the table.
+``OUT/fast_seeds.{json,md}`` (default ``experiments/bench/results``) and prints the table; the files
+keep a table per CPU type, this CPU's replaced (``report.results_by_cpu``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import report
 from absl import flags
 
 from flaxmnist import cli, errors
-from flaxmnist.cpu import machine_name
+from flaxmnist.cpu import cpu_model, machine_name
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
@@ -75,10 +76,8 @@ def summarize(runs: list[dict], overrides: list[str], machine: str) -> dict:
 
 
 def markdown(result: dict) -> str:
-    """The per-seed table."""
+    """One CPU's per-seed table."""
     lines = [
-        "### `fast` preset: fresh seeds, launch to exit",
-        "",
         f"{result['machine']}. `{result['command']}`; cold: empty compilation cache, warm: the",
         "same command again with the cache the cold run filled.",
         "",
@@ -104,7 +103,13 @@ def main(argv: list[str]) -> None:
     values = flags.FLAGS
     runs = [run_seed(seed, values.set) for seed in values.seeds]
     result = summarize(runs, values.set, machine_name())
-    report.write_result_files(Path(values.out), "fast_seeds", result, markdown(result))
+    out = Path(values.out)
+    by_cpu = report.results_by_cpu(out / "fast_seeds.json")
+    by_cpu[cpu_model()] = result
+    title = "`fast` preset: fresh seeds, launch to exit"
+    intro = "Written by `python experiments/bench/fast_seeds.py`, a table per CPU type."
+    document = report.by_cpu_markdown(title, intro, by_cpu, markdown)
+    report.write_result_files(out, "fast_seeds", {"cpus": by_cpu}, document)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ table per CPU the command has run on.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -108,12 +107,10 @@ def verdict(step_ms: dict[str, float], auto: str) -> dict:
     return {"fastest": fastest, "auto": auto, "auto_over_fastest": step_ms[auto] / step_ms[fastest]}
 
 
-def cpu_markdown(cpu_name: str, record: dict) -> list[str]:
-    """One CPU's section: a row per preset."""
+def cpu_markdown(record: dict) -> str:
+    """One CPU's table: a row per preset."""
     names = list(VARIANTS)
     lines = [
-        f"## {cpu_name}",
-        "",
         f"`{record['command']}` on {record['machine']}, {record['date']} "
         f"(commit {record['commit']}); ms per step, median of {record['rounds']} rounds of "
         f"{record['steps']} steps.",
@@ -128,29 +125,19 @@ def cpu_markdown(cpu_name: str, record: dict) -> list[str]:
             f"| `{row['preset']}` | {row['batch_size']} | {cells} | {row['fastest']} "
             f"| {row['auto']} | {row['auto_over_fastest']:.2f} |"
         )
-    return lines
+    return "\n".join(lines) + "\n"
 
 
 def markdown(by_cpu: dict[str, dict]) -> str:
     """The kernel tables of every CPU measured so far."""
-    lines = [
-        "# Kernels by CPU",
-        "",
+    intro = (
         "Variants: `fused` = im2col convolutions with the max-pool computed inside them; "
         "`im2col` = im2col convolutions, then the `fast` max-pool; `xla` = XLA's native "
         "convolution and max-pool. `auto` runs `fused` on a CPU with AVX-512 and `im2col` on "
         "other CPUs. Written by `python experiments/bench/kernels.py`; each CPU's section is "
-        "replaced when the command runs on that CPU type.",
-    ]
-    for cpu_name, record in sorted(by_cpu.items()):
-        lines += ["", *cpu_markdown(cpu_name, record)]
-    return "\n".join(lines) + "\n"
-
-
-def earlier_results(out: Path) -> dict[str, dict]:
-    """The per-CPU records already in ``OUT/kernels.json`` (none when it is missing)."""
-    path = out / f"{STEM}.json"
-    return json.loads(path.read_text())["cpus"] if path.exists() else {}
+        "replaced when the command runs on that CPU type."
+    )
+    return report.by_cpu_markdown("Kernels by CPU", intro, by_cpu, cpu_markdown)
 
 
 def main(argv: list[str]) -> None:
@@ -170,7 +157,7 @@ def main(argv: list[str]) -> None:
                 | verdict(step_ms, auto)
             )
             print(f"{preset}: " + ", ".join(f"{n} {ms:.1f} ms" for n, ms in step_ms.items()))
-        by_cpu = earlier_results(out)
+        by_cpu = report.results_by_cpu(out / f"{STEM}.json")
     given = [f"--{name}={getattr(values, name)}" for name in ("steps", "rounds")]
     if values.models != list(CONV_PRESETS):
         given.insert(0, f"--models={','.join(values.models)}")
