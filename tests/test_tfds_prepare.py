@@ -278,7 +278,10 @@ def test_preparing_again_is_a_fast_no_op(prepared, offline):
     assert re.fullmatch(pattern, result.stdout.rstrip("\n"))
     assert float(result.stdout.rsplit("(", 1)[1].split()[0]) < 5
     again = tfds_prepare.prepare("mnist", data_dir)
-    assert not again.built and again.builder.info.splits["train"].num_examples == SIZES["train"]
+    assert (
+        again.state == tfds_prepare.PRESENT
+        and again.builder.info.splits["train"].num_examples == SIZES["train"]
+    )
     assert {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()} == files
 
 
@@ -324,11 +327,15 @@ def assert_both_formats_hold_the_idx_examples(root: Path, path: Path) -> None:
     idx = datasets.load_idx_dataset("mnist", str(root))
     builder = tfds.builder_from_directory(str(path))
     for split in ("train", "test"):
-        by_tfrecord = tfds_prepare.read_split(builder, split)
+        by_tfrecord = datasets.read_tfds_split(builder, split)
         by_array_record = read_source(path, split)
         expected = getattr(idx, split)
-        assert examples(*by_tfrecord) == examples(expected.images, expected.labels)
-        for tfrecord, copied in zip(by_tfrecord, by_array_record, strict=True):
+        assert examples(by_tfrecord.images, by_tfrecord.labels) == examples(
+            expected.images, expected.labels
+        )
+        for tfrecord, copied in zip(
+            (by_tfrecord.images, by_tfrecord.labels), by_array_record, strict=True
+        ):
             np.testing.assert_array_equal(copied, tfrecord)  # also the same order
 
 
@@ -439,9 +446,11 @@ def assert_absent_or_complete(root: Path, path: Path) -> None:
     else:  # killed while adding them: the TFRecord dataset is untouched
         import tensorflow_datasets as tfds
 
-        by_tfrecord = tfds_prepare.read_split(tfds.builder_from_directory(str(path)), "test")
+        by_tfrecord = datasets.read_tfds_split(tfds.builder_from_directory(str(path)), "test")
         expected = datasets.load_idx_dataset("mnist", str(root)).test
-        assert examples(*by_tfrecord) == examples(expected.images, expected.labels)
+        assert examples(by_tfrecord.images, by_tfrecord.labels) == examples(
+            expected.images, expected.labels
+        )
 
 
 @pytest.mark.slow

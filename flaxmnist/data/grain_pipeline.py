@@ -9,7 +9,6 @@ is a Grain ``MapDataset`` whose elements are numpy gathers of whole batches, in
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -68,27 +67,6 @@ def _without_opencv_advice() -> Iterator[None]:
         logger.removeFilter(keep)
 
 
-def open_splits(
-    builder: tfds.core.DatasetBuilder, positions: dict[str, np.ndarray]
-) -> dict[str, ArraySplit]:
-    """The run's splits, read from the dataset's ArrayRecord files at their positions.
-
-    Args:
-      builder: the run's dataset, with ArrayRecord files.
-      positions: each run split's positions in its stored split
-        (:func:`flaxmnist.data.datasets.run_positions`).
-
-    Returns:
-      Each run split as host arrays.
-    """
-
-    def take(split: ArraySplit, split_positions: np.ndarray) -> ArraySplit:
-        everything = np.array_equal(split_positions, np.arange(len(split)))
-        return split if everything else split.take(split_positions)
-
-    return input_pipeline.take_splits(positions, functools.partial(read_split, builder), take)
-
-
 def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.IterDataset:
     """One training epoch: the batches ``input_pipeline.tf_train_dataset`` gives, without TF.
 
@@ -145,7 +123,8 @@ def prefetched(dataset: grain.MapDataset) -> grain.IterDataset:
 
 SOURCE = input_pipeline.StreamingSource(  # the grain pipeline: ArrayRecord files, no TensorFlow
     find_builder=tfds_prepare.source_builder,
-    open_splits=open_splits,
+    read_split=read_split,
+    take=ArraySplit.take,
     train_batches=train_batches,
     eval_batches=eval_batches,
 )

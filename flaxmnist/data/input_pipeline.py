@@ -136,33 +136,14 @@ def select(split: CachedSplit, positions: np.ndarray) -> CachedSplit:
       positions: example positions in it.
 
     Returns:
-      ``split`` itself when ``positions`` are all of it in order, else a new cached split, its
-      cache filled.
+      A new cached split, its cache filled.
     """
-    if np.array_equal(positions, np.arange(split.size)):
-        return split
     tf = import_tensorflow()
     indices = tf.constant(positions, tf.int32)
     taken = split.dataset.map(lambda whole: {k: tf.gather(v, indices) for k, v in whole.items()})
     selected = CachedSplit(taken.cache(), len(positions))
     fill(selected.dataset)
     return selected
-
-
-def open_splits(
-    builder: tfds.core.DatasetBuilder, positions: dict[str, np.ndarray]
-) -> dict[str, CachedSplit]:
-    """The run's splits, read from tfds's files at their positions and cached by tf.data.
-
-    Args:
-      builder: the prepared tfds builder of the run's dataset.
-      positions: each run split's positions in its stored split
-        (:func:`flaxmnist.data.datasets.run_positions`).
-
-    Returns:
-      Each run split, its cache filled.
-    """
-    return take_splits(positions, functools.partial(stored_split, builder), select)
 
 
 def take_splits(
@@ -178,7 +159,8 @@ def take_splits(
       take: (a held split, positions) -> its examples at those positions.
 
     Returns:
-      Each run split as ``take`` gives it.
+      Each run split as ``take`` gives it, or the stored split itself where the positions are
+      all of it, in order.
 
     Raises:
       DataError: a stored split's size is not the sum of its run splits' (the run's splits
@@ -194,7 +176,8 @@ def take_splits(
                 f"the stored {stored} split holds {len(held)} examples where the run's data has "
                 f"{expected}: the tfds files and the IDX files differ"
             )
-        opened |= {name: take(held, p) for name, p in mine.items()}
+        for name, p in mine.items():
+            opened[name] = held if np.array_equal(p, np.arange(len(held))) else take(held, p)
     return opened
 
 
@@ -301,20 +284,27 @@ class StreamingSource:
 
     Attributes:
       find_builder: (name, data_dir) -> the run's tfds builder, prepared when it is not yet.
-      open_splits: (builder, positions) -> the run's splits, read at their positions.
+      read_split: (builder, stored split's name) -> that split as the pipeline holds it.
+      take: (a held split, positions) -> its examples at those positions.
       train_batches: (split, plan) -> a training epoch's host batches, those ``plan`` names.
       eval_batches: (split, batch_size, rows) -> an evaluation's host batches, padded and masked.
     """
 
     find_builder: Callable[[str, str | None], Any]
-    open_splits: Callable[[Any, dict[str, np.ndarray]], dict[str, Any]]
+    read_split: Callable[[Any, str], Any]
+    take: Callable[[Any, np.ndarray], Any]
     train_batches: Callable[[Any, TrainEpoch], Iterable[Any]]
     eval_batches: Callable[[Any, int, slice | None], Iterable[Any]]
+
+    def open_splits(self, builder: Any, positions: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The run's splits at their ``positions`` in ``builder``'s files (:func:`take_splits`)."""
+        return take_splits(positions, functools.partial(self.read_split, builder), self.take)
 
 
 SOURCE = StreamingSource(  # the tfds pipeline: TFRecord files through tf.data
     find_builder=tfds_prepare.streaming_builder,
-    open_splits=open_splits,
+    read_split=stored_split,
+    take=select,
     train_batches=lambda split, plan: tf_train_dataset(split, plan).as_numpy_iterator(),
     eval_batches=lambda split, size, rows: tf_eval_dataset(split, size, rows).as_numpy_iterator(),
 )

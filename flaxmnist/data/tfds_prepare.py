@@ -42,7 +42,6 @@ TFDS_DATA_DIR_ENV = "TFDS_DATA_DIR"
 DEFAULT_TFDS_DATA_DIR = "~/tensorflow_datasets"
 LOCK_FILE = ".flaxmnist-prepare-{name}.lock"
 STAGING_PREFIX = ".flaxmnist-staging-{name}-"  # hidden: tfds skips dot-dirs in a data dir
-READ_BATCH = 10_000
 IDX_TFDS_DIR = "tfds"  # in an IDX folder: its tfds datasets, one subfolder per content digest
 IDX_TFDS_VERSION = "2.0.0"  # an IDX folder's dataset (the stock version in tfds's data dir)
 DIGEST_CHARS = 16
@@ -65,11 +64,6 @@ class Prepared:
     builder: tfds.core.DatasetBuilder
     state: str
     seconds: float
-
-    @property
-    def built(self) -> bool:
-        """Whether this call wrote the dataset."""
-        return self.state == BUILT
 
     def summary(self) -> str:
         """One line: ``mnist: prepared in PATH (19.1 s)``."""
@@ -237,22 +231,6 @@ def idx_digest(folder: Path) -> str:
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
-def read_split(builder: tfds.core.DatasetBuilder, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a prepared split into memory from its TFRecord files.
-
-    Args:
-      builder: a prepared tfds builder.
-      split: the split's name.
-
-    Returns:
-      The images (uint8 [N, 28, 28, 1]) and labels ([N]), in the stored order.
-    """
-    import tensorflow_datasets as tfds
-
-    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=READ_BATCH)))
-    return tuple(np.concatenate([b[key] for b in batches]) for key in ("image", "label"))
-
-
 # --------------------------------------------------------------------------- writing
 
 
@@ -398,12 +376,12 @@ def _verify(builder: tfds.core.DatasetBuilder, idx: datasets.Dataset) -> None:
     """Checks that the written dataset holds exactly the IDX files' examples, in their order."""
     problems = []
     for split in ("train", "test"):
-        images, labels = read_split(builder, split)
-        expected = getattr(idx, split)
-        if len(labels) != len(expected):
-            problems.append(f"{split}: {len(labels)} examples, the IDX files hold {len(expected)}")
+        written, expected = datasets.read_tfds_split(builder, split), getattr(idx, split)
+        if len(written) != len(expected):
+            problems.append(f"{split}: {len(written)} examples, the IDX files hold {len(expected)}")
         elif not (
-            np.array_equal(images, expected.images) and np.array_equal(labels, expected.labels)
+            np.array_equal(written.images, expected.images)
+            and np.array_equal(written.labels, expected.labels)
         ):
             problems.append(f"{split}: the examples differ from the IDX files' (or their order)")
     if problems:
