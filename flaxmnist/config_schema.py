@@ -255,7 +255,8 @@ FIELDS: tuple[Field, ...] = (
         "chunks_per_epoch",
         20,
         Integer(POSITIVE),
-        "about this many host syncs (progress bar, Ctrl-C checks) per epoch, in chunks of one length",
+        "about this many host syncs (progress bar, Ctrl-C checks) per epoch, "
+        "in chunks of one length",
         resumable=True,
     ),
     # On-device augmentation (the Keras ImageDataGenerator set); all zero = off.
