@@ -55,7 +55,7 @@ def data_root(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def grain_splits(data_root) -> dict[str, datasets.ArraySplit]:
     builder = tfds_prepare.source_builder("mnist", data_root)  # prepared by a child process
-    return grain_pipeline.open_splits(builder, POSITIONS)
+    return grain_pipeline.SOURCE.open_splits(builder, POSITIONS)
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_the_dataset_holds_both_formats_and_reads_in_stored_order(data_root, gra
 
 @pytest.mark.slow
 def test_grain_and_tfds_pipelines_train_on_bitwise_the_same_batches(data_root, grain_splits):
-    tfds_splits = input_pipeline.open_splits(
+    tfds_splits = input_pipeline.SOURCE.open_splits(
         tfds_prepare.streaming_builder("mnist", data_root), POSITIONS
     )
     plan = input_pipeline.TrainEpoch(

@@ -153,6 +153,7 @@ def test_take_splits_reads_each_stored_split_once_and_takes_the_positions():
     assert sorted(reads) == ["test", "train"]
     labels = {name: split.labels.tolist() for name, split in taken.items()}
     assert labels == {"train": [0, 2, 5], "validation": [1, 3, 4], "test": [0, 1, 2]}
+    assert taken["test"] is stored["test"]  # all of it, in order: not taken again
 
 
 def test_take_splits_refuses_a_stored_split_of_another_size():

@@ -39,7 +39,7 @@ def device_splits(data_root) -> dict[str, datasets.ArraySplit]:
 def tfds_splits(data_root) -> dict[str, input_pipeline.CachedSplit]:
     builder = tfds_prepare.streaming_builder("mnist", data_root)
     positions = datasets.run_positions({"train": 512, "test": 100}, FRACTION, SEED)
-    return input_pipeline.open_splits(builder, positions)
+    return input_pipeline.SOURCE.open_splits(builder, positions)
 
 
 def test_the_idx_folder_becomes_a_tfds_dataset_keyed_by_its_contents(data_root):

@@ -41,12 +41,10 @@ def has_array_record(path: Path) -> bool:
 def add_array_record(path: Path, staging: Path) -> None:
     """Adds ArrayRecord copies of the TFRecord files of the dataset in ``path`` beside them.
 
-    Every record is copied as stored (the same serialized examples, in the same order) into
-    ``staging``, read back and compared (count and SHA-256 of the records), then moved into
-    ``path``; last, ``dataset_info.json`` is replaced by one that lists ``array_record`` among
-    the dataset's alternative file formats. That rename is the commit point: until it, readers
-    see the TFRecord dataset alone, and a killed run leaves files nothing reads, replaced by the
-    next run. ``tfds.load`` keeps reading TFRecord, ``as_data_source`` reads ArrayRecord.
+    Every record is copied as stored into ``staging``, read back and compared (count and
+    SHA-256 of the records), then moved into ``path``; last, ``dataset_info.json`` is replaced by
+    one that lists ``array_record`` among its alternative file formats: the commit point (see
+    ``docs/data.md``). ``tfds.load`` keeps reading TFRecord, ``as_data_source`` reads ArrayRecord.
 
     Args:
       path: a complete dataset's version dir, stored as TFRecord.

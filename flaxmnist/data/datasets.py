@@ -329,12 +329,24 @@ def import_tfds(needs_tensorflow: str | None = None) -> types.ModuleType:
     return tfds
 
 
-def _tfds_split_arrays(tfds, name: str, split: str, data_dir: str | None) -> ArraySplit:
-    """Reads a prepared tfds split into memory (raises AssertionError when it is not prepared)."""
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=False, as_supervised=True)
-    chunks = list(tfds.as_numpy(ds.batch(10_000)))
-    images = np.concatenate([c[0] for c in chunks])
-    labels = np.concatenate([c[1] for c in chunks])
+def read_tfds_split(builder, split: str) -> ArraySplit:
+    """Reads a prepared tfds split into memory from its TFRecord files, in the stored order.
+
+    Args:
+      builder: a tfds builder (AssertionError when its dataset is not prepared).
+      split: the split's name.
+
+    Returns:
+      Its images (uint8 [N, H, W, C]) and labels (int32 [N]): the features the dataset's
+      supervised keys name, else ``image`` and ``label``.
+    """
+    import tensorflow_datasets as tfds
+
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    dataset = builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)
+    batches = list(tfds.as_numpy(dataset))
+    images = np.concatenate([batch[image_key] for batch in batches])
+    labels = np.concatenate([batch[label_key] for batch in batches])
     if images.ndim == 3:
         images = images[..., None]
     return ArraySplit(images.astype(np.uint8), labels.astype(np.int32))
@@ -351,7 +363,7 @@ def load_tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
             "(local IDX files) nor a tensorflow-datasets name"
         ) from None
     try:
-        splits = [_tfds_split_arrays(tfds, name, s, data_dir) for s in ("train", "test")]
+        splits = [read_tfds_split(builder, s) for s in ("train", "test")]
     except AssertionError:  # tfds's way of saying "not downloaded and prepared yet"
         if not network_reachable(TFDS_DOWNLOAD_HOST, NETWORK_PROBE_TIMEOUT_S):
             raise DataError(
@@ -360,7 +372,7 @@ def load_tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
                 "data dir here (pass it as --config.data_dir), or use IDX files"
             ) from None
         builder.download_and_prepare()
-        splits = [_tfds_split_arrays(tfds, name, s, data_dir) for s in ("train", "test")]
+        splits = [read_tfds_split(builder, s) for s in ("train", "test")]
     class_names = tuple(builder.info.features["label"].names)
     return Dataset(name, splits[0], splits[1], class_names)
 

@@ -1,35 +1,21 @@
 """The ``grain`` input pipeline: tfds's ArrayRecord files, read without TensorFlow.
 
-``input_pipeline="grain"`` reads the same prepared tfds dataset as ``input_pipeline="tfds"``, but
-through ``as_data_source`` (tfds's random-access ArrayRecord reader, which decodes with numpy and
-Pillow) and Grain instead of tf.data, so TensorFlow is never imported: a process saves the
-~540 MB that TensorFlow alone takes.
-
-* **Each split is decoded once.** A tfds split is read from its data source in chunks into one
-  uint8 array (the only per-example Python, at start); the run's train, validation and test splits
-  are taken from it at their positions, as the tfds pipeline takes them
-  (:func:`flaxmnist.data.input_pipeline.take_splits`).
-* **An epoch gathers whole batches.** A Grain ``MapDataset`` holds the epoch's batches as index
-  arrays, in the order of :func:`flaxmnist.data.input_pipeline.epoch_order` (every pipeline's
-  order, so all train on the same batches and a resumed epoch starts at its next batch); each
-  element is one numpy gather of a chunk of batches, prefetched on one Grain thread. Grain's own
-  per-example shuffling and batching would run Python
-  per example and another order.
-* **Evaluation batches** are the split padded to whole batches and masked
-  (:func:`flaxmnist.data.input_pipeline.pad_to_batches`), one element per batch.
+It reads the same prepared tfds dataset as the ``tfds`` pipeline, through ``as_data_source`` and
+Grain, so TensorFlow is never imported. Each split is decoded once into one uint8 array; an epoch
+is a Grain ``MapDataset`` whose elements are numpy gathers of whole batches, in
+:func:`flaxmnist.data.input_pipeline.epoch_order` (see ``docs/data.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flaxmnist.data import input_pipeline
+from flaxmnist.data import input_pipeline, tfds_prepare
 from flaxmnist.data.datasets import ArraySplit
 
 if TYPE_CHECKING:  # Grain is imported when a pipeline is built: not by every run
@@ -81,27 +67,6 @@ def _without_opencv_advice() -> Iterator[None]:
         logger.removeFilter(keep)
 
 
-def open_splits(
-    builder: tfds.core.DatasetBuilder, positions: dict[str, np.ndarray]
-) -> dict[str, ArraySplit]:
-    """The run's splits, read from the dataset's ArrayRecord files at their positions.
-
-    Args:
-      builder: the run's dataset, with ArrayRecord files.
-      positions: each run split's positions in its stored split
-        (:func:`flaxmnist.data.datasets.run_positions`).
-
-    Returns:
-      Each run split as host arrays.
-    """
-
-    def take(split: ArraySplit, split_positions: np.ndarray) -> ArraySplit:
-        everything = np.array_equal(split_positions, np.arange(len(split)))
-        return split if everything else split.take(split_positions)
-
-    return input_pipeline.take_splits(positions, functools.partial(read_split, builder), take)
-
-
 def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.IterDataset:
     """One training epoch: the batches ``input_pipeline.tf_train_dataset`` gives, without TF.
 
@@ -121,7 +86,10 @@ def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.I
     )
     import grain
 
-    return prefetched(grain.MapDataset.source(elements).map(functools.partial(gather, split)))
+    def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {"image": split.images[indices], "label": split.labels[indices]}
+
+    return prefetched(grain.MapDataset.source(elements).map(gather))
 
 
 def eval_batches(
@@ -146,28 +114,17 @@ def eval_batches(
     return prefetched(source.map(lambda i: {key: value[i] for key, value in batches.items()}))
 
 
-def gather(split: ArraySplit, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """The examples of ``split`` at ``indices`` (any shape), as one batch dict.
-
-    Args:
-      split: host arrays.
-      indices: example indices, ``[rows]`` or ``[steps, rows]``.
-
-    Returns:
-      ``{"image": images[indices], "label": labels[indices]}``.
-    """
-    return {"image": split.images[indices], "label": split.labels[indices]}
-
-
 def prefetched(dataset: grain.MapDataset) -> grain.IterDataset:
-    """``dataset`` read ahead by one Grain thread (the cores stay with XLA).
-
-    Args:
-      dataset: a map dataset of per-batch work.
-
-    Returns:
-      An iterable dataset holding up to :data:`PREFETCH` elements ready.
-    """
+    """``dataset`` read ahead :data:`PREFETCH` deep by one Grain thread (cores stay with XLA)."""
     import grain
 
     return dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH))
+
+
+SOURCE = input_pipeline.StreamingSource(  # the grain pipeline: ArrayRecord files, no TensorFlow
+    find_builder=tfds_prepare.source_builder,
+    read_split=read_split,
+    take=ArraySplit.take,
+    train_batches=train_batches,
+    eval_batches=eval_batches,
+)

@@ -1,36 +1,24 @@
-"""Input pipelines: tfds streaming and the device-resident fast path.
+"""Input pipelines: the tfds (tf.data) streaming pipeline, and what every pipeline shares.
 
-Both produce batches of ``{"image": uint8 [B, H, W, C], "label": int32 [B]}`` (plus ``"mask"`` for
-evaluation, where the last batch is padded to full size and masked so every example counts once).
-Every pipeline trains epoch ``e`` in one order, :func:`epoch_order` of the run's data key and
-``e``, over the same examples: each source (IDX files, tfds files, their ArrayRecord copies)
-holds a stored split in one order, and a run split is a set of positions in it
-(:func:`flaxmnist.data.datasets.run_positions`). So one seed gives the same batches on every
-pipeline, and a resumed run sees the same batches as an uninterrupted one.
-
-* tfds (``input_pipeline="tfds"``): each tfds split is read once through ``builder.as_dataset``,
-  decoded, and cached by tf.data as one element holding the whole split; the run's splits are
-  gathered from it at their positions (:func:`take_splits`). An epoch then gathers batches from
-  the cache on TensorFlow's threads, ahead of ``train_step``: only per-batch work, no
-  per-example Python.
-* device-resident (``input_pipeline="device"``): the whole split is copied to the device once; each
-  epoch's order is computed on the device and ``lax.scan`` runs ``train_step`` over it in chunks.
-
-The ``grain`` pipeline (:mod:`flaxmnist.data.grain_pipeline`, no TensorFlow) reads the same tfds
-dataset's ArrayRecord files and shares :func:`take_splits`, :class:`TrainEpoch` and
-:func:`pad_to_batches` with the tfds pipeline.
+Every pipeline gives batches of ``{"image": uint8 [B, H, W, C], "label": int32 [B]}`` (plus
+``"mask"`` for evaluation, the last batch padded and masked), trains epoch ``e`` in the order
+:func:`epoch_order` of the run's data key and ``e``, and takes the run's splits at their
+positions in the stored splits (:func:`take_splits`): one seed, the same batches on every
+pipeline. How and why: ``docs/data.md``. The ``grain`` pipeline is
+:mod:`flaxmnist.data.grain_pipeline`; the device-resident one is ``training/feeders.py``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
 import numpy as np
 
+from flaxmnist.data import tfds_prepare
 from flaxmnist.data.datasets import STORED_SPLITS, ArraySplit, import_tensorflow, import_tfds
 from flaxmnist.errors import DataError
 
@@ -135,11 +123,7 @@ def stored_split(builder: tfds.core.DatasetBuilder, split: str) -> CachedSplit:
 
 
 def fill(dataset: tf.data.Dataset) -> None:
-    """Reads a one-element split dataset once, which fills its caches (not in epoch 1).
-
-    Args:
-      dataset: a ``CachedSplit.dataset``.
-    """
+    """Reads a ``CachedSplit.dataset`` once, which fills its caches (not in epoch 1)."""
     for _ in dataset:
         pass
 
@@ -152,37 +136,14 @@ def select(split: CachedSplit, positions: np.ndarray) -> CachedSplit:
       positions: example positions in it.
 
     Returns:
-      ``split`` itself when ``positions`` are all of it in order, else a new cached split.
+      A new cached split, its cache filled.
     """
-    if np.array_equal(positions, np.arange(split.size)):
-        return split
     tf = import_tensorflow()
     indices = tf.constant(positions, tf.int32)
     taken = split.dataset.map(lambda whole: {k: tf.gather(v, indices) for k, v in whole.items()})
-    return CachedSplit(taken.cache(), len(positions))
-
-
-def open_splits(
-    builder: tfds.core.DatasetBuilder, positions: dict[str, np.ndarray]
-) -> dict[str, CachedSplit]:
-    """The run's splits, read from tfds's files at their positions and cached by tf.data.
-
-    Args:
-      builder: the prepared tfds builder of the run's dataset.
-      positions: each run split's positions in its stored split
-        (:func:`flaxmnist.data.datasets.run_positions`).
-
-    Returns:
-      Each run split, its cache filled.
-    """
-
-    def select_and_fill(split: CachedSplit, split_positions: np.ndarray) -> CachedSplit:
-        selected = select(split, split_positions)
-        if selected is not split:  # a new selection: fill its cache now, not in epoch 1
-            fill(selected.dataset)
-        return selected
-
-    return take_splits(positions, functools.partial(stored_split, builder), select_and_fill)
+    selected = CachedSplit(taken.cache(), len(positions))
+    fill(selected.dataset)
+    return selected
 
 
 def take_splits(
@@ -198,7 +159,8 @@ def take_splits(
       take: (a held split, positions) -> its examples at those positions.
 
     Returns:
-      Each run split as ``take`` gives it.
+      Each run split as ``take`` gives it, or the stored split itself where the positions are
+      all of it, in order.
 
     Raises:
       DataError: a stored split's size is not the sum of its run splits' (the run's splits
@@ -214,7 +176,8 @@ def take_splits(
                 f"the stored {stored} split holds {len(held)} examples where the run's data has "
                 f"{expected}: the tfds files and the IDX files differ"
             )
-        opened |= {name: take(held, p) for name, p in mine.items()}
+        for name, p in mine.items():
+            opened[name] = held if np.array_equal(p, np.arange(len(held))) else take(held, p)
     return opened
 
 
@@ -307,16 +270,41 @@ def tf_eval_dataset(
 
 
 def lean(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """``dataset`` on one TensorFlow thread: the cores stay with XLA, which runs the steps.
-
-    Args:
-      dataset: a tf.data pipeline of per-batch work.
-
-    Returns:
-      The same pipeline with a private one-thread pool.
-    """
+    """``dataset`` with a private one-thread pool: the cores stay with XLA, which runs the steps."""
     tf = import_tensorflow()
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
     return dataset.with_options(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingSource:
+    """How a streaming pipeline reads a dataset: what ``feeders.StreamingFeeder`` is given.
+
+    Attributes:
+      find_builder: (name, data_dir) -> the run's tfds builder, prepared when it is not yet.
+      read_split: (builder, stored split's name) -> that split as the pipeline holds it.
+      take: (a held split, positions) -> its examples at those positions.
+      train_batches: (split, plan) -> a training epoch's host batches, those ``plan`` names.
+      eval_batches: (split, batch_size, rows) -> an evaluation's host batches, padded and masked.
+    """
+
+    find_builder: Callable[[str, str | None], Any]
+    read_split: Callable[[Any, str], Any]
+    take: Callable[[Any, np.ndarray], Any]
+    train_batches: Callable[[Any, TrainEpoch], Iterable[Any]]
+    eval_batches: Callable[[Any, int, slice | None], Iterable[Any]]
+
+    def open_splits(self, builder: Any, positions: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The run's splits at their ``positions`` in ``builder``'s files (:func:`take_splits`)."""
+        return take_splits(positions, functools.partial(self.read_split, builder), self.take)
+
+
+SOURCE = StreamingSource(  # the tfds pipeline: TFRecord files through tf.data
+    find_builder=tfds_prepare.streaming_builder,
+    read_split=stored_split,
+    take=select,
+    train_batches=lambda split, plan: tf_train_dataset(split, plan).as_numpy_iterator(),
+    eval_batches=lambda split, size, rows: tf_eval_dataset(split, size, rows).as_numpy_iterator(),
+)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from flaxmnist.data import grain_pipeline, input_pipeline, tfds_prepare
+from flaxmnist.data import grain_pipeline, input_pipeline
 from flaxmnist.data.datasets import ArraySplit
 from flaxmnist.training import parallel, step_functions
 from flaxmnist.training.train_state import QUICK_COMPILE, TrainState
@@ -128,36 +128,15 @@ class StreamingFeeder(Feeder):
 
     The run's splits are taken from the dataset's tfds files (prepared on first use for ``mnist``
     and ``fashion_mnist``) at their positions: the same examples, in the same order, as the
-    arrays the device path trains on. A subclass names how: :meth:`find_builder` finds the
-    dataset, :meth:`open_splits` reads the splits, :meth:`train_batches` and
-    :meth:`eval_batches` give their host batches, as ``input_pipeline.tf_train_dataset`` and
-    ``tf_eval_dataset`` take them.
+    arrays the device path trains on. ``source`` says how: ``input_pipeline.SOURCE`` (tfds's
+    TFRecord files through tf.data) or ``grain_pipeline.SOURCE`` (ArrayRecord files, no TF).
     """
 
-    def __init__(self, inputs: FeederInputs):
+    def __init__(self, inputs: FeederInputs, source: input_pipeline.StreamingSource):
         super().__init__(inputs)
-        builder = self.find_builder(self.config.dataset, self.config.data_dir or None)
-        self.splits = self.open_splits(builder, inputs.positions)
-
-    @staticmethod
-    @abc.abstractmethod
-    def find_builder(name: str, data_dir: str | None) -> Any:
-        """The tfds builder of the run's dataset, prepared when it is not yet."""
-
-    @staticmethod
-    @abc.abstractmethod
-    def open_splits(builder: Any, positions: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The run's splits, read from the builder's files at their ``positions``."""
-
-    @staticmethod
-    @abc.abstractmethod
-    def train_batches(split: Any, plan: input_pipeline.TrainEpoch) -> Iterable[Any]:
-        """An epoch's host batches of ``split``: those ``plan`` names."""
-
-    @staticmethod
-    @abc.abstractmethod
-    def eval_batches(split: Any, batch_size: int, rows: slice) -> Iterable[Any]:
-        """An evaluation's host batches of ``split``, padded and masked."""
+        self.source = source
+        builder = source.find_builder(self.config.dataset, self.config.data_dir or None)
+        self.splits = source.open_splits(builder, inputs.positions)
 
     def train_chunks(
         self, state: TrainState, epoch: int, rng: jax.Array, start_step: int = 0
@@ -176,7 +155,7 @@ class StreamingFeeder(Feeder):
             rows=parallel.process_rows(self.mesh, self.config.batch_size),
             steps_per_element=chunk_steps(steps, self.config.chunks_per_epoch),
         )
-        batches = self.train_batches(self.splits["train"], plan)
+        batches = self.source.train_batches(self.splits["train"], plan)
         for chunk in self.on_device(batches, leading_axes=1):
             state, metrics = self.fns.train_on_batches(state, chunk, rng)
             yield state, jax.device_get(metrics)
@@ -184,7 +163,7 @@ class StreamingFeeder(Feeder):
     def evaluate(self, state: TrainState, split_name: str) -> dict[str, np.ndarray]:
         """Metric sums over a whole split (padded, masked last batch)."""
         batch_size = self.config.eval_batch_size
-        batches = self.eval_batches(
+        batches = self.source.eval_batches(
             self.splits[split_name], batch_size, parallel.process_rows(self.mesh, batch_size)
         )
         totals = None
@@ -197,32 +176,6 @@ class StreamingFeeder(Feeder):
         """``batches`` as global device arrays, each placed two batches ahead."""
         put = functools.partial(parallel.put_local_batch, mesh=self.mesh, leading_axes=leading_axes)
         return prefetch_to_device(iter(batches), put)
-
-
-class TfdsFeeder(StreamingFeeder):
-    """The ``tfds`` pipeline: tfds's TFRecord files through tf.data (TensorFlow)."""
-
-    find_builder = staticmethod(tfds_prepare.streaming_builder)
-    open_splits = staticmethod(input_pipeline.open_splits)  # tf.data caches
-
-    @staticmethod
-    def train_batches(split: Any, plan: input_pipeline.TrainEpoch) -> Iterable[Any]:
-        """``input_pipeline.tf_train_dataset``'s batches as numpy."""
-        return input_pipeline.tf_train_dataset(split, plan).as_numpy_iterator()
-
-    @staticmethod
-    def eval_batches(split: Any, batch_size: int, rows: slice) -> Iterable[Any]:
-        """``input_pipeline.tf_eval_dataset``'s batches as numpy."""
-        return input_pipeline.tf_eval_dataset(split, batch_size, rows).as_numpy_iterator()
-
-
-class GrainFeeder(StreamingFeeder):
-    """The ``grain`` pipeline: tfds's ArrayRecord files through Grain, without TensorFlow."""
-
-    find_builder = staticmethod(tfds_prepare.source_builder)
-    open_splits = staticmethod(grain_pipeline.open_splits)  # host arrays
-    train_batches = staticmethod(grain_pipeline.train_batches)
-    eval_batches = staticmethod(grain_pipeline.eval_batches)
 
 
 def prefetch_to_device(
@@ -254,4 +207,8 @@ def prefetch_to_device(
 
 
 # By config.input_pipeline.
-FEEDERS = {"device": DeviceFeeder, "tfds": TfdsFeeder, "grain": GrainFeeder}
+FEEDERS = {
+    "device": DeviceFeeder,
+    "tfds": functools.partial(StreamingFeeder, source=input_pipeline.SOURCE),
+    "grain": functools.partial(StreamingFeeder, source=grain_pipeline.SOURCE),
+}
