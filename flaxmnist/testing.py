@@ -91,7 +91,8 @@ def run_splits(
     """
     idx = datasets.load_idx_dataset(name, data_dir)
     sizes = {"train": len(idx.train), "test": len(idx.test)}
-    return datasets.take_positions(idx, datasets.run_positions(sizes, validation_fraction, seed))
+    positions = datasets.run_positions(sizes, validation_fraction, seed)
+    return datasets.take_splits(positions, lambda stored: getattr(idx, stored))
 
 
 def revision() -> str:

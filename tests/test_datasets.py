@@ -112,17 +112,30 @@ def test_run_positions_hold_out_a_seeded_disjoint_validation_split():
     assert sorted(datasets.run_positions(sizes, 0.0, seed=3)) == ["test", "train"]
 
 
-def test_take_positions_gives_each_run_split_from_its_stored_split():
-    dataset = datasets.Dataset(
-        "mnist",
-        datasets.ArraySplit(np.zeros((5, 1, 1, 1), np.uint8), np.arange(5, dtype=np.int32)),
-        datasets.ArraySplit(np.ones((2, 1, 1, 1), np.uint8), np.array([7, 8], np.int32)),
-        tuple("0123456789"),
-    )
-    positions = {"train": np.array([0, 2, 3]), "validation": np.array([1, 4]), "test": np.arange(2)}
-    splits = datasets.take_positions(dataset, positions)
-    labels = {name: split.labels.tolist() for name, split in splits.items()}
-    assert labels == {"train": [0, 2, 3], "validation": [1, 4], "test": [7, 8]}
+def _split(n: int) -> datasets.ArraySplit:
+    return datasets.ArraySplit(np.zeros((n, 1, 1, 1), np.uint8), np.arange(n, dtype=np.int32))
+
+
+def test_take_splits_reads_each_stored_split_once_and_takes_the_positions():
+    stored = {"train": _split(6), "test": _split(3)}
+    reads = []
+
+    def read(name: str) -> datasets.ArraySplit:
+        reads.append(name)
+        return stored[name]
+
+    positions = {"train": np.array([0, 2, 5]), "validation": np.array([1, 3, 4]), "test": [0, 1, 2]}
+    taken = datasets.take_splits(positions, read)
+    assert sorted(reads) == ["test", "train"]
+    labels = {name: split.labels.tolist() for name, split in taken.items()}
+    assert labels == {"train": [0, 2, 5], "validation": [1, 3, 4], "test": [0, 1, 2]}
+    assert taken["test"] is stored["test"]  # all of it, in order: not taken again
+
+
+def test_take_splits_refuses_a_stored_split_of_another_size():
+    positions = {"train": np.array([0, 2]), "validation": np.array([1])}
+    with pytest.raises(DataError, match=r"stored train split holds 6 examples .* has 3"):
+        datasets.take_splits(positions, lambda name: _split(6))
 
 
 def test_unknown_tfds_name_is_reported():

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from flaxmnist.data import datasets, grain_pipeline, input_pipeline
-from flaxmnist.errors import DataError
 
 
 def _split(n: int) -> datasets.ArraySplit:
@@ -33,29 +32,12 @@ def test_the_epoch_order_is_a_seeded_permutation_per_epoch():
     assert not np.array_equal(first, np.asarray(other_seed))
 
 
-@pytest.fixture(scope="module")
-def mock_train():
-    """A 37-example mnist train split from ``tfds.testing.mock_data``, read as the pipeline does."""
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=37):
-        split = input_pipeline.stored_split(tfds.builder("mnist"), "train")
-    (whole,) = list(split.dataset.as_numpy_iterator())  # from the cache
-    return split, datasets.ArraySplit(whole["image"], whole["label"])
-
-
 @pytest.fixture(params=[pytest.param("tfds", marks=pytest.mark.slow), "grain"])
-def streamed(request) -> tuple[str, object, datasets.ArraySplit]:
-    """A streaming pipeline, 37 mnist-shaped examples as it holds them, and them as arrays.
-
-    The tfds pipeline holds a tf.data cache (it imports TensorFlow: slow), grain the arrays.
-    """
-    if request.param == "tfds":
-        return "tfds", *request.getfixturevalue("mock_train")
+def streamed(request) -> tuple[str, datasets.ArraySplit]:
+    """A streaming pipeline (tfds imports TensorFlow: slow) and 37 mnist-shaped examples."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (37, 28, 28, 1), dtype=np.uint8)
-    arrays = datasets.ArraySplit(images, rng.integers(0, 10, 37).astype(np.int32))
-    return "grain", arrays, arrays
+    return request.param, datasets.ArraySplit(images, rng.integers(0, 10, 37).astype(np.int32))
 
 
 def train_batches(pipeline: str, split, batch_size: int, **order) -> list[dict]:
@@ -75,42 +57,34 @@ def _labels(batches: list[dict]) -> list[np.ndarray]:
     return [batch["label"] for batch in batches]
 
 
-@pytest.mark.slow  # imports TensorFlow
-def test_stored_split_reads_the_whole_split_decoded(mock_train):
-    split, arrays = mock_train
-    assert split.size == len(arrays) == 37
-    assert arrays.images.dtype == np.uint8 and arrays.images.shape == (37, 28, 28, 1)
-    assert arrays.labels.dtype == np.int32 and set(arrays.labels) <= set(range(10))
-
-
 def test_eval_batches_are_in_order_and_mask_the_padded_last_batch(streamed):
-    pipeline, split, arrays = streamed
+    pipeline, split = streamed
     batches = eval_batches(pipeline, split, 16)
     assert [b["image"].shape for b in batches] == [(16, 28, 28, 1)] * 3
     assert batches[0]["image"].dtype == np.uint8 and batches[0]["label"].dtype == np.int32
     np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1] * 37 + [0] * 11)
     labels = np.concatenate([b["label"] for b in batches])
-    np.testing.assert_array_equal(labels[:37], arrays.labels)
+    np.testing.assert_array_equal(labels[:37], split.labels)
     rows = eval_batches(pipeline, split, 16, rows=slice(8, 16))
     np.testing.assert_array_equal(rows[1]["label"], batches[1]["label"][8:])
 
 
 def test_train_batches_follow_the_epoch_order(streamed):
-    pipeline, split, arrays = streamed
+    pipeline, split = streamed
     batches = train_batches(pipeline, split, 8, rng=jax.random.key(3), epoch=2)
     order = _order(3, 2, num_examples=37, batch_size=8)
     assert [len(b["label"]) for b in batches] == [8] * 4  # 5 left over are skipped
     assert batches[0]["image"].dtype == np.uint8 and batches[0]["label"].dtype == np.int32
     for batch, indices in zip(batches, order, strict=True):
-        np.testing.assert_array_equal(batch["image"], arrays.images[indices])
-        np.testing.assert_array_equal(batch["label"], arrays.labels[indices])
+        np.testing.assert_array_equal(batch["image"], split.images[indices])
+        np.testing.assert_array_equal(batch["label"], split.labels[indices])
 
 
 KEY = jax.random.key(0)
 
 
 def test_resumed_epoch_reads_the_remaining_batches_and_rows_keep_a_slice(streamed):
-    pipeline, split, _ = streamed
+    pipeline, split = streamed
     whole = _labels(train_batches(pipeline, split, 8, rng=KEY, epoch=1))
     resumed = _labels(train_batches(pipeline, split, 8, rng=KEY, epoch=1, start_step=3))
     np.testing.assert_array_equal(np.stack(resumed), np.stack(whole[3:]))
@@ -138,25 +112,3 @@ def test_prefetch_to_device_places_two_batches_ahead_in_order():
     prefetched = feeders.prefetch_to_device(iter(range(5)), put)
     assert next(prefetched) == 0 and placed == [0, 1]  # 1 is placed before 0 is handed over
     assert list(prefetched) == [10, 20, 30, 40] and placed == list(range(5))
-
-
-def test_take_splits_reads_each_stored_split_once_and_takes_the_positions():
-    stored = {"train": _split(6), "test": _split(3)}
-    reads = []
-
-    def read(name: str) -> datasets.ArraySplit:
-        reads.append(name)
-        return stored[name]
-
-    positions = {"train": np.array([0, 2, 5]), "validation": np.array([1, 3, 4]), "test": [0, 1, 2]}
-    taken = input_pipeline.take_splits(positions, read, lambda split, p: split.take(p))
-    assert sorted(reads) == ["test", "train"]
-    labels = {name: split.labels.tolist() for name, split in taken.items()}
-    assert labels == {"train": [0, 2, 5], "validation": [1, 3, 4], "test": [0, 1, 2]}
-    assert taken["test"] is stored["test"]  # all of it, in order: not taken again
-
-
-def test_take_splits_refuses_a_stored_split_of_another_size():
-    positions = {"train": np.array([0, 2]), "validation": np.array([1])}
-    with pytest.raises(DataError, match=r"stored train split holds 6 examples .* has 3"):
-        input_pipeline.take_splits(positions, lambda name: _split(6), lambda s, p: s.take(p))

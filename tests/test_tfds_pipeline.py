@@ -36,7 +36,7 @@ def device_splits(data_root) -> dict[str, datasets.ArraySplit]:
 
 
 @pytest.fixture(scope="module")
-def tfds_splits(data_root) -> dict[str, input_pipeline.CachedSplit]:
+def tfds_splits(data_root) -> dict[str, datasets.ArraySplit]:
     builder = tfds_prepare.streaming_builder("mnist", data_root)
     positions = datasets.run_positions({"train": 512, "test": 100}, FRACTION, SEED)
     return input_pipeline.SOURCE.open_splits(builder, positions)

@@ -18,6 +18,7 @@ import optax
 from flaxmnist import losses, models
 from flaxmnist.configs import default
 from flaxmnist.data import input_pipeline
+from flaxmnist.data.datasets import ArraySplit
 from flaxmnist.training import step_functions as steps_lib
 from flaxmnist.training.train_state import TrainState, create_train_state
 
@@ -71,13 +72,11 @@ def streaming_runs(
 ) -> Callable:
     """``run(state, epoch, run_steps)``: steps over the first images, streamed by tf.data.
 
-    The images are one cached tf.data element, as the tfds pipeline holds a split.
+    The images are host arrays, as the tfds pipeline holds a split.
     """
     rng = jax.random.key(1)
-    tf = input_pipeline.import_tensorflow()
     n = batch * steps
-    whole = {"image": images[:n], "label": labels[:n]}
-    split = input_pipeline.CachedSplit(tf.data.Dataset.from_tensors(whole).cache(), n)
+    split = ArraySplit(images[:n], labels[:n])
 
     def run(state: TrainState, epoch: int, run_steps: int = steps) -> TrainState:
         plan = input_pipeline.TrainEpoch(batch, rng=rng, epoch=epoch)

@@ -18,6 +18,7 @@ import socket
 import struct
 import types
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +48,7 @@ IDX_CLASS_NAMES = {
         "Ankle boot",
     ),
 }
-# tfds downloads from this host first; if it cannot be reached, a download cannot succeed.
-TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # tfds downloads from it first
 NETWORK_PROBE_TIMEOUT_S = 5.0
 
 
@@ -180,11 +180,10 @@ def find_idx_file(folder: Path, stem: str) -> Path:
     )
 
 
-def load_idx_file(folder: Path, stem: str, checksums: dict[str, str]) -> np.ndarray:
-    """Loads one IDX file, verifying its decompressed bytes against ``checksums`` when listed."""
-    path = find_idx_file(folder, stem)
+def load_idx_file(path: Path, checksums: dict[str, str]) -> np.ndarray:
+    """Loads IDX file ``path``, verifying its decompressed bytes against ``checksums`` if listed."""
     raw = read_idx_bytes(path)
-    expected = checksums.get(stem)
+    expected = checksums.get(path.name.removesuffix(".gz"))
     if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
         raise DataError(f"{path}: SHA256 checksum mismatch (corrupt or wrong file)")
     return parse_idx(raw, str(path))
@@ -203,10 +202,8 @@ def load_idx_split(folder: Path, split: str) -> ArraySplit:
     shape: images must be [N, 28, 28] and labels [N] with the same N > 0.
     """
     checksums = read_checksums(folder)
-    image_stem, label_stem = IDX_FILES[split]
-    image_path, label_path = find_idx_file(folder, image_stem), find_idx_file(folder, label_stem)
-    images = load_idx_file(folder, image_stem, checksums)
-    labels = load_idx_file(folder, label_stem, checksums)
+    image_path, label_path = (find_idx_file(folder, stem) for stem in IDX_FILES[split])
+    images, labels = load_idx_file(image_path, checksums), load_idx_file(label_path, checksums)
     if images.ndim != 3:
         raise DataError(f"{image_path}: expected [N, H, W] images, got shape {images.shape}")
     if images.shape[1:] != IDX_IMAGE_SIZE:
@@ -239,18 +236,6 @@ def idx_folder(name: str, data_dir: str | None = None) -> Path:
     return root / name if (root / name).is_dir() else root
 
 
-def idx_files(folder: Path) -> list[Path]:
-    """The four IDX files in ``folder`` (``.gz`` or not), train images first.
-
-    Args:
-      folder: a folder holding the four standard IDX files.
-
-    Returns:
-      Their paths, in the order of :data:`IDX_FILES`.
-    """
-    return [find_idx_file(folder, stem) for stems in IDX_FILES.values() for stem in stems]
-
-
 def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Loads ``mnist`` or ``fashion_mnist`` from IDX files (``<root>/<name>/`` or ``<root>/``)."""
     root = resolve_data_dir(data_dir)
@@ -277,15 +262,6 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
 
 # --------------------------------------------------------------------------- tfds
-
-
-def network_reachable(address: tuple[str, int], timeout_s: float) -> bool:
-    """Whether a TCP connection to ``address`` opens within ``timeout_s`` seconds."""
-    try:
-        with socket.create_connection(address, timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def import_tensorflow() -> types.ModuleType:
@@ -340,8 +316,7 @@ def read_tfds_split(builder, split: str) -> ArraySplit:
       Its images (uint8 [N, H, W, C]) and labels (int32 [N]): the features the dataset's
       supervised keys name, else ``image`` and ``label``.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds(needs_tensorflow="reading tfds's TFRecord files")
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     dataset = builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)
     batches = list(tfds.as_numpy(dataset))
@@ -365,7 +340,9 @@ def load_tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
     try:
         splits = [read_tfds_split(builder, s) for s in ("train", "test")]
     except AssertionError:  # tfds's way of saying "not downloaded and prepared yet"
-        if not network_reachable(TFDS_DOWNLOAD_HOST, NETWORK_PROBE_TIMEOUT_S):
+        try:  # a download cannot succeed when tfds's first host cannot be reached
+            socket.create_connection(TFDS_DOWNLOAD_HOST, NETWORK_PROBE_TIMEOUT_S).close()
+        except OSError:
             raise DataError(
                 f"tfds dataset {name!r} is not in {builder.data_dir} and the network is "
                 f"unreachable: run `tfds build {name}` on a machine with internet and copy its "
@@ -413,6 +390,32 @@ def run_positions(
     return positions
 
 
-def take_positions(dataset: Dataset, positions: dict[str, np.ndarray]) -> dict[str, ArraySplit]:
-    """The run splits at ``positions`` (:func:`run_positions`) of ``dataset``'s stored splits."""
-    return {name: getattr(dataset, STORED_SPLITS[name]).take(p) for name, p in positions.items()}
+def take_splits(
+    positions: dict[str, np.ndarray], read: Callable[[str], ArraySplit]
+) -> dict[str, ArraySplit]:
+    """The run's splits, taken at their positions (:func:`run_positions`) from the stored splits.
+
+    Args:
+      positions: each run split's positions in its stored split (:data:`STORED_SPLITS`).
+      read: a stored split's name -> that split; called once each.
+
+    Returns:
+      Each run split, or the stored split itself where the positions are all of it, in order.
+
+    Raises:
+      DataError: a stored split's size is not the sum of its run splits' (the run's splits
+        come from other files than the ones read here).
+    """
+    taken = {}
+    for stored in dict.fromkeys(STORED_SPLITS[name] for name in positions):
+        split = read(stored)
+        mine = {name: p for name, p in positions.items() if STORED_SPLITS[name] == stored}
+        expected = sum(len(p) for p in mine.values())
+        if len(split) != expected:
+            raise DataError(
+                f"the stored {stored} split holds {len(split)} examples where the run's data has "
+                f"{expected}: the tfds files and the IDX files differ"
+            )
+        for name, p in mine.items():
+            taken[name] = split if np.array_equal(p, np.arange(len(split))) else split.take(p)
+    return taken

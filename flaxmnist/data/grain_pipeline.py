@@ -70,8 +70,6 @@ def _without_opencv_advice() -> Iterator[None]:
 def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.IterDataset:
     """One training epoch: the batches ``input_pipeline.tf_train_dataset`` gives, without TF.
 
-    A resumed epoch (``plan.start_step``) gathers none of the earlier batches.
-
     Args:
       split: the training split, as host arrays.
       plan: which batches, cut to which rows, stacked how.
@@ -79,37 +77,21 @@ def train_batches(split: ArraySplit, plan: input_pipeline.TrainEpoch) -> grain.I
     Returns:
       A Grain dataset of ``{"image", "label"}`` numpy batches, prefetched on one thread.
     """
-    order = plan.batch_indices(len(split))
-    step = plan.steps_per_element
-    elements = (
-        list(order) if step is None else [order[i : i + step] for i in range(0, len(order), step)]
-    )
     import grain
 
-    def gather(indices: np.ndarray) -> dict[str, np.ndarray]:
-        return {"image": split.images[indices], "label": split.labels[indices]}
-
-    return prefetched(grain.MapDataset.source(elements).map(gather))
+    order, step = plan.batch_indices(len(split)), plan.steps_per_element
+    elements = list(order) if step is None else np.split(order, range(step, len(order), step))
+    source = grain.MapDataset.source(elements)
+    return prefetched(source.map(lambda i: {"image": split.images[i], "label": split.labels[i]}))
 
 
 def eval_batches(
     split: ArraySplit, batch_size: int, rows: slice | None = None
 ) -> grain.IterDataset:
-    """The evaluation batches: in order, the last one padded to ``batch_size`` and masked.
-
-    Args:
-      split: an evaluation split.
-      batch_size: the global evaluation batch size.
-      rows: this process's rows of each padded global batch (None: all).
-
-    Returns:
-      A Grain dataset of ``{"image", "label", "mask"}`` batches; ``mask`` is 0 on padding.
-    """
-    batches = input_pipeline.pad_to_batches(split, batch_size)
-    if rows is not None:
-        batches = {key: value[:, rows] for key, value in batches.items()}
+    """The evaluation batches of ``input_pipeline.pad_to_batches``, prefetched on one thread."""
     import grain
 
+    batches = input_pipeline.pad_to_batches(split, batch_size, rows)
     source = grain.MapDataset.range(len(batches["label"]))
     return prefetched(source.map(lambda i: {key: value[i] for key, value in batches.items()}))
 
@@ -124,7 +106,6 @@ def prefetched(dataset: grain.MapDataset) -> grain.IterDataset:
 SOURCE = input_pipeline.StreamingSource(  # the grain pipeline: ArrayRecord files, no TensorFlow
     find_builder=tfds_prepare.source_builder,
     read_split=read_split,
-    take=ArraySplit.take,
     train_batches=train_batches,
     eval_batches=eval_batches,
 )

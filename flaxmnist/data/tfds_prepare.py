@@ -1,12 +1,9 @@
 """IDX files as tfds datasets (TFRecord, with ArrayRecord copies beside), written offline.
 
-One writer serves two destinations (see ``docs/data.md``): :func:`prepare` writes ``mnist`` and
-``fashion_mnist`` from the vendored IDX files into tfds's data dir under the stock name and
-version, so ``tfds.load`` finds them; :func:`prepare_idx` writes a run's IDX folder into
-``<folder>/tfds/<digest>/``, which the ``tfds`` and ``grain`` input pipelines read. Either way the
-examples are stored unshuffled, in the IDX files' order, written into a staging dir, read back and
-compared with the IDX arrays, then renamed into place under a lock file; ArrayRecord files are
-copied from the TFRecord ones (:mod:`flaxmnist.data.array_record`).
+:func:`prepare` writes ``mnist`` and ``fashion_mnist`` into tfds's data dir, where ``tfds.load``
+finds them; :func:`prepare_idx` writes a run's IDX folder into ``<folder>/tfds/<digest>/``, which
+the ``tfds`` and ``grain`` input pipelines read. One writer, staged, checked against the IDX
+arrays and renamed into place under a lock (``docs/data.md``).
 """
 
 from __future__ import annotations
@@ -226,8 +223,9 @@ def idx_digest(folder: Path) -> str:
       16 hex digits naming the folder's current contents.
     """
     digest = hashlib.sha256()
-    for path in datasets.idx_files(folder):
-        digest.update(path.read_bytes())
+    for stems in datasets.IDX_FILES.values():
+        for stem in stems:
+            digest.update(datasets.find_idx_file(folder, stem).read_bytes())
     return digest.hexdigest()[:DIGEST_CHARS]
 
 

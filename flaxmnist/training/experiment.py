@@ -85,7 +85,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
     model = models.create_model(config, dataset.num_classes)
     stored_sizes = {"train": len(dataset.train), "test": len(dataset.test)}
     positions = datasets.run_positions(stored_sizes, config.validation_fraction, config.seed)
-    splits = datasets.take_positions(dataset, positions)
+    splits = datasets.take_splits(positions, lambda stored: getattr(dataset, stored))
     train, validation = splits["train"], splits.get("validation")
     steps_per_epoch = len(train) // config.batch_size
     if steps_per_epoch == 0:
