@@ -2,7 +2,8 @@
 
 tfds writes TFRecord; :func:`add_array_record` copies every record as it is into ArrayRecord files
 beside them and lists the format in the dataset's metadata, last. :func:`has_array_record` tells
-whether a dataset has them.
+whether a dataset has them. Why not tfds's own converter (``tfds convert_format``): it rewrites
+``dataset_info.json`` in place and checks no record, so a kill can damage a dataset.
 """
 
 from __future__ import annotations
