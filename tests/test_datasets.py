@@ -1,4 +1,6 @@
 import gzip
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -178,3 +180,15 @@ def test_vendored_data_matches_published_facts(name):
     else:
         assert set(np.bincount(ds.train.labels)) == {6000}
         assert set(np.bincount(ds.test.labels)) == {1000}
+
+
+@pytest.mark.slow
+def test_tensorflow_is_imported_with_one_thread_per_pool_and_no_accelerator():
+    code = (
+        "from flaxmnist.data import datasets; tf = datasets.import_tensorflow(); "
+        "t = tf.config.threading; print(t.get_inter_op_parallelism_threads(), "
+        "t.get_intra_op_parallelism_threads(), tf.config.get_visible_devices('GPU'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[-2] == "1 1 []"

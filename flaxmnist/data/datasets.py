@@ -8,6 +8,7 @@ Every source returns whole splits as numpy arrays (the MNIST family fits in memo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -265,7 +266,7 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
 
 def import_tensorflow() -> types.ModuleType:
-    """Imports TensorFlow with accelerators hidden, so it never takes device memory from JAX.
+    """Imports TensorFlow with accelerators hidden and one thread per pool, to leave JAX its own.
 
     Returns:
       The ``tensorflow`` module.
@@ -274,6 +275,11 @@ def import_tensorflow() -> types.ModuleType:
 
     for kind in ("GPU", "TPU"):
         tf.config.set_visible_devices([], kind)
+    # One thread in each of TensorFlow's own pools (by default one per core): the cores stay with
+    # XLA's steps, which TensorFlow's spinning threads otherwise slow down.
+    with contextlib.suppress(RuntimeError):  # TensorFlow already running: its pools stay
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
     return tf
 
 
