@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -47,12 +48,14 @@ def test_a_second_internal_error_is_appended_to_the_log(tmp_path, capsys):
     assert text.count("Traceback") == 2 and "first" in text and "second" in text
 
 
-def test_an_unwritable_log_folder_falls_back_to_a_temp_file(tmp_path, capsys):
+def test_an_unwritable_log_folder_falls_back_to_a_temp_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))  # not the machine's /tmp
+    (tmp_path / "temp").mkdir()
     (tmp_path / "file").write_text("a file where the run folder should be")
     code, lines = _exit_of(RuntimeError("boom"), tmp_path / "file" / "run", capsys)
-    log = lines[0].rsplit("full traceback in ", 1)[1]
-    assert code == 1 and "flaxmnist-error-" in log
-    assert "RuntimeError: boom" in Path(log).read_text()
+    log = Path(lines[0].rsplit("full traceback in ", 1)[1])
+    assert code == 1 and log.parent == tmp_path / "temp" and log.name.startswith("flaxmnist-error-")
+    assert "RuntimeError: boom" in log.read_text()
 
 
 def test_first_line_cuts_long_messages():
