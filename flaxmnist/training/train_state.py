@@ -16,7 +16,7 @@ from flaxmnist import models
 
 # XLA options for the programs a run executes once or once an epoch (the state's initialisation,
 # an epoch's order): LLVM's cheapest level compiles them several times faster, to the same bits
-# (tests/test_train_state.py), where only compile time counts. The steps keep XLA's defaults.
+# (tests/test_feeders.py), where only compile time counts. The steps keep XLA's defaults.
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
