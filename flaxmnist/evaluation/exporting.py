@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from flaxmnist import models
-from flaxmnist.data import input_pipeline
+from flaxmnist.data import datasets
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.evaluation.loading import LoadedRun
 from flaxmnist.storage import files
@@ -94,7 +94,7 @@ def stablehlo_bytes(run: LoadedRun) -> bytes:
 def write_saved_model(run: LoadedRun, target: Path) -> None:
     """The run as a TensorFlow SavedModel at ``target``, written beside it and then renamed."""
     try:
-        tf = input_pipeline.import_tensorflow()
+        tf = datasets.import_tensorflow()
         from jax.experimental import jax2tf  # needs TensorFlow: imported for a SavedModel only
     except ImportError:
         raise FlaxmnistError(
