@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -161,8 +162,8 @@ def test_data_info_within_bounds_is_returned_as_tuples():
 def test_a_state_larger_than_any_model_needs_is_refused_before_allocating():
     huge = loading.MAX_STATE_BYTES // 4 + 1  # float32 elements: one more than the bound
     with pytest.raises(FlaxmnistError, match=r"needs 4\.0 GiB"):
-        loading.check_state_size(Path("RUN"), lambda: {"w": jnp.zeros((huge,), jnp.float32)})
-    loading.check_state_size(Path("RUN"), lambda: {"w": jnp.zeros((1000,), jnp.float32)})
+        loading.check_state_size(Path("RUN"), {"w": jax.ShapeDtypeStruct((huge,), jnp.float32)})
+    loading.check_state_size(Path("RUN"), {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)})
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "\udcff"])

@@ -29,7 +29,7 @@ from flaxmnist.errors import FlaxmnistError, one_line
 from flaxmnist.registry import Registry
 from flaxmnist.storage import checkpointing
 from flaxmnist.training import step_functions
-from flaxmnist.training.train_state import TrainState, create_train_state, initial_state
+from flaxmnist.training.train_state import TrainState, initial_state
 
 # Bounds on what a run directory may ask this process to allocate (every shipped model is far
 # below them: the largest state, resnet_fashion's, is 33 MB).
@@ -165,9 +165,9 @@ def load_run(
         model = models.create_model(config, len(class_names))
         tx = optimizers.create_optimizer(config, steps_per_epoch=1)  # structure only
         arguments = (model, image_shape, tx, jax.random.key(0), config.get("ema_decay", 0.0))
-        check_state_size(workdir, functools.partial(initial_state, *arguments))
-        template = create_train_state(*arguments)
-        state, meta = checkpoints.restore_checked(step, template)
+        abstract = jax.eval_shape(functools.partial(initial_state, *arguments))
+        check_state_size(workdir, abstract)
+        state, meta = checkpoints.restore_checked(step, on_default_device(abstract))
     finally:
         checkpoints.close()
     return LoadedRun(
@@ -264,9 +264,16 @@ def check_data_info(workdir: Path, meta: dict) -> tuple[tuple[str, ...], tuple[i
     return tuple(class_names), tuple(image_shape)
 
 
-def check_state_size(workdir: Path, make_state) -> None:
-    """Refuses a run whose train state (``make_state()``'s, found without allocating) is huge."""
-    abstract = jax.eval_shape(make_state)
+def on_default_device(abstract: TrainState) -> TrainState:
+    """``abstract``'s arrays placed on the default device: a restore target nothing computes."""
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), abstract
+    )
+
+
+def check_state_size(workdir: Path, abstract) -> None:
+    """Refuses a run whose train state (its shapes, from ``jax.eval_shape``) is huge."""
     size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(abstract))
     if size > MAX_STATE_BYTES:
         raise FlaxmnistError(
