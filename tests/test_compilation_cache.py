@@ -113,3 +113,24 @@ def test_jax_compiles_into_the_checked_store_and_a_second_process_loads_from_it(
     entries = list((tmp_path / "cache").glob("jit_*.checked"))
     assert hits == "0" and entries
     assert child() == [value, str(len(entries))]  # every program loaded, none compiled
+
+
+@pytest.mark.slow
+def test_runs_cache_under_the_home_folder_by_default_and_an_empty_dir_turns_it_off(
+    synthetic_data_dir, tmp_path
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    args = ["--config=dense", "--config.num_epochs=1", f"--config.data_dir={synthetic_data_dir}"]
+    env = {**os.environ, "HOME": str(home)}
+
+    def train(*extra: str) -> None:
+        command = [sys.executable, "-m", "flaxmnist.train", *args, *extra]
+        workdir = f"--workdir={tmp_path / f'run{len(extra)}'}"
+        result = subprocess.run([*command, workdir], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    train("--config.compilation_cache_dir=")
+    assert list(home.iterdir()) == []
+    train()
+    assert any((home / ".cache" / "flaxmnist" / "jax").glob("*" + compilation_cache.SUFFIX))

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import flaxmnist
 from flaxmnist.evaluation import comparison, evaluator
 from flaxmnist.training import loop, step_functions
 
@@ -258,3 +259,19 @@ def test_the_report_loads_every_figure_in_a_real_browser_and_fits_the_screen(
     assert check["errors"] == [] and check["viewport"]
     assert check["innerWidth"] == width
     assert check["overflow"] <= 0 and check["widest"] <= width
+
+
+@pytest.mark.slow
+def test_the_checkpoint_flag_evaluates_the_step_or_the_best_it_names(trained_runs):
+    run = trained_runs["dense"]
+    steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir())
+    assert len(steps) == 2  # one per epoch
+    for flag, step in ((str(steps[0]), steps[0]), ("best", None)):
+        command = [sys.executable, "-m", "flaxmnist.evaluate", f"--workdir={run}"]
+        result = subprocess.run(
+            [*command, f"--checkpoint={flag}"], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        written = json.loads((run / "eval" / "metrics.json").read_text())
+        expected = step or flaxmnist.load_run(run, "best").step
+        assert (flag, written["checkpoint_step"]) == (flag, expected)

@@ -93,6 +93,15 @@ def test_an_export_predicts_the_test_set_as_the_run_does_without_flaxmnist(train
 
 
 @pytest.mark.slow
+def test_without_out_the_export_goes_into_the_run_s_export_folder(trained):
+    run = trained / "run"
+    command = [sys.executable, "-m", "flaxmnist.export", f"--workdir={run}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["classes.json", "model.stablehlo"]
+
+
+@pytest.mark.slow
 def test_export_bad_input_is_one_line(trained, tmp_path):
     # The export module run as it is, or with jax2onnx unimportable (as when it is not installed).
     module = [sys.executable, "-m", "flaxmnist.export"]

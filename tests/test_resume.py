@@ -230,6 +230,21 @@ def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_
 
 
 @pytest.mark.slow
+def test_only_the_latest_keep_checkpoints_and_the_best_are_kept(tiny_config, tmp_path):
+    # val_accuracy reaches its top early on the easy synthetic data: the best is an old epoch.
+    tiny_config.update(num_epochs=5, keep_checkpoints=2)
+    tiny_config.early_stopping.update(monitor="val_accuracy", patience=10)
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    best = max(range(5), key=lambda i: (history[i]["val_accuracy"], -i)) + 1
+    assert metrics["best_epoch"] == best
+    steps_per_epoch = history[0]["step"]
+    kept = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == sorted({best * steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch})
+    assert flaxmnist.load_run(tmp_path / "run", "best").epoch == best
+
+
+@pytest.mark.slow
 def test_reloaded_run_gives_identical_test_predictions_in_a_fresh_process(tiny_config, tmp_path):
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
     script = (

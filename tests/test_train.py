@@ -1,5 +1,6 @@
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,47 @@ def test_every_preset_is_a_valid_config(preset):
     assert models.count_params(variables["params"]) > 0
     optimizers.create_optimizer(config, steps_per_epoch=10)
     losses.get_loss(config.loss, config.loss_options)
+
+
+@pytest.mark.slow
+def test_a_run_without_workdir_lands_under_runs_printing_each_epoch_and_the_summary(
+    synthetic_data_dir, tmp_path, session_compilation_cache
+):
+    result = run_cli(
+        "--config=cnn_simple",
+        f"--config.data_dir={synthetic_data_dir}",
+        "--config.num_epochs=2",
+        "--config.batch_size=32",
+        f"--config.compilation_cache_dir={session_compilation_cache}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"cnn_simple-mnist-\d{8}-\d{6}", run.name)
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == 2
+    lines = result.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(" | ")[0] for line in epochs] == ["epoch 1", "epoch 2"]
+    assert all(re.search(r"val_acc \d\.\d{4} \| \d+\.\ds$", line) for line in epochs)
+    summary = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in lines[-9:])
+    assert list(summary) == [
+        "model",
+        "dataset",
+        "epochs",
+        "final train accuracy",
+        "final val accuracy",
+        "test accuracy",
+        "test loss",
+        "train time",
+        "run directory",
+    ]
+    assert summary["model"] == "cnn_simple (54,410 params)" and summary["epochs"] == "2"
+    assert summary["run directory"] == str(Path("runs") / run.name)
+
+
+@pytest.mark.slow
+def test_the_readme_s_bad_value_ends_in_exactly_its_line_and_writes_nothing(tmp_path):
+    result = run_cli("--config.batch_size=abc", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --config.batch_size: expected an integer, got 'abc'\n"
+    assert list(tmp_path.iterdir()) == []

@@ -135,6 +135,9 @@ def test_a_study_prunes_a_hopeless_trial_and_a_rerun_adds_only_what_is_missing(t
     rows = (spec.workdir / "results.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,val_accuracy,test_accuracy,epochs,learning_rate,run")
     assert [row.split(",")[1] for row in rows[1:]] == ["complete", "complete", "pruned"]
+    table = (spec.workdir / "results.md").read_text().splitlines()  # the same rows, for people
+    assert table[0] == "| " + " | ".join(rows[0].split(",")) + " |" and len(table) == 2 + 3
+    assert [line.split(" | ")[1] for line in table[2:]] == ["complete", "complete", "pruned"]
     best = max(trials[:2], key=lambda t: t.value)
     assert (
         configs.load(str(spec.workdir / "best_config.py")).learning_rate

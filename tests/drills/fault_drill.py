@@ -140,6 +140,11 @@ class Drill:
             )
         return self._references[key]
 
+    def steps_per_epoch(self, args: list[str], env: dict | None = None) -> int:
+        """The steps of one epoch of ``args``, counted in its reference run's step log."""
+        rows = self.reference(args, env).steps_csv.splitlines()[1:]  # step,epoch,loss,accuracy
+        return sum(row.split(",")[1] == "1" for row in rows)
+
     def matches(self, workdir: Path, args: list[str], env: dict | None = None) -> bool:
         """Whether ``workdir`` ended exactly as the reference run of ``args``."""
         expected = self.reference(args, env)

@@ -57,6 +57,7 @@ INTERRUPTED_CONFIGS: dict[str, tuple[list[str], dict[str, str]]] = {
 }
 PROGRESS_BAR = re.compile(r"epoch (\d+)/\d+:\s+(\d+)%")
 RESUMED = re.compile(r"resuming .* after epoch \d+ \(step (\d+)\)")
+STOPPED = re.compile(r"interrupted in epoch (\d+) at step (\d+); checkpoint saved")
 RUN_LOCK = {run_directory.LOCK_FILE}  # made by every run: no data of its own
 
 CACHE_CONFIGS: dict[str, tuple[list[str], dict[str, str], int]] = {
@@ -213,9 +214,10 @@ def interrupt_and_resume(
     shows ``fraction`` of it done; where the epoch ended before the drill saw that moment (a
     fast epoch on a busy machine), the trial starts again in a fresh folder, up to
     :data:`MOMENT_ATTEMPTS` times, and the notes count the retries. The trial survives when the
-    first process ends as the signal says (killed, or exit 128 + signal with one line), the rerun
-    resumes from a checkpoint (its "resuming ... (step S)" line, S > 0) and ends bitwise equal to
-    the uninterrupted run.
+    first process ends as the signal says (SIGKILL: killed; SIGINT / SIGTERM: exit 128 + signal
+    with one line), the rerun resumes from a checkpoint (its "resuming ... (step S)" line,
+    S > 0; after SIGINT / SIGTERM, S is the step the first process named as saved, inside the
+    epoch it was signalled in) and ends bitwise equal to the uninterrupted run.
     """
     args, env = INTERRUPTED_CONFIGS[config]
     for _ in range(MOMENT_ATTEMPTS):
@@ -226,12 +228,15 @@ def interrupt_and_resume(
         if landed is not None:
             break
         row.notes.append(f"{config}: missed its moment (the epoch ended first)")
-    codes = {-signum, 128 + signum}
-    first_ok = landed is not None and outcome.code in codes
-    first_ok = first_ok and (outcome.code == -signum or outcome.clean)
+    graceful = signum != signal.SIGKILL  # the run saves a checkpoint where it stopped, exits
+    first_ok = landed is not None and (
+        outcome.code == 128 + signum and outcome.clean if graceful else outcome.code == -signum
+    )
     rerun = drill.run(args, workdir, cache, env)
     resumed = RESUMED.search(rerun.stdout)
     resumed_step = int(resumed.group(1)) if resumed else 0
+    if graceful:
+        first_ok = first_ok and saved_where_stopped(drill, args, env, epoch, outcome, resumed_step)
     matches = rerun.code == 0 and drill.matches(workdir, args, env)
     ok = first_ok and rerun.clean and resumed_step > 0 and matches
     row.notes.append(f"{config}, epoch {epoch}")
@@ -242,6 +247,17 @@ def interrupt_and_resume(
         f"{rerun.last_line()}",
         lost=rerun.code == 0 and not matches,
     )
+
+
+def saved_where_stopped(
+    drill: Drill, args: list[str], env: dict, epoch: int, outcome: Outcome, resumed_step: int
+) -> bool:
+    """Whether a signalled run named a saved step inside ``epoch`` and the rerun resumed there."""
+    stopped = STOPPED.search(outcome.last_line())
+    if stopped is None or int(stopped[1]) != epoch:
+        return False
+    steps = drill.steps_per_epoch(args, env)
+    return (epoch - 1) * steps < int(stopped[2]) == resumed_step <= epoch * steps
 
 
 def signal_mid_epoch(
