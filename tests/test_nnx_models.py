@@ -270,6 +270,25 @@ def test_an_export_predicts_as_the_run_does_without_flaxmnist(nnx_run, fmt):
 
 
 @pytest.mark.slow
+def test_the_readme_s_nnx_cnn_command_trains_and_learns(nnx_run, tmp_path):
+    """README's command (``fast``, the plugin, ``nnx_cnn``, 3 epochs) on the synthetic data."""
+    trained = run_module(
+        "train",
+        "--config=fast",
+        f"--config.import_modules={PLUGIN}",
+        "--config.model=nnx_cnn",
+        "--config.num_epochs=3",
+        f"--config.data_dir={nnx_run / 'data'}",
+        "--config.compilation_cache_dir=",
+        f"--workdir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_params"] == CNN_PARAMS and metrics["test_accuracy"] > 0.5
+
+
+@pytest.mark.slow
 def test_two_devices_train_as_one(nnx_run, tmp_path):
     """The same run on 2 simulated CPU devices (batch split, BatchNorm over the whole batch)."""
     config = _config(nnx_run / "data", num_devices=2)
