@@ -53,7 +53,10 @@ def initial_state(
     rng: jax.Array,
     ema_decay: float = 0.0,
 ) -> TrainState:
-    """The state :func:`create_train_state` returns, traceable (``jax.eval_shape`` sizes it)."""
+    """The state :func:`create_train_state` returns, as a traceable function.
+
+    ``jax.eval_shape`` of it gives the shapes ``load_run`` sizes and restores into.
+    """
     variables = models.init_variables(model, image_shape, rng)
     state = TrainState.create(
         apply_fn=model.apply,
