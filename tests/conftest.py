@@ -19,16 +19,17 @@ from flaxmnist.configs import default
 from flaxmnist.storage import compilation_cache
 from flaxmnist.testing import write_idx_dataset
 
-# The files that take longest (each a few minutes of one worker) start first, so the workers,
-# which take whole files (--dist loadfile), finish together instead of waiting on one of them.
+# The files that take longest (half a minute to two minutes of one worker each) start first, so
+# the workers, which take whole files (--dist loadfile), finish together instead of waiting on one.
 LONGEST_FIRST = (
     "test_faults.py",
-    "test_serve_browser.py",
     "test_tfds_prepare.py",
-    "test_tuning.py",
+    "test_nnx_models.py",
     "test_parallel.py",
-    "test_resume.py",
+    "test_tuning.py",
     "test_export.py",
+    "test_evaluate.py",
+    "test_serve_browser.py",
 )
 
 
