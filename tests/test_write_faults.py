@@ -294,3 +294,41 @@ def test_combined_runs_make_one_report_naming_each_run_and_refuse_a_repeated_tri
                           (tmp_path / "none.json", "cannot read it")):  # fmt: skip
         with pytest.raises(ConfigError, match=f"--combine: {path}: {message}"):
             write_faults.combine([str(path)])
+
+
+def test_with_replace_a_later_run_s_commands_replace_the_earlier_trials_of_them(
+    tmp_path, monkeypatch
+):
+    results_json, results_md = _report_paths(tmp_path, monkeypatch)
+
+    def saved_run(path: str, *trials: tuple[str, str, str]) -> str:
+        found = [(name, write_faults.Site(f"write flaxmnist/{file} run/x", 1), kind)
+                 for name, file, kind in trials]  # fmt: skip
+        made = [write_faults.Trial(name, site.key, 1, kind, fired=True, code=2)
+                for name, site, kind in found]  # fmt: skip
+        sites = {name: [site for n, site, _ in found if n == name] for name, _, _ in found}
+        header = write_faults.run_header(f"drill {path}", "abc1234", made)
+        write_faults.write_report([header], sites, made)
+        return str(results_json.rename(tmp_path / path))
+
+    old = saved_run("old.json", ("train", "a.py:1", "ENOSPC"), ("train", "a.py:1", "EIO"),
+                    ("evaluate", "e.py:1", "ENOSPC"))  # fmt: skip
+    new = saved_run("new.json", ("train", "a.py:2", "ENOSPC"))
+    write_faults.combine([old, new], replace=True)
+    report = json.loads(results_json.read_text())
+    assert [run["command"] for run in report["runs"]] == ["drill old.json", "drill new.json"]
+    assert report["sites"] == {
+        "train": [{"key": "write flaxmnist/a.py:2 run/x", "hits": 1}],
+        "evaluate": [{"key": "write flaxmnist/e.py:1 run/x", "hits": 1}],
+    }
+    assert [(t["scenario"], t["kind"]) for t in report["trials"]] == [
+        ("evaluate", "ENOSPC"),
+        ("train", "ENOSPC"),
+    ]
+    assert report["replaced"] == ["train"]
+    text = results_md.read_text()
+    assert "- Trials of train: a later run's, replacing the earlier runs'." in text
+    assert "All together: 2 trials: 2 passed, 0 failed, 0 not reached." in text
+    combined = str(results_json.rename(tmp_path / "combined.json"))
+    write_faults.combine([combined])  # combined again: it still says what was replaced
+    assert json.loads(results_json.read_text())["replaced"] == ["train"]

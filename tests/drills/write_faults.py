@@ -5,6 +5,8 @@
     python tests/drills/write_faults.py --kinds=ENOSPC --hits=first
     python tests/drills/write_faults.py --only=train --sites=orbax   # sites matching a regex
     python tests/drills/write_faults.py --combine=a.json,b.json      # one report of two runs
+    python tests/drills/write_faults.py --combine=old.json,new.json --replace  # new.json's
+                                                    # commands rerun: their trials replace old's
 
 The sites are found, not listed: every command (training, new and resumed; evaluation; export;
 comparison; tfds preparation of IDX files, of a damaged dataset and of the stock ``mnist``; a
@@ -39,7 +41,9 @@ equal to the uninterrupted run's. A command still running 10 s after its error l
 Writes ``experiments/results/write_faults.json`` and ``.md`` (``--noreport``: neither); exits 1
 when any trial failed. Drill runs of different trials (say, in two checkouts at one commit, to
 use two cores' time, or one with ENOSPC and one with EIO) make one report with ``--combine``:
-each run's command and commit are named above the tables. The ``full`` trials mount tmpfs
+each run's command and commit are named above the tables; with ``--replace``, a later run's
+commands (rerun on newer code) replace those commands' sites and trials of the earlier runs,
+and the report names them. The ``full`` trials mount tmpfs
 folders and need root; elsewhere they are skipped. Not covered: the JAX compilation cache (kept
 outside the trial folder: the fault matrix's cache torture fills it and makes it read-only) and
 other processes than the command's own (a hit is counted per process).
@@ -352,10 +356,16 @@ def run_header(command: str, commit: str, trials: list[Trial], pending: Sequence
     }
 
 
-def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Trial]) -> None:
+def write_report(
+    runs: list[dict],
+    sites: dict[str, list[Site]],
+    trials: list[Trial],
+    replaced: Sequence[str] = (),
+) -> None:
     """Writes the JSON results and the markdown table (``experiments/results/write_faults.*``).
 
     ``runs``: the headers (:func:`run_header`) of the drill runs whose trials these are.
+    ``replaced``: the commands whose trials are a later run's, replacing an earlier run's.
     """
     kinds = tuple(kind for kind in KINDS if any(t.kind == kind for t in trials))
     files.write_json_atomic(
@@ -366,6 +376,7 @@ def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Tr
                 name: [dataclasses.asdict(s) for s in found] for name, found in sites.items()
             },
             "trials": [{**dataclasses.asdict(t), "result": t.result} for t in trials],
+            "replaced": list(replaced),
         },
     )
     failures = [
@@ -383,6 +394,11 @@ def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Tr
         "# Write faults",
         "",
         *runs_text,
+        *(
+            [f"- Trials of {', '.join(replaced)}: a later run's, replacing the earlier runs'."]
+            if replaced
+            else []
+        ),
         "",
         f"All together: {summary(trials)}.",
         "",
@@ -395,15 +411,18 @@ def write_report(runs: list[dict], sites: dict[str, list[Site]], trials: list[Tr
     files.write_text_atomic(RESULTS_MD, "\n".join(text) + "\n")
 
 
-def combine(paths: Sequence[str]) -> None:
+def combine(paths: Sequence[str], replace: bool = False) -> None:
     """Writes one report from the JSON results of drill runs that covered different trials.
 
     The runs may share commands (one ran ENOSPC, another EIO): a command's sites are the union
-    of theirs. The same trial (command, site, hit, kind) in two runs is refused.
+    of theirs. The same trial (command, site, hit, kind) in two runs is refused, unless
+    ``replace``: then a file's commands replace the sites and trials of those commands that the
+    files before it hold (a rerun on newer code).
     """
     runs: list[dict] = []
     sites: dict[str, list[Site]] = {}
     trials: dict[tuple, Trial] = {}
+    replaced: dict[str, None] = {}
     fields = {f.name for f in dataclasses.fields(Trial)}
     for path in paths:
         try:
@@ -411,11 +430,16 @@ def combine(paths: Sequence[str]) -> None:
             saved_runs, saved_sites, saved_trials = saved["runs"], saved["sites"], saved["trials"]
             found_sites = {name: [Site(**s) for s in found] for name, found in saved_sites.items()}
             found_trials = [Trial(**{k: t[k] for k in t if k in fields}) for t in saved_trials]
+            replaced.update(dict.fromkeys(saved.get("replaced", [])))
         except (OSError, ValueError) as e:
             raise ConfigError(f"--combine: {path}: cannot read it ({e})") from None
         except (KeyError, TypeError, AttributeError):
             raise ConfigError(f"--combine: {path}: holds no drill run's results") from None
         runs += saved_runs
+        for name in [name for name in found_sites if replace and name in sites]:
+            del sites[name]
+            trials = {key: trial for key, trial in trials.items() if key[0] != name}
+            replaced[name] = None
         for name, found in found_sites.items():
             known = sites.setdefault(name, [])
             keys = {site.key for site in known}
@@ -429,7 +453,8 @@ def combine(paths: Sequence[str]) -> None:
                 )
             trials[key] = trial
     order = [name for name in SCENARIOS if name in sites]
-    write_report(runs, {name: sites[name] for name in order}, list(trials.values()))
+    sites = {name: sites[name] for name in order}
+    write_report(runs, sites, list(trials.values()), list(replaced))
     console.say(summary(list(trials.values())))
 
 
@@ -455,6 +480,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         [],
         "Run nothing: write the report from these saved results (JSON files of drill runs that "
         "covered different trials).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_boolean(
+        "replace",
+        False,
+        "With --combine: a later file's commands replace the earlier files' trials of them.",
         flag_values=flag_values,
     )
 
@@ -507,7 +538,7 @@ def main(argv: list[str]) -> None:
     with errors.reported(RESULTS_JSON.parent):
         check_choices(flags.FLAGS)
         if flags.FLAGS.combine:
-            combine(flags.FLAGS.combine)
+            combine(flags.FLAGS.combine, flags.FLAGS.replace)
             return
         trials = drill(flags.FLAGS)
     if any(t.result == "FAIL" for t in trials):
