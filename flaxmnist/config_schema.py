@@ -230,7 +230,8 @@ FIELDS: tuple[Field, ...] = (
         "data_dir",
         "",
         Text(),
-        'folder of IDX files or tfds data dir; `""`: `$FLAXMNIST_DATA_DIR`, then `data/`',
+        'folder of IDX files or tfds data dir; `""`: `$FLAXMNIST_DATA_DIR`, then `data/` (tfds '
+        "names: tfds's own default)",
         resumable=True,
     ),
     Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -42,6 +43,23 @@ for pipeline in ("grain", "device"):
     metrics = loop.train_and_evaluate(config, f"{sys.argv[2]}/{pipeline}")
     accuracy[pipeline] = metrics["test_accuracy"]
 print(json.dumps({"accuracy": accuracy, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+# A process where ``tensorflow`` cannot be found, as where it is not installed (a ``None`` in
+# sys.modules would differ: tfds takes a name in sys.modules as TensorFlow loaded).
+HIDE_TENSORFLOW = """
+import sys
+from importlib.machinery import PathFinder
+
+class PathFinderWithoutTensorFlow(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            return None
+        return super().find_spec(name, path, target)
+
+sys.meta_path[sys.meta_path.index(PathFinder)] = PathFinderWithoutTensorFlow
 """
 
 
@@ -154,3 +172,31 @@ def test_a_run_trains_on_the_device_paths_batches_and_never_imports_tensorflow(t
     assert_same_step_losses(tmp_path / "grain", tmp_path / "device")
     version = tfds_prepare.IDX_TFDS_VERSION
     assert list((tmp_path / "data" / "mnist" / "tfds").glob(f"*/mnist/{version}/*.array_record-*"))
+
+
+@pytest.mark.slow
+def test_without_tensorflow_the_first_run_stops_in_one_line_and_one_prepared_ahead_trains(
+    tmp_path,
+):
+    """TensorFlow unimportable in every process (as when the ``tf`` extra is not installed)."""
+    hidden = tmp_path / "no-tensorflow"
+    hidden.mkdir()
+    (hidden / "sitecustomize.py").write_text(HIDE_TENSORFLOW)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), str(REPO_ROOT)])}
+    write_idx_dataset(tmp_path / "data" / "mnist")
+    command = [
+        sys.executable, "-m", "flaxmnist.train", "--config=cnn_simple",
+        f"--config.data_dir={tmp_path / 'data'}", "--config.num_epochs=1",
+        "--config.input_pipeline=grain", "--config.compilation_cache_dir=",
+        f"--workdir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    refused = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: preparing tfds datasets needs tensorflow: pip install 'flaxmnist[tf]'"
+    )
+    assert "Traceback" not in refused.stderr
+    tfds_prepare.prepare_idx("mnist", tmp_path / "data" / "mnist")  # where TensorFlow is
+    trained = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] > 0

@@ -65,10 +65,13 @@ def test_another_input_pipeline_is_refused(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_other_chunks_per_epoch_and_more_epochs_on_a_constant_rate_end_bitwise_equal(
+def test_other_chunks_per_epoch_and_more_epochs_end_bitwise_equal_and_fewer_are_refused(
     tiny_config, tmp_path
 ):
-    """14 steps an epoch: 4 chunks in the uninterrupted run, 5 and then 3 in the resumed one."""
+    """14 steps an epoch: 4 chunks in the uninterrupted run, 5 and then 3 in the resumed one.
+
+    Then fewer epochs than the run has trained: refused, nothing changed.
+    """
     tiny_config.update(num_epochs=3, chunks_per_epoch=4)
     loop.train_and_evaluate(tiny_config, tmp_path / "whole")
     tiny_config.update(num_epochs=1, chunks_per_epoch=5)
@@ -82,3 +85,8 @@ def test_other_chunks_per_epoch_and_more_epochs_on_a_constant_rate_end_bitwise_e
     assert (tmp_path / "pieces" / "steps.csv").read_text() == (
         tmp_path / "whole" / "steps.csv"
     ).read_text()
+    before = files_of(tmp_path / "pieces")
+    tiny_config.num_epochs = 2
+    with pytest.raises(FlaxmnistError, match="has trained 42 steps, past the end of num_epochs=2"):
+        loop.train_and_evaluate(tiny_config, tmp_path / "pieces")
+    assert files_of(tmp_path / "pieces") == before

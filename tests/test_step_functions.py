@@ -65,7 +65,7 @@ def test_metric_sums_respect_the_mask():
 # Dropout (an rng per step) and BatchNorm (batch_stats carried through the donated state).
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["mlp_dropout", "convnet_small"])
-def test_package_steps_reduce_the_loss_and_compile_once_over_fresh_batches(model_name):
+def test_package_steps_reduce_the_loss_donate_the_state_and_compile_once(model_name):
     traces = []
 
     def counting_loss(logits, labels, *, step=0):
@@ -82,7 +82,9 @@ def test_package_steps_reduce_the_loss_and_compile_once_over_fresh_batches(model
     assert float(metrics["loss"]) < 0.5 * float(first)
     assert float(metrics["count"]) == 16
     for seed in (1, 2, 3):  # fresh batches (new host arrays) of the same shape
+        given = state
         state, _ = fns.train_step(state, _batch(seed=seed), rng)
+        assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(given.params))
     assert len(traces) == 1
     assert fns.train_step._cache_size() == 1
     for seed in (4, 5, 6):

@@ -89,6 +89,7 @@ def start_or_resume(
         if restored is not None:
             state, meta = restored
             progress = Progress.from_meta(meta)
+            check_not_past_the_end(run, exp, int(state.step))
             say(f"resuming {run.path} after epoch {progress.epoch} (step {int(state.step)})")
         elif (run.path / "metrics.json").exists():
             raise FlaxmnistError(
@@ -119,6 +120,18 @@ def check_schedule_kept(
         f"{config.schedule} schedule spans num_epochs: {config.num_epochs} would change the "
         f"learning rate of the {steps} steps already taken; keep num_epochs={recorded_epochs}, "
         "or start a new --workdir (--config.init_from to start from these weights)"
+    )
+
+
+def check_not_past_the_end(run: run_directory.RunDirectory, exp: Experiment, steps: int) -> None:
+    """Refuses a ``num_epochs`` that ends before the ``steps`` the run has already taken."""
+    if steps <= exp.config.num_epochs * exp.steps_per_epoch:
+        return
+    needed = -(-steps // exp.steps_per_epoch)
+    raise FlaxmnistError(
+        f"workdir {run.path} has trained {steps} steps, past the end of "
+        f"num_epochs={exp.config.num_epochs}; set num_epochs >= {needed}, or start a new "
+        "--workdir (--config.init_from to start from these weights)"
     )
 
 
