@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_module
 
 import flaxmnist
 from flaxmnist.data import datasets
@@ -217,7 +217,9 @@ def test_early_stopping_follows_keras_semantics():
 
 
 @pytest.mark.slow
-def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_path):
+def test_restore_best_tests_the_best_epoch_and_the_commands_read_that_one_by_default(
+    tiny_config, tmp_path
+):
     # val_accuracy reaches 1.0 at once on the easy synthetic data and cannot improve after.
     tiny_config.num_epochs = 8
     tiny_config.early_stopping.update(monitor="val_accuracy", patience=2, restore_best=True)
@@ -227,6 +229,13 @@ def test_early_stopping_with_restore_best_tests_the_best_epoch(tiny_config, tmp_
     assert metrics["stopped_early"] and metrics["epochs_completed"] == best + 2
     assert metrics["best_epoch"] == best and metrics["evaluated_epoch"] == best
     assert flaxmnist.load_run(tmp_path / "run", "best").epoch == best
+    # The commands that read a run (evaluate, predict, export, serve) default to the tested one.
+    assert flaxmnist.load_run(tmp_path / "run", "latest").epoch == best + 2
+    evaluated = run_module("evaluate", f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    written = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert written["checkpoint_step"] == flaxmnist.load_run(tmp_path / "run", "tested").step
+    assert written["checkpoint_step"] == best * history[0]["step"]
 
 
 @pytest.mark.slow
