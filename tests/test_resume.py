@@ -1,7 +1,9 @@
 """Runs that survive: resume, early stopping, checkpoints, faults, locks, reload."""
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -310,6 +312,20 @@ def test_one_tensorboard_event_file_holds_the_history_of_a_resumed_run(tiny_conf
     assert scalars["train/loss"][2] == pytest.approx(history[1]["train_loss"])
     assert set(scalars["step/loss"]) == set(range(5, history[-1]["step"] + 1, 5))
     assert {"learning_rate", "epoch_time_s", "val/loss", "train/accuracy"} <= set(scalars)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_not_started_without_room_for_it(tiny_config, tmp_path, monkeypatch):
+    tiny_config.num_epochs = 1
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    nearly_full = shutil.disk_usage(tmp_path)._replace(free=64 << 10)  # 64 KiB left
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: nearly_full)
+    tiny_config.num_epochs = 2
+    with pytest.raises(OSError, match=r"a checkpoint needs about \d+ KiB, 64 KiB free") as e:
+        loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == saved
 
 
 @pytest.mark.slow
