@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -408,12 +409,16 @@ def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_befor
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_a_damaged_steps_csv_refuses_the_resume_and_changes_nothing(tiny_config, tmp_path):
+@pytest.mark.parametrize("damaged", ["steps.csv", "config.json"])
+def test_a_damaged_log_or_config_refuses_the_resume_and_changes_nothing(
+    tiny_config, tmp_path, damaged
+):
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    (tmp_path / "run" / "steps.csv").write_text("\x00{garbage")
+    (tmp_path / "run" / damaged).write_text("\x00{garbage")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     tiny_config.num_epochs = 3  # a field that may change on resume: config.json would be rewritten
-    with pytest.raises(FlaxmnistError, match=r"steps\.csv is damaged"):
+    with pytest.raises(FlaxmnistError, match=rf"{re.escape(damaged)} is damaged") as refused:
         loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert "\n" not in str(refused.value)
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert after == before
