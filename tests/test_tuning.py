@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,6 +159,21 @@ def test_a_study_prunes_a_hopeless_trial_and_a_rerun_adds_only_what_is_missing(t
 
 
 @pytest.mark.slow
+def test_a_trial_whose_loss_diverges_is_pruned_with_a_note_saying_where(tmp_path):
+    spec = study_spec(tmp_path, num_epochs=2, seed=0)
+    (tmp_path / "space.py").write_text(
+        "def suggest(trial, config):\n"
+        "    config.optimizer = 'sgd'\n"
+        "    config.learning_rate = trial.suggest_float('learning_rate', 1e29, 1e30, log=True)\n"
+    )
+    tuning.tune(spec, num_trials=1)
+    (trial,) = tuning.open_study(spec).get_trials()
+    assert trial.state == TrialState.PRUNED
+    assert re.fullmatch(r"loss became (nan|-?inf) at epoch 1, step \d+", trial.user_attrs["note"])
+    rows = (spec.workdir / "results.csv").read_text().splitlines()
+    assert rows[1].split(",")[1] == "pruned"
+
+
 def test_a_study_of_another_config_in_the_same_storage_is_refused(tmp_path):
     spec = study_spec(tmp_path, num_epochs=1)
     spec.workdir.mkdir()
