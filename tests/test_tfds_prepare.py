@@ -69,6 +69,12 @@ from flaxmnist.data import datasets
 with errors.reported(Path(sys.argv[1])):
     datasets.load_dataset("kmnist", sys.argv[1])
 """
+FIND_PREPARED = """
+import sys
+from flaxmnist.data import tfds_prepare
+prepared = tfds_prepare.prepare("mnist", sys.argv[1])
+print(prepared.state.replace(" ", "_"), "tensorflow" in sys.modules)
+"""
 PROGRESS_LINE = r"{name}: {state} in {path} \(\d+\.\d s\)"
 
 
@@ -268,7 +274,7 @@ def test_an_unprepared_tfds_name_fails_fast_with_one_line(offline, tmp_path):
 
 
 @pytest.mark.slow
-def test_preparing_again_is_a_fast_no_op(prepared, offline):
+def test_preparing_again_is_a_fast_no_op_without_tensorflow(prepared, offline):
     data_dir = prepared[0]
     files = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
     result = run(prepare_command("--datasets=mnist"), {**offline, "TFDS_DATA_DIR": str(data_dir)})
@@ -277,6 +283,9 @@ def test_preparing_again_is_a_fast_no_op(prepared, offline):
     pattern = PROGRESS_LINE.format(name="mnist", state="already prepared", path=path)
     assert re.fullmatch(pattern, result.stdout.rstrip("\n"))
     assert float(result.stdout.rsplit("(", 1)[1].split()[0]) < 5
+    found = run([sys.executable, "-c", FIND_PREPARED, str(data_dir)], offline)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split()[:2] == [tfds_prepare.PRESENT.replace(" ", "_"), "False"]
     again = tfds_prepare.prepare("mnist", data_dir)
     assert (
         again.state == tfds_prepare.PRESENT
