@@ -1,11 +1,13 @@
 """The config schema: one declaration per field, read by defaults, validation, resume and docs."""
 
 import json
+import re
 import subprocess
 import sys
 
 import ml_collections
 import pytest
+from helpers import REPO_ROOT
 
 from flaxmnist import config_schema, losses
 from flaxmnist.config_validation import validate_config
@@ -133,3 +135,15 @@ def _another_value(value):
     if isinstance(value, bool):
         return not value
     return value + "x" if isinstance(value, str) else value + 1
+
+
+def test_the_resume_table_in_docs_runs_md_names_exactly_the_resumable_fields():
+    text = (REPO_ROOT / "docs" / "runs.md").read_text()
+    table = text.split("| field | on resume |", 1)[1].split("\n\n", 1)[0]
+    named = set()
+    for row in table.splitlines()[2:]:
+        fields, on_resume = row.strip("|").split("|", 1)
+        if not on_resume.strip().startswith("refused"):
+            named |= set(re.findall(r"`([a-z_.]+)`", fields))
+    groups = {name.split(".")[0] for name in config_schema.RESUMABLE_FIELDS}
+    assert named == groups
