@@ -275,3 +275,20 @@ def test_the_checkpoint_flag_evaluates_the_step_or_the_best_it_names(trained_run
         written = json.loads((run / "eval" / "metrics.json").read_text())
         expected = step or flaxmnist.load_run(run, "best").step
         assert (flag, written["checkpoint_step"]) == (flag, expected)
+
+
+def test_another_dataset_is_evaluated_with_a_warning_and_a_bad_image_index_is_refused(
+    trained_runs, tmp_path
+):
+    from flaxmnist.errors import FlaxmnistError
+    from flaxmnist.testing import write_idx_dataset
+
+    run = trained_runs["dense"]
+    write_idx_dataset(tmp_path / "fashion_mnist", num_train=64, num_test=30)
+    _, data, logits, summary, notes = evaluator.predict_test(
+        run, dataset="fashion_mnist", data_dir=str(tmp_path)
+    )
+    assert notes == ["warning: evaluating a mnist model on fashion_mnist"]
+    assert summary["dataset"] == "fashion_mnist" and len(logits) == len(data.test) == 30
+    with pytest.raises(FlaxmnistError, match=r"image_index must be in \[0, 100\), got 100"):
+        evaluator.evaluate_run(run, image_index=100)
