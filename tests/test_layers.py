@@ -94,6 +94,13 @@ def test_auto_resolves_to_cpu_friendly_implementations_on_cpu():
     assert layers.resolve_impl("auto", layers.POOL_IMPLS, "fused") == "fused"
 
 
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_auto_resolves_to_xla_s_own_convolution_and_pooling_off_the_cpu(backend, monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert layers.resolve_impl("auto", layers.CONV_IMPLS, "im2col") == "xla"
+    assert layers.resolve_impl("auto", layers.POOL_IMPLS, "fused") == "xla"
+
+
 @pytest.mark.slow
 def test_bfloat16_conv_is_close_to_float32():
     x = jax.random.uniform(jax.random.key(3), (2, 10, 10, 4))
