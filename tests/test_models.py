@@ -229,7 +229,8 @@ def test_bfloat16_compute_keeps_float32_params(name):
 def test_resnet_in_bfloat16_trains_and_predicts_close_to_float32():
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     model, variables = _init("resnet")
-    low_model, _ = _init("resnet", dtype="bfloat16")
+    low_model, low_variables = _init("resnet", dtype="bfloat16")
+    chex.assert_trees_all_equal_dtypes(low_variables, variables)  # parameters stay float32
     logits, updates = jax.jit(
         functools.partial(low_model.apply, train=True, mutable=("batch_stats",))
     )(variables, x)
