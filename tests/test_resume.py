@@ -16,6 +16,7 @@ import pytest
 from helpers import REPO_ROOT, run_module
 
 import flaxmnist
+from flaxmnist.configs import default
 from flaxmnist.data import datasets
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage import checkpointing, files, run_directory
@@ -203,6 +204,24 @@ def test_skip_step_policy_keeps_parameters_finite(tiny_config, tmp_path):
     state = _final_state(tmp_path / "run")
     assert all(bool(np.isfinite(x).all()) for x in jax.tree_util.tree_leaves(state.params))
     assert metrics["epochs_completed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("monitor", "validation_fraction", "followed"),
+    [
+        ("val_loss", 0.1, "val_loss"),
+        ("val_accuracy", 0.0, "train_accuracy"),  # no validation split: its training twin
+        ("val_loss", 0.0, "train_loss"),
+        ("train_loss", 0.1, "train_loss"),
+    ],
+)
+def test_the_monitored_field_falls_back_to_training_without_validation(
+    monitor, validation_fraction, followed
+):
+    config = default.get_config()
+    config.validation_fraction = validation_fraction
+    config.early_stopping.monitor = monitor
+    assert loop.monitored_field(config) == followed
 
 
 def test_early_stopping_follows_keras_semantics():
