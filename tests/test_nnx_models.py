@@ -117,6 +117,13 @@ def test_bad_registrations_are_one_line_errors_naming_them(plugin):
         models.register_nnx("x", plugin.CNN, width=3)
     with pytest.raises(TypeError, match="num_classes comes from the dataset"):
         models.register_nnx("x", plugin.CNNBatchNormDropout, num_classes=3)
+
+    class NoRngs(nnx.Module):
+        def __init__(self, width: int = 3):
+            self.width = width
+
+    with pytest.raises(TypeError, match=r"register_nnx\('x'\): NoRngs\(rngs=\.\.\., \*\*kwargs\)"):
+        models.register_nnx("x", NoRngs)
     for taken in ("nnx_cnn", "dense"):
         with pytest.raises(ValueError, match=f"model '{taken}' is already registered"):
             models.register_nnx(taken, plugin.CNN)
@@ -145,6 +152,26 @@ def test_logits_of_another_width_than_the_classes_are_refused(plugin):
     model = nnx_models.checked_model("cnn", plugin.CNN, {}).build(num_classes=7)
     with pytest.raises(ConfigError, match=r"CNN returns an array of shape \(1, 10\); expected"):
         _variables(model)
+
+
+def test_a_call_that_declares_train_gets_it_and_the_mode_matches(plugin):
+    seen = []
+
+    class Recorder(nnx.Module):
+        def __init__(self, *, rngs: nnx.Rngs):
+            self.dropout = nnx.Dropout(0.5, rngs=rngs)
+            self.head = nnx.Linear(784, 10, rngs=rngs)
+
+        def __call__(self, x, train: bool):
+            seen.append((train, self.dropout.deterministic))
+            return self.head(x.reshape(len(x), -1))
+
+    model = nnx_models.checked_model("recorder", Recorder, {}).build(num_classes=10)
+    variables = _variables(model)
+    seen.clear()
+    model.apply(variables, IMAGES, train=True, rngs={"dropout": jax.random.key(0)})
+    model.apply(variables, IMAGES, train=False)
+    assert seen == [(True, False), (False, True)]  # train() / eval() set Dropout's mode too
 
 
 @pytest.mark.slow
