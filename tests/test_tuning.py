@@ -293,3 +293,16 @@ def test_bad_input_to_the_command_is_one_line_and_leaves_nothing(tmp_path):
         assert result.returncode == 2
         assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
         assert not workdir.exists()
+    without_optuna = (  # as where the tune extra is not installed
+        "import runpy, sys\n"
+        "sys.modules['optuna'] = None\n"
+        f"sys.argv = ['tune', '--workdir={workdir}']\n"
+        "runpy.run_module('flaxmnist.tune', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", without_optuna], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr == "error: python -m flaxmnist.tune needs Optuna: pip install -e '.[tune]'\n"
+    )
