@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -174,12 +175,16 @@ def test_a_trial_whose_loss_diverges_is_pruned_with_a_note_saying_where(tmp_path
     assert rows[1].split(",")[1] == "pruned"
 
 
-def test_a_study_of_another_config_in_the_same_storage_is_refused(tmp_path):
+def test_a_study_of_another_config_or_space_in_the_same_storage_is_refused(tmp_path):
     spec = study_spec(tmp_path, num_epochs=1)
     spec.workdir.mkdir()
     tuning.open_study(spec)
     other = tuning.StudySpec(config="fast", workdir=spec.workdir, space=spec.space)
     with pytest.raises(ConfigError, match=r"was started with --config=.*base\.py, not fast"):
+        tuning.open_study(other)
+    (tmp_path / "other_space.py").write_text(LEARNING_RATE_SPACE)
+    other = dataclasses.replace(spec, space=str(tmp_path / "other_space.py"))
+    with pytest.raises(ConfigError, match=r"was started with --space=.*/space\.py, not .*other"):
         tuning.open_study(other)
     with pytest.raises(ConfigError, match="--storage: cannot open nope://"):
         tuning.open_study(tuning.StudySpec(config="fast", workdir=tmp_path, storage="nope://x"))
