@@ -1,5 +1,6 @@
 """Exports load in fresh processes that never import flaxmnist and predict as the run does."""
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -183,3 +184,14 @@ def test_every_model_converts_to_onnx_and_predicts_as_the_run_does(name, overrid
     expected = metrics.softmax(run.predict(images))
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_export_computes_with_the_ema_average_when_the_run_kept_one():
+    run = untrained_run("dense")
+    average = jax.tree_util.tree_map(lambda p: -0.5 * p, run.state.params)  # unlike the params
+    kept = dataclasses.replace(run, state=run.state.replace(ema_params=average))
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+    exported = np.asarray(exporting.probabilities_function(kept)(images))
+    with_average = dataclasses.replace(run, state=run.state.replace(params=average))
+    np.testing.assert_allclose(exported, metrics.softmax(with_average.predict(images)), atol=1e-5)
+    assert not np.allclose(exported, metrics.softmax(run.predict(images)), atol=1e-2)
