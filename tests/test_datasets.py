@@ -46,6 +46,15 @@ def test_loads_synthetic_dataset_from_gz_or_raw_files(tmp_path, compress):
         np.testing.assert_array_equal(split.labels, labels)
 
 
+def test_the_idx_files_may_lie_directly_in_the_data_dir(tmp_path):
+    write_idx_dataset(tmp_path, num_train=12, num_test=5)  # no mnist/ folder
+    ds = datasets.load_dataset("mnist", str(tmp_path))
+    assert (len(ds.train), len(ds.test)) == (12, 5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no fashion_mnist IDX files in .*fashion_mnist or"):
+        datasets.load_dataset("fashion_mnist", str(tmp_path / "empty"))
+
+
 def test_fashion_mnist_has_class_names(tmp_path):
     write_idx_dataset(tmp_path / "fashion_mnist", num_train=10, num_test=10)
     ds = datasets.load_dataset("fashion_mnist", str(tmp_path))
