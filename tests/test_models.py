@@ -119,6 +119,23 @@ def test_only_batch_norm_models_have_batch_stats():
         assert ("batch_stats" in _abstract(name)[1]) == (name in BATCH_NORM_MODELS), name
 
 
+# The "(+N)" of docs/models.md: a mean and a variance per BatchNorm channel.
+EXPECTED_BATCH_STATS = {
+    "convnet_bn": 2 * (32 + 64),
+    "convnet_small": 2 * (16 + 32),
+    "convnet_fast": 2 * (16 + 32 + 128),
+    "resnet": 1_344,
+    "resnet_small": 672,
+    "resnet_wide": 4_480,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_BATCH_STATS))
+def test_batch_norm_statistics_count_as_documented(name):
+    stats = _abstract(name)[1]["batch_stats"]
+    assert sum(leaf.size for leaf in jax.tree_util.tree_leaves(stats)) == EXPECTED_BATCH_STATS[name]
+
+
 @pytest.mark.slow
 def test_dropout_is_random_in_training_and_off_in_inference():
     model, variables = _init("mlp_dropout")
