@@ -348,3 +348,27 @@ def test_two_devices_train_as_one(nnx_run, tmp_path):
         for run in (tmp_path / "run", nnx_run / "run")
     ]
     np.testing.assert_allclose(*losses_, atol=3e-3)
+
+
+@pytest.mark.slow
+def test_the_docs_example_module_registers_and_trains(synthetic_data_dir, tmp_path):
+    page = (REPO_ROOT / "docs" / "nnx.md").read_text()
+    example = page.split("```python\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("# my_models.py\n")
+    (tmp_path / "my_models.py").write_text(example)
+    result = run_module(
+        "train",
+        "--config.import_modules=my_models.py",
+        "--config.model=my_mlp",
+        f"--config.data_dir={synthetic_data_dir}",
+        "--config.batch_size=32",
+        "--config.num_epochs=1",
+        "--config.compilation_cache_dir=",
+        "--workdir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    hidden, out = 784 * 128 + 128, 128 * 10 + 10
+    assert metrics["num_params"] == hidden + 2 * 128 + out  # BatchNorm: scale and bias
+    assert metrics["test_accuracy"] > 0.5
