@@ -292,3 +292,16 @@ def test_another_dataset_is_evaluated_with_a_warning_and_a_bad_image_index_is_re
     assert summary["dataset"] == "fashion_mnist" and len(logits) == len(data.test) == 30
     with pytest.raises(FlaxmnistError, match=r"image_index must be in \[0, 100\), got 100"):
         evaluator.evaluate_run(run, image_index=100)
+
+
+def test_the_augmented_samples_figure_shows_the_run_s_augmentation_only_when_it_had_one():
+    from test_export import untrained_run
+
+    run = untrained_run("dense")
+    images = np.zeros((4, 28, 28, 1), np.uint8)
+    images[:, 10:18, 12:16] = 255  # a bar: rotation and translation move it
+    assert evaluator.augmented_samples(run, images) is None
+    run.config.augment.update(rotation=30.0, translate=0.2)
+    augmented = evaluator.augmented_samples(run, images)
+    assert augmented.shape == images.shape and augmented.dtype == np.uint8
+    assert not np.array_equal(augmented, images)
