@@ -70,10 +70,10 @@ with errors.reported(Path(sys.argv[1])):
     datasets.load_dataset("kmnist", sys.argv[1])
 """
 FIND_PREPARED = """
-import sys
+import json, sys
 from flaxmnist.data import tfds_prepare
 prepared = tfds_prepare.prepare("mnist", sys.argv[1])
-print(prepared.state.replace(" ", "_"), "tensorflow" in sys.modules)
+print(json.dumps([prepared.state, "tensorflow" in sys.modules]))
 """
 PROGRESS_LINE = r"{name}: {state} in {path} \(\d+\.\d s\)"
 
@@ -285,7 +285,7 @@ def test_preparing_again_is_a_fast_no_op_without_tensorflow(prepared, offline):
     assert float(result.stdout.rsplit("(", 1)[1].split()[0]) < 5
     found = run([sys.executable, "-c", FIND_PREPARED, str(data_dir)], offline)
     assert found.returncode == 0, found.stderr
-    assert found.stdout.split()[:2] == [tfds_prepare.PRESENT.replace(" ", "_"), "False"]
+    assert json.loads(found.stdout.splitlines()[-1]) == [tfds_prepare.PRESENT, False]
     again = tfds_prepare.prepare("mnist", data_dir)
     assert (
         again.state == tfds_prepare.PRESENT

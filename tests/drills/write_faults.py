@@ -436,7 +436,8 @@ def combine(paths: Sequence[str], replace: bool = False) -> None:
         except (KeyError, TypeError, AttributeError):
             raise ConfigError(f"--combine: {path}: holds no drill run's results") from None
         runs += saved_runs
-        for name in [name for name in found_sites if replace and name in sites]:
+        rerun = [name for name in found_sites if name in sites] if replace else []
+        for name in rerun:  # a later run's commands: their earlier sites and trials go
             del sites[name]
             trials = {key: trial for key, trial in trials.items() if key[0] != name}
             replaced[name] = None
@@ -453,8 +454,7 @@ def combine(paths: Sequence[str], replace: bool = False) -> None:
                 )
             trials[key] = trial
     order = [name for name in SCENARIOS if name in sites]
-    sites = {name: sites[name] for name in order}
-    write_report(runs, sites, list(trials.values()), list(replaced))
+    write_report(runs, {name: sites[name] for name in order}, list(trials.values()), list(replaced))
     console.say(summary(list(trials.values())))
 
 
