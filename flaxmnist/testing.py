@@ -4,7 +4,8 @@
 learnable dataset; point ``config.data_dir`` at the folder's parent and a run trains on it in
 seconds. ``run_splits(data_dir, fraction, seed)`` gives the splits such a run trains and tests on.
 ``write_between_markers`` puts a generated table into a document, and ``revision()`` names the
-commit a measurement was taken on.
+commit a measurement was taken on. ``draw_on_pad(driver, pad_strokes(image))`` draws an image on
+the page of ``python -m flaxmnist.serve`` in a selenium-driven browser.
 """
 
 from __future__ import annotations
@@ -120,3 +121,47 @@ def write_between_markers(doc: Path, name: str, text: str, writer: str) -> None:
     else:
         before, after = current + ("\n" if current and not current.endswith("\n") else ""), "\n"
     files.write_text_atomic(doc, f"{before}{begin}\n{text.rstrip()}\n{end}{after}")
+
+
+PAD_SCALE = 10  # the serve page's pad: 280 × 280 pixels, 10 per pixel of a 28 × 28 image
+ANSWERED = "return document.body.dataset.answered === document.body.dataset.version"
+
+
+def pad_strokes(image: np.ndarray) -> list[list[tuple[int, int]]]:
+    """A 28×28 MNIST image as pen strokes on the pad: one per horizontal run of ink in each row.
+
+    Points are in pad pixels; ink is a grey level above 127.
+    """
+    strokes = []
+    for row, ink in enumerate(np.reshape(image, (28, 28)) > 127):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], ink.astype(int), [0]])))
+        y = PAD_SCALE * row + PAD_SCALE // 2
+        for start, end in zip(edges[::2], edges[1::2], strict=True):
+            xs = (PAD_SCALE * start + PAD_SCALE // 2, PAD_SCALE * (end - 1) + PAD_SCALE // 2)
+            strokes.append([(xs[0], y), (xs[1], y)])
+    return strokes
+
+
+def draw_on_pad(driver, strokes: list[list[tuple[int, int]]], timeout_s: float = 60) -> None:
+    """Clears the serve page's pad, draws ``strokes`` with the mouse, waits for the answer.
+
+    ``driver`` is a selenium WebDriver showing the page; the wait ends when the page has answered
+    the finished drawing.
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, "clear").click()
+    pad = driver.find_element(By.ID, "pad")
+    half = 28 * PAD_SCALE // 2
+    actions = ActionChains(driver, duration=0)
+    for stroke in strokes:
+        (x, y), *rest = stroke
+        actions.move_to_element_with_offset(pad, x - half, y - half).click_and_hold()
+        for next_x, next_y in rest:
+            actions.move_by_offset(next_x - x, next_y - y)
+            x, y = next_x, next_y
+        actions.release()
+    actions.perform()
+    WebDriverWait(driver, timeout_s).until(lambda d: d.execute_script(ANSWERED))

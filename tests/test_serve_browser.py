@@ -19,12 +19,11 @@ from test_serve import served
 
 from flaxmnist.data import datasets
 from flaxmnist.evaluation import digit_images
+from flaxmnist.testing import draw_on_pad, pad_strokes
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
-PAD = 280  # the pad's side in pixels, 10 per pixel of an MNIST image
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-ANSWERED = "return document.body.dataset.answered === document.body.dataset.version"
 
 
 def _browser() -> tuple[str, str]:
@@ -78,38 +77,6 @@ def driver(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory):
             browser.quit()
 
 
-def traced(image: np.ndarray) -> list[list[tuple[int, int]]]:
-    """An MNIST image as pen strokes on the pad: one per horizontal run of ink in each row."""
-    strokes = []
-    for row, ink in enumerate(image[..., 0] > 127):
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], ink.astype(int), [0]])))
-        for start, end in zip(edges[::2], edges[1::2], strict=True):
-            y = 10 * row + 5
-            strokes.append([(10 * start + 5, y), (10 * (end - 1) + 5, y)])
-    return strokes
-
-
-def draw(driver, strokes: list[list[tuple[int, int]]]) -> None:
-    """Clears the pad, draws ``strokes`` (points in pad pixels) with the mouse, waits for the
-    answer to the finished drawing."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    driver.find_element(By.ID, "clear").click()
-    pad = driver.find_element(By.ID, "pad")
-    actions = ActionChains(driver, duration=0)
-    for stroke in strokes:
-        (x, y), *rest = stroke
-        actions.move_to_element_with_offset(pad, x - PAD // 2, y - PAD // 2).click_and_hold()
-        for next_x, next_y in rest:
-            actions.move_by_offset(next_x - x, next_y - y)
-            x, y = next_x, next_y
-        actions.release()
-    actions.perform()
-    WebDriverWait(driver, 60).until(lambda d: d.execute_script(ANSWERED))
-
-
 def shown(driver) -> list[tuple[str, str]]:
     """The page's ranked classes and their percentages, ``[("7", "99.2 %"), ...]``."""
     from selenium.webdriver.common.by import By
@@ -119,7 +86,7 @@ def shown(driver) -> list[tuple[str, str]]:
 
 
 def test_a_thick_vertical_stroke_reads_as_a_1_and_the_page_logs_no_error(driver):
-    draw(driver, [[(140, 50 + 30 * i) for i in range(7)]])
+    draw_on_pad(driver, [[(140, 50 + 30 * i) for i in range(7)]])
     assert shown(driver)[0][0] == "1"
     errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
@@ -140,7 +107,7 @@ def test_traced_test_digits_read_as_their_labels_framed_exactly_as_predict_frame
     clear = (logits.argmax(-1) == test.labels) & (top_two[:, 1] - top_two[:, 0] > 5)
     firsts = [int(np.flatnonzero(clear & (test.labels == digit))[0]) for digit in range(10)]
     for i in firsts:
-        draw(driver, traced(test.images[i]))
+        draw_on_pad(driver, pad_strokes(test.images[i]))
         drawing = tmp_path / f"drawing-{i}.png"
         data_url = driver.execute_script("return document.getElementById('pad').toDataURL()")
         drawing.write_bytes(base64.b64decode(data_url.partition(",")[2]))
