@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import sys
 
-import jax
 import tqdm
 
 
 def is_primary() -> bool:
-    """Whether this is the process that prints and writes logs, figures and metrics (process 0)."""
-    return jax.process_index() == 0
+    """Whether this is the process that prints and writes logs, figures and metrics (process 0).
+
+    Before JAX is imported no multi-process run has started: this process is the only one (and a
+    command's ``--help`` or flag error does not wait for JAX's import).
+    """
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
 
 
 def say(message: str) -> None:

@@ -38,13 +38,25 @@ def test_positional_arguments_are_refused_unless_the_command_takes_them(capsys):
     assert capsys.readouterr().err == "error: unexpected arguments: a\n"
 
 
+# `python -m flaxmnist.COMMAND --help`, then a check that JAX was never imported (the commands
+# parse their flags before they import the library, so --help and a bad flag answer at once).
+HELP_WITHOUT_JAX = """
+import runpy, sys
+sys.argv = ["flaxmnist.{0}", "--help"]
+try:
+    runpy.run_module("flaxmnist.{0}", run_name="__main__", alter_sys=True)
+finally:
+    assert "jax" not in sys.modules, "--help imported jax"
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command", ["train", "evaluate", "predict", "export", "compare", "tune", "data", "serve"]
 )
-def test_help_is_printed_on_stdout_with_exit_0(command):
+def test_help_is_printed_on_stdout_with_exit_0_without_importing_jax(command):
     result = subprocess.run(
-        [sys.executable, "-m", f"flaxmnist.{command}", "--help"],
+        [sys.executable, "-c", HELP_WITHOUT_JAX.format(command)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -2,6 +2,7 @@
 
 import html
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -216,7 +217,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollb
 def _chromium() -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+        message = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; on CI the browser tests must run")
+        pytest.skip(message)
     return browser
 
 

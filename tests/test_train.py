@@ -279,3 +279,37 @@ def test_the_readme_s_bad_value_ends_in_exactly_its_line_and_writes_nothing(tmp_
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == "error: --config.batch_size: expected an integer, got 'abc'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+# A run in a fresh process that reports, as JSON, which optional libraries were imported before
+# its first checkpoint (the experiment built) and after it ended (checkpoints and event files
+# written).
+IMPORTED_BY_A_RUN = """
+import json, sys
+from flaxmnist.configs import default
+from flaxmnist.training import experiment, loop
+config = default.get_config()
+config.update(data_dir=sys.argv[1], model="cnn_simple", batch_size=32, num_epochs=1,
+              compilation_cache_dir="")
+optional = ("orbax", "tensorboardX", "torch", "tensorflow", "flax.nnx")
+experiment.build_experiment(config)
+before = [name for name in optional if name in sys.modules]
+loop.train_and_evaluate(config, sys.argv[2])
+print(json.dumps({"before": before, "after": [n for n in optional if n in sys.modules]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_imports_orbax_for_its_first_checkpoint_and_never_torch_tf_or_nnx(
+    synthetic_data_dir, tmp_path
+):
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTED_BY_A_RUN, str(synthetic_data_dir), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = json.loads(result.stdout.splitlines()[-1])
+    assert imported == {"before": [], "after": ["orbax"]}
+    assert list((tmp_path / "run" / "tensorboard").iterdir())  # the event file was written
