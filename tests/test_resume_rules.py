@@ -90,3 +90,36 @@ def test_other_chunks_per_epoch_and_more_epochs_end_bitwise_equal_and_fewer_are_
     with pytest.raises(FlaxmnistError, match="has trained 42 steps, past the end of num_epochs=2"):
         loop.train_and_evaluate(tiny_config, tmp_path / "pieces")
     assert files_of(tmp_path / "pieces") == before
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_a_cpu_with_other_kernels_finishes_equal_within_rounding(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    """An AVX-512 CPU runs the fused conv + pool, an AVX2 one the two layers: same values.
+
+    The first epoch on one (simulated) CPU type, the second on the other, against both epochs
+    on the first: the resumed run ends within float rounding, not bitwise.
+    """
+    from flaxmnist import cpu
+
+    def on(flags: str) -> None:
+        monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset(flags.split()))
+
+    on("avx2 avx512f")
+    assert cpu.fused_pool_pays()
+    loop.train_and_evaluate(tiny_config, tmp_path / "whole")
+    tiny_config.num_epochs = 1
+    loop.train_and_evaluate(tiny_config, tmp_path / "moved")
+    on("avx2")
+    assert not cpu.fused_pool_pays()
+    tiny_config.num_epochs = 2
+    capsys.readouterr()
+    metrics = loop.train_and_evaluate(tiny_config, tmp_path / "moved")
+    assert "after epoch 1 (step 14)" in capsys.readouterr().out  # resumed, not started again
+    assert metrics["steps"] == 2 * 14 and metrics["epochs_completed"] == 2
+    moved, whole = (flaxmnist.load_run(tmp_path / name) for name in ("moved", "whole"))
+    chex.assert_trees_all_close(moved.state.params, whole.state.params, atol=1e-4)
+    moved_leaves, whole_leaves = (jax.tree_util.tree_leaves(r.state.params) for r in (moved, whole))
+    pairs = zip(moved_leaves, whole_leaves, strict=True)
+    assert any((a != b).any() for a, b in pairs)  # other kernels: not bitwise
