@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 # XLA's LLVM back end optimises the suite's programs at level 1 instead of 2: half the compile
 # time, which is most of the suite's, at the same run time on these shapes. The programs
@@ -75,3 +76,17 @@ def tiny_config(synthetic_data_dir: Path):
     config.num_epochs = 2
     config.compilation_cache_dir = ""
     return config
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A test not marked ``slow`` that starts a process fails: the unit subset stays in-process.
+
+    (README: ``slow`` marks tests that train, compile a whole model or run a subprocess.)
+    """
+    if request.node.get_closest_marker("slow") is None:
+
+        def refuse(self, args, *_, **__):
+            raise AssertionError(f"a unit test started a process ({args!r}): mark it slow")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -202,6 +202,7 @@ def test_init_from_must_be_a_run_directory(tmp_path, kind, message):
         config_validation.validate_config(config)
 
 
+@pytest.mark.slow
 def test_validation_and_the_cli_module_import_no_jax():
     code = (
         "import sys, flaxmnist.config_validation, flaxmnist.train; "

@@ -174,6 +174,7 @@ def test_worker_commands_name_the_worker_scripts():
     assert pipelines.PIPELINE_WORKER.is_file() and measure.LAUNCHER.is_file()
 
 
+@pytest.mark.slow
 def test_run_worker_reads_the_last_result_line_or_the_error():
     ok = "print('noise'); print('RESULT {\"a\": 1}'); print('RESULT {\"a\": 2}')"
     assert measure.run_worker([sys.executable, "-c", ok]) == {"a": 2}

@@ -25,6 +25,7 @@ cli.run(main)
 """
 
 
+@pytest.mark.slow
 def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
     process = subprocess.Popen(
         [sys.executable, "-c", SAYS_A_LOT],

@@ -111,6 +111,7 @@ def test_loss_options_are_read_as_the_schema_checks_them():
         config_schema.check("loss_options", "gamma")
 
 
+@pytest.mark.slow
 def test_the_ground_floor_imports_nothing_above_it():
     code = (
         "import sys, flaxmnist.console, flaxmnist.config_validation, flaxmnist.models.layers\n"
@@ -121,6 +122,7 @@ def test_the_ground_floor_imports_nothing_above_it():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_layers_learn_their_names_from_the_schema_not_the_validation():
     code = (
         "import sys, flaxmnist.models.layers as layers\n"

@@ -149,6 +149,7 @@ def test_take_splits_refuses_a_stored_split_of_another_size():
         datasets.take_splits(positions, lambda name: _split(6))
 
 
+@pytest.mark.slow
 def test_unknown_tfds_name_is_reported():
     with pytest.raises(DataError, match="unknown dataset 'no_such_dataset'"):
         datasets.load_dataset("no_such_dataset")

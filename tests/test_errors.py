@@ -63,6 +63,7 @@ def test_first_line_cuts_long_messages():
     assert errors.first_line(ValueError("")) == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("hint", ["", "rerun it"])
 def test_a_signal_ends_the_process_at_once_in_one_line(signum, status, hint):

@@ -85,6 +85,7 @@ def test_the_quickly_compiled_epoch_order_is_bitwise_the_default_compilations(ti
         )
 
 
+@pytest.mark.slow
 def test_a_linen_model_never_imports_flax_nnx():
     code = (
         "import sys; from flaxmnist import models; from flaxmnist.configs import default; "

@@ -447,6 +447,7 @@ def test_save_figure_writes_a_png_and_creates_folders(tmp_path):
     assert again.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_module_builds_figures_without_importing_pyplot():
     code = (
         "import sys, numpy as np; from flaxmnist.evaluation import figures as v\n"

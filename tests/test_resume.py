@@ -71,6 +71,7 @@ def test_more_epochs_continue_the_epoch_count(tiny_config, tmp_path):
     assert metrics["epochs_completed"] == 3
 
 
+@pytest.mark.slow
 def test_resume_off_refuses_an_existing_run(tiny_config, tmp_path):
     loop.train_and_evaluate(tiny_config, tmp_path / "run")
     before = (tmp_path / "run" / "metrics.json").read_text()
@@ -158,8 +159,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_config, tmp
     assert len(steps) == 2
     _truncate_every_file(ckpt / str(steps[-1]))
     tiny_config.num_epochs = 3
+    capsys.readouterr()
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
-    assert "warning: checkpoint step" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "warning: checkpoint step" in err
+    assert f"after epoch 1 (step {steps[0]})" in out  # resumed from the good one, not restarted
     assert (ckpt / f"{steps[-1]}.corrupt").is_dir()  # set aside, not deleted
     assert metrics["epochs_completed"] == 3
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -312,6 +316,7 @@ def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_one_tensorboard_event_file_holds_the_history_of_a_resumed_run(tiny_config, tmp_path):
     import tensorflow as tf
 
@@ -428,6 +433,7 @@ def test_the_first_signal_sets_the_flag_and_a_second_does_what_signals_did_befor
         signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["steps.csv", "config.json"])
 def test_a_damaged_log_or_config_refuses_the_resume_and_changes_nothing(
     tiny_config, tmp_path, damaged
@@ -441,3 +447,23 @@ def test_a_damaged_log_or_config_refuses_the_resume_and_changes_nothing(
     assert "\n" not in str(refused.value)
     after = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
     assert after == before
+
+
+@pytest.mark.slow
+def test_a_damaged_history_is_rewritten_from_the_checkpoint_and_the_run_resumes(
+    tiny_config, tmp_path, capsys
+):
+    tiny_config.num_epochs = 3
+    loop.train_and_evaluate(tiny_config, tmp_path / "whole")
+    tiny_config.num_epochs = 2
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    (tmp_path / "run" / "history.json").write_text('[{"epoch": 1, "train_lo')
+    tiny_config.num_epochs = 3
+    capsys.readouterr()
+    loop.train_and_evaluate(tiny_config, tmp_path / "run")
+    assert "after epoch 2 (step 28)" in capsys.readouterr().out
+    untimed = [  # the records but for their timings
+        [{k: v for k, v in r.items() if not k.endswith("_s")} for r in json.loads(h.read_text())]
+        for h in (tmp_path / "run" / "history.json", tmp_path / "whole" / "history.json")
+    ]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3

@@ -75,6 +75,7 @@ def plugin_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "run", plugin
 
 
+@pytest.mark.slow
 def test_load_run_refuses_a_run_that_needs_its_plugin_code_and_runs_none_of_it(plugin_run):
     run, plugin = plugin_run
     with pytest.raises(loading.PluginsRequiredError) as refused:
@@ -85,6 +86,7 @@ def test_load_run_refuses_a_run_that_needs_its_plugin_code_and_runs_none_of_it(p
     assert not plugin_ran(plugin)
 
 
+@pytest.mark.slow
 def test_init_from_does_not_import_the_source_runs_plugins(plugin_run, tiny_config):
     run, plugin = plugin_run
     tiny_config.update(model="dense", init_from=str(run))
@@ -126,6 +128,7 @@ def test_allow_plugins_imports_them_and_the_run_predicts(plugin_run, tmp_path):
     assert sum(entry["probability"] for entry in prediction["top"]) <= 1.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_a_run_whose_names_resolve_loads_without_importing_its_plugins(tiny_config, tmp_path):
     """A run trained with a custom loss needs no plugin to predict: nothing is imported."""
     plugin = tmp_path / "loss_plugin.py"

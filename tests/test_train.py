@@ -78,6 +78,7 @@ def test_training_writes_the_run_directory_contract(tiny_config, tmp_path, pipel
     assert 0 < metrics["time_to_first_chunk_s"] < interruption.process_age_s()
 
 
+@pytest.mark.slow
 def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
     tiny_config.num_epochs = 0
     metrics = loop.train_and_evaluate(tiny_config, tmp_path / "run")
@@ -86,6 +87,7 @@ def test_zero_epochs_evaluates_the_initial_model(tiny_config, tmp_path):
     assert metrics["test_accuracy"] < 0.5
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_checkpoints_is_not_overwritten(tiny_config, tmp_path):
     tiny_config.num_epochs = 0
     loop.train_and_evaluate(tiny_config, tmp_path / "run")

@@ -121,6 +121,7 @@ def test_a_study_prunes_a_hopeless_trial_and_a_rerun_adds_only_what_is_missing(t
     spec = study_spec(tmp_path, num_epochs=3, seed=0)
     spec.workdir.mkdir()
     study = tuning.open_study(spec)
+    assert isinstance(study.sampler, optuna.samplers.TPESampler)  # README: TPE sampling
     for learning_rate in (3e-3, 2e-3, 1e-8):  # two that learn, then one that cannot
         study.enqueue_trial({"learning_rate": learning_rate})
     tuning.tune(spec, num_trials=3)

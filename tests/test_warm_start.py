@@ -18,6 +18,7 @@ def test_merge_matching_copies_same_path_and_shape_only():
     np.testing.assert_array_equal(merged["head"]["bias"], np.zeros(2))
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_new_classes_reinitialises_only_the_head(tiny_config, tmp_path):
     loop.train_and_evaluate(tiny_config, tmp_path / "mnist_run")
     source = flaxmnist.load_run(tmp_path / "mnist_run").state.params
@@ -36,6 +37,7 @@ def test_fine_tuning_on_new_classes_reinitialises_only_the_head(tiny_config, tmp
     chex.assert_trees_all_equal(experiment.build_experiment(tiny_config).state.params, source)
 
 
+@pytest.mark.slow
 def test_init_from_a_run_of_an_unrelated_model_is_refused(tiny_config, tmp_path):
     loop.train_and_evaluate(tiny_config, tmp_path / "cnn")
     write_idx_dataset(tmp_path / "data" / "fashion_mnist", num_train=64, num_test=16)

@@ -62,6 +62,7 @@ def only_site(lines: list[dict], op: str, pattern: str) -> str:
     return site
 
 
+@pytest.mark.slow
 def test_counting_sees_every_write_path_under_the_root_only(tmp_path):
     code = WRITES.format(outside=str(tmp_path / "outside.txt"))
     result, lines = run_injected(tmp_path, code)
@@ -82,6 +83,7 @@ def test_counting_sees_every_write_path_under_the_root_only(tmp_path):
     assert (tmp_path / "outside.txt").read_text() == "not watched"
 
 
+@pytest.mark.slow
 def test_an_enospc_write_writes_half_then_every_later_write_fails(tmp_path):
     code = (
         "import os\nfrom pathlib import Path\n"
@@ -104,6 +106,7 @@ def test_an_enospc_write_writes_half_then_every_later_write_fails(tmp_path):
     assert actions[0] == "partial" and set(actions[1:]) == {"fail"}  # close() tries again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", ["rename", "fsync"])
 def test_an_eio_rename_or_fsync_raises_and_changes_nothing(tmp_path, op):
     code = (

@@ -172,7 +172,10 @@ def train_one_epoch(
     On SIGINT/SIGTERM it saves a mid-epoch checkpoint and raises :class:`TrainingInterruptedError`.
     """
     config = exp.config
-    parts = [{k: np.asarray(v) for k, v in progress.partial.items()}] if progress.partial else []
+    # The step's sums are float32 (step_functions.metric_sums): restored as float32, the epoch's
+    # totals add up exactly as in a run that was never interrupted.
+    restored = progress.partial or {}
+    parts = [{k: np.asarray(v, np.float32) for k, v in restored.items()}] if restored else []
     done = progress.steps_into_epoch
     with tqdm.tqdm(
         total=exp.steps_per_epoch,

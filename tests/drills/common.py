@@ -1,9 +1,10 @@
-"""What the drills share: a finished command's outcome, a folder's files, a run's parameters."""
+"""What the drills share: a finished command's outcome, a folder's files, a run's state."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import subprocess
 from collections.abc import Container
 from pathlib import Path
@@ -59,17 +60,41 @@ def snapshot(root: Path, skip: Container[str] = ()) -> dict[str, bytes]:
     }
 
 
-def params_digest(workdir: Path) -> str:
-    """SHA-256 of a run's final parameters (its latest checkpoint); ``unloadable: ...`` if none."""
+def state_digest(workdir: Path) -> str:
+    """SHA-256 of every array of a run's final state (its latest checkpoint).
+
+    Parameters, optimizer state, BatchNorm statistics, the EMA average and the step: two runs
+    with one digest continue identically. ``unloadable: ...`` where there is no readable state.
+    """
     try:
-        params = flaxmnist.load_run(workdir).state.params
+        state = flaxmnist.load_run(workdir).state
     except Exception as e:  # a damaged run: no digest
         return f"unloadable: {type(e).__name__}"
     digest = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         digest.update(jax.tree_util.keystr(path).encode())
         digest.update(np.asarray(leaf).tobytes())
     return digest.hexdigest()
+
+
+def untimed_records(workdir: Path) -> str:
+    """A run's ``history.json`` and ``metrics.json`` without timings (fields ending in ``_s``).
+
+    What two runs that trained the same steps must agree on; ``missing`` where either is absent.
+    """
+    records = []
+    for name in ("history.json", "metrics.json"):
+        path = workdir / name
+        if not path.exists():
+            return "missing"
+        records.append(_without_timings(json.loads(path.read_text())))
+    return json.dumps(records, sort_keys=True)
+
+
+def _without_timings(value):
+    if isinstance(value, list):
+        return [_without_timings(item) for item in value]
+    return {key: v for key, v in value.items() if not key.endswith("_s")}
 
 
 def mount_tmpfs(folder: Path, size: str) -> bool:

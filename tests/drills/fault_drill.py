@@ -18,7 +18,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from drills.common import REPO_ROOT, Outcome, mount_tmpfs, params_digest, unmount
+from drills.common import (
+    REPO_ROOT,
+    Outcome,
+    mount_tmpfs,
+    state_digest,
+    unmount,
+    untimed_records,
+)
 from flaxmnist.testing import write_idx_dataset
 
 RUN_TIMEOUT_S = 300
@@ -58,7 +65,8 @@ class Finished:
     """What an uninterrupted, uncached run of a config produced."""
 
     steps_csv: str
-    params: str  # digest of the final parameters
+    state: str  # digest of the final state (common.state_digest)
+    records: str  # history and metrics without timings (common.untimed_records)
     workdir: Path
 
 
@@ -135,7 +143,8 @@ class Drill:
                 raise RuntimeError(f"reference run {args} failed: {outcome.last_line()}")
             self._references[key] = Finished(
                 (workdir / "steps.csv").read_text(),
-                params_digest(workdir),
+                state_digest(workdir),
+                untimed_records(workdir),
                 workdir,
             )
         return self._references[key]
@@ -146,13 +155,18 @@ class Drill:
         return sum(row.split(",")[1] == "1" for row in rows)
 
     def matches(self, workdir: Path, args: list[str], env: dict | None = None) -> bool:
-        """Whether ``workdir`` ended exactly as the reference run of ``args``."""
+        """Whether ``workdir`` ended exactly as the reference run of ``args``.
+
+        The same per-step log, every array of the final state (parameters, optimizer state,
+        BatchNorm statistics, EMA), and the same history and metrics but for their timings.
+        """
         expected = self.reference(args, env)
         steps = workdir / "steps.csv"
         return (
             steps.exists()
             and steps.read_text() == expected.steps_csv
-            and (params_digest(workdir) == expected.params)
+            and state_digest(workdir) == expected.state
+            and untimed_records(workdir) == expected.records
         )
 
 
@@ -197,7 +211,7 @@ def readable_run(workdir: Path) -> bool:
         return False
     ckpt = workdir / "checkpoints"
     has_checkpoint = ckpt.is_dir() and any(map(written, ckpt.iterdir()))
-    return not has_checkpoint or not params_digest(workdir).startswith("unloadable")
+    return not has_checkpoint or not state_digest(workdir).startswith("unloadable")
 
 
 @contextlib.contextmanager

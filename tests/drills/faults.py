@@ -1,16 +1,16 @@
 """The fault matrix: real training processes, interrupted, damaged and crowded, then checked.
 
-    python tests/drills/faults.py                     # every scenario (about 35 min on 2 cores)
+    python tests/drills/faults.py                     # every scenario (its time: the table)
     python tests/drills/faults.py --quick             # a few trials of each (what CI runs)
     python tests/drills/faults.py --only=kill9,cache  # some scenarios
 
-Every trial runs ``python -m flaxmnist.train`` in a subprocess on small synthetic MNIST files and
-checks what a user would: the exit status, a one-line error (no traceback) when it fails, that a
-rerun finishes, and that the run ends exactly as an uninterrupted, uncached run does (identical
-``steps.csv``; bitwise-equal final parameters). "data lost" counts trials where something a run
-had already written (a checkpoint, the history, the config) was gone or unreadable afterwards.
-
-Writes ``experiments/results/faults.json`` and the table in ``docs/reliability.md`` (between its
+Every trial runs ``python -m flaxmnist.train`` in a subprocess on small synthetic MNIST files
+and checks what a user would: the exit status, a one-line error (no traceback) when it fails,
+that a rerun finishes, and that the run ends exactly as an uninterrupted, uncached run does
+(identical ``steps.csv``, bitwise-equal final state, the same history and metrics but for their
+timings). "data lost" counts trials where something a run had already written (a checkpoint, the
+history, the config) was gone or unreadable afterwards. Writes
+``experiments/results/faults.json`` and the table in ``docs/reliability.md`` (between its
 ``faults`` markers; ``--noreport``: neither); exits 1 if any trial failed, 2 on bad input.
 Disk-full and read-only trials mount small tmpfs folders and need root; elsewhere they are
 reported as skipped.

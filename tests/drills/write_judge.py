@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 import flaxmnist
-from drills.common import params_digest, snapshot
+from drills.common import snapshot, state_digest
 from drills.injector import site_pattern
 from flaxmnist.storage.scalar_log import masked_crc32c
 
@@ -295,8 +295,8 @@ def unchanged(folder: Path, root: Path, before: dict[str, bytes]) -> bool:
 
 
 def digests(root: Path) -> dict[str, str]:
-    """The final parameters' digest of every run directory under ``root``."""
-    return {str(w.relative_to(root)): params_digest(w) for w in run_directories(root)}
+    """The final state's digest of every run directory under ``root``."""
+    return {str(w.relative_to(root)): state_digest(w) for w in run_directories(root)}
 
 
 def state_problems(root: Path, before: dict[str, bytes], reference: Reference) -> list[str]:
