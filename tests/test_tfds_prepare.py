@@ -204,6 +204,19 @@ def test_prepared_split_holds_exactly_the_idx_examples(prepared, split, reader):
 
 
 @pytest.mark.slow
+def test_fashion_mnist_is_prepared_by_default_too_with_its_class_names(tmp_path):
+    """The command's default list holds both datasets; fashion_mnist's test split, as tfds.load
+    reads it, holds the IDX files' examples with tfds's class names."""
+    import tensorflow_datasets as tfds
+
+    assert tuple(tfds_prepare.PREPARABLE) == ("mnist", "fashion_mnist")
+    assert tfds_prepare.prepare("fashion_mnist", tmp_path) is not None
+    assert_matches_idx("fashion_mnist", "test", tmp_path)
+    names = tfds.builder("fashion_mnist", data_dir=str(tmp_path)).info.features["label"].names
+    assert tuple(names) == datasets.IDX_CLASS_NAMES["fashion_mnist"]
+
+
+@pytest.mark.slow
 def test_prepared_dataset_is_the_stock_one_in_tfrecord_with_array_record_beside(prepared):
     import tensorflow_datasets as tfds
 
