@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -467,3 +468,75 @@ def test_a_damaged_history_is_rewritten_from_the_checkpoint_and_the_run_resumes(
         for h in (tmp_path / "run" / "history.json", tmp_path / "whole" / "history.json")
     ]
     assert untimed[0] == untimed[1] and len(untimed[0]) == 3
+
+
+# Loaded into the training process below (sitecustomize): a mid-epoch save says so and then
+# takes 60 s, so that a second signal lands while it is in progress.
+SLOW_MID_EPOCH_SAVE = """
+import sys, time
+from flaxmnist.storage import checkpointing
+save = checkpointing.RunCheckpoints.save
+def slow_save(self, state, meta, **kwargs):
+    if meta.get("steps_into_epoch"):
+        print("mid-epoch save started", file=sys.stderr, flush=True)
+        time.sleep(60)
+    return save(self, state, meta, **kwargs)
+checkpointing.RunCheckpoints.save = slow_save
+"""
+
+
+def _wait_for(process: subprocess.Popen, log: Path, text: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        assert process.poll() is None, f"ended before {text!r}: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in {timeout_s} s"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_second_signal_during_the_mid_epoch_save_stops_at_once_and_loses_nothing(tmp_path):
+    """Ctrl-C, then Ctrl-C again while the checkpoint is being saved: exit 130 in one line, the
+    epoch-1 checkpoint intact and no mid-epoch one; the rerun resumes after epoch 1."""
+    from flaxmnist.testing import write_idx_dataset
+
+    write_idx_dataset(tmp_path / "data" / "mnist", num_train=40_000, num_test=100)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_MID_EPOCH_SAVE)
+    args = [
+        "--config=cnn_simple",
+        "--config.num_epochs=2",
+        f"--config.data_dir={tmp_path / 'data'}",
+        "--config.compilation_cache_dir=",
+        f"--workdir={tmp_path / 'run'}",
+    ]
+    stderr = tmp_path / "stderr.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), str(REPO_ROOT)])}
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flaxmnist.train", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            _wait_for(process, stderr, "epoch 2/2:")
+            epoch_1 = tmp_path / "run" / "checkpoints" / "1125"
+            while not epoch_1.is_dir():  # committed (Orbax renames it into place)
+                assert process.poll() is None, stderr.read_text()[-2000:]
+                time.sleep(0.01)
+            process.send_signal(signal.SIGINT)
+            _wait_for(process, stderr, "mid-epoch save started")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 130
+        finally:
+            process.kill()
+    lines = stderr.read_text().strip().splitlines()
+    assert lines[-1].startswith("error: stopped by SIGINT; rerun the same command to resume")
+    assert "Traceback" not in stderr.read_text()
+    committed = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert [name for name in committed if name.isdigit()] == ["1125"]  # epoch 1 only
+    rerun = run_module("train", *args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "after epoch 1 (step 1125)" in rerun.stdout
