@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from absl import flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +78,21 @@ def assert_same_step_losses(run: Path, reference: Path) -> None:
     mine, theirs = steps(run), steps(reference)
     np.testing.assert_array_equal(mine["step"], theirs["step"])
     np.testing.assert_allclose(mine["loss"], theirs["loss"], rtol=1e-5, atol=1e-6)
+
+
+def require_browser() -> tuple[str, str]:
+    """Chromium's and chromedriver's paths, or a skip naming what is missing.
+
+    On CI (``$CI`` set; ``.ci/run`` installs both) a missing one fails the test instead.
+    """
+    found = {
+        "chromium": shutil.which("chromium") or shutil.which("chromium-browser"),
+        "chromedriver": shutil.which("chromedriver"),
+    }
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        message = f"no {' or '.join(missing)} (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; on CI the browser tests must run")
+        pytest.skip(message)
+    return found["chromium"], found["chromedriver"]

@@ -7,12 +7,12 @@ end-to-end test skips (fails on CI, as the other browser tests do).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import require_browser
 from PIL import Image
 
 from flaxmnist.testing import write_idx_dataset
@@ -36,11 +36,7 @@ def _tool(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 @pytest.mark.slow
 def test_it_writes_every_figure_the_docs_show_from_a_run(tmp_path):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        message = "no chromium or chromedriver (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; on CI the browser tests must run")
-        pytest.skip(message)
+    require_browser()
     for name in ("mnist", "fashion_mnist"):
         write_idx_dataset(tmp_path / "data" / name, num_train=256, num_test=64)
     out = tmp_path / "figures"
@@ -72,3 +68,13 @@ def test_without_chromium_it_stops_in_one_line_before_training(tmp_path):
         "(apt-get install chromium chromium-driver)\n"
     )
     assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.slow
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_training(tmp_path):
+    require_browser()  # checked first
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "figures"
+    result = _tool(f"--out={out}")
+    assert result.returncode == 2
+    assert result.stderr == f"error: cannot write --out {out}: Not a directory\n"

@@ -2,7 +2,6 @@
 
 import html
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from helpers import require_browser
 
 import flaxmnist
 from flaxmnist.evaluation import comparison, evaluator
@@ -214,16 +214,6 @@ HARNESS = """<!DOCTYPE html><html><body style="margin:0">
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
 
 
-def _chromium() -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        message = "Chromium is not installed (apt-get install chromium; .ci/run installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; on CI the browser tests must run")
-        pytest.skip(message)
-    return browser
-
-
 def _in_browser(report: Path, width: int, tmp_path: Path) -> dict:
     page = tmp_path / f"checked-{width}.html"
     page.write_text(report.read_text().replace("<head>", "<head>" + BROWSER_CHECK, 1))
@@ -231,7 +221,7 @@ def _in_browser(report: Path, width: int, tmp_path: Path) -> dict:
     harness.write_text(HARNESS.format(page=page.name, width=width))
     result = subprocess.run(
         [
-            _chromium(),
+            require_browser()[0],
             *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / f'profile-{width}'}",
             "--window-size=1400,1000",

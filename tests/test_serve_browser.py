@@ -9,12 +9,11 @@ Without Chromium the tests skip, except on CI (``$CI`` set), where they fail.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require_browser
 from test_serve import served
 
 from flaxmnist.data import datasets
@@ -26,25 +25,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 
 
-def _browser() -> tuple[str, str]:
-    """Chromium and chromedriver, or a skip (a failure on CI) naming what is missing."""
-    found = {
-        "chromium": shutil.which("chromium") or shutil.which("chromium-browser"),
-        "chromedriver": shutil.which("chromedriver"),
-    }
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        message = f"no {' or '.join(missing)} (apt-get install chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; on CI the browser tests must run")
-        pytest.skip(message)
-    return found["chromium"], found["chromedriver"]
-
-
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of ``cnn_simple`` on the vendored MNIST (~97 % on the test set)."""
-    _browser()  # no training where the tests would skip
+    require_browser()  # no training where the tests would skip
     from flaxmnist.configs import cnn_simple
     from flaxmnist.training import loop
 
@@ -62,7 +46,7 @@ def driver(mnist_run: Path, tmp_path_factory: pytest.TempPathFactory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, chromedriver = _browser()
+    chromium, chromedriver = require_browser()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in [*CHROMIUM_FLAGS, "--window-size=900,600"]:

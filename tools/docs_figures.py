@@ -1,6 +1,6 @@
 """Writes the figures README and docs show of a run: its evaluation figures and the serve page.
 
-    python tools/docs_figures.py                    # about 2 minutes on 2 cores
+    python tools/docs_figures.py                    # trains two presets, then the figures
     python tools/docs_figures.py --out=/tmp/figures
 
 Trains the `cnn_simple` preset (MNIST) and the `mlp` preset (Fashion-MNIST) on the vendored data
@@ -25,6 +25,7 @@ from pathlib import Path
 from absl import flags
 
 from flaxmnist import cli, console, errors
+from flaxmnist.config_validation import validate_workdir
 from flaxmnist.errors import FlaxmnistError
 from flaxmnist.storage import files
 
@@ -94,6 +95,18 @@ def copy_figures(runs: dict[str, Path], out: Path) -> list[Path]:
         png = (runs[preset] / "eval" / "figures" / f"{figure}.png").read_bytes()
         files.write_bytes_atomic(copied[-1], png)
     return copied
+
+
+def make_out_dir(out: Path) -> None:
+    """Creates ``out``.
+
+    Raises:
+      FlaxmnistError: when it cannot be created.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlaxmnistError(f"cannot write --out {out}: {e.strerror or e}") from None
 
 
 def browser_paths() -> tuple[str, str]:
@@ -169,8 +182,12 @@ def main(argv: list[str]) -> None:
     out = Path(options.out)
     # A traceback goes to a temporary file, not among the figures.
     with errors.reported(None), tempfile.TemporaryDirectory(prefix="flaxmnist-figures-") as temp:
-        browser = browser_paths()  # before the minutes of training, not after
-        out.mkdir(parents=True, exist_ok=True)
+        # Everything that can be refused is, before the minutes of training (and before --out
+        # is made).
+        browser = browser_paths()
+        if options.workdir:
+            validate_workdir(Path(options.workdir))
+        make_out_dir(out)
         workdir = Path(options.workdir or temp)
         runs = {
             preset: train_and_evaluate(preset, workdir, options.num_epochs, options.data_dir)

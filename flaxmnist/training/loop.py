@@ -174,8 +174,8 @@ def train_one_epoch(
     config = exp.config
     # The step's sums are float32 (step_functions.metric_sums): restored as float32, the epoch's
     # totals add up exactly as in a run that was never interrupted.
-    restored = progress.partial or {}
-    parts = [{k: np.asarray(v, np.float32) for k, v in restored.items()}] if restored else []
+    partial = progress.partial
+    parts = [{k: np.asarray(v, np.float32) for k, v in partial.items()}] if partial else []
     done = progress.steps_into_epoch
     with tqdm.tqdm(
         total=exp.steps_per_epoch,
